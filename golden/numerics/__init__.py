@@ -1,0 +1,1 @@
+"""Bit-exact integer models of every hardware datapath (one module per core)."""

@@ -1,0 +1,1 @@
+"""Amaranth RTL of the varaccel cores, one sub-package per core."""

@@ -1,0 +1,1 @@
+"""hw/fp package."""
