@@ -1,1 +1,1 @@
-"""tb package."""
+"""cocotb testbenches: shared stream drivers/monitors and scoreboard, one sub-package per core."""

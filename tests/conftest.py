@@ -24,3 +24,25 @@ def seed(request):
     print(f"seed={value} (replay with VARACCEL_SEED={value})")
     request.node.user_properties.append(("seed", value))
     return value
+
+
+def pytest_addoption(parser):
+    parser.addoption("--shard", default=None, metavar="K/N",
+                     help="run only shard K of N (1-based): tests are dealt by a stable hash of their id")
+
+
+def pytest_collection_modifyitems(config, items):
+    shard = config.getoption("--shard")
+    if not shard:
+        return
+    try:
+        k, n = (int(x) for x in shard.split("/"))
+        assert 1 <= k <= n
+    except (ValueError, AssertionError):
+        raise pytest.UsageError(f"--shard must be K/N with 1 <= K <= N, not {shard!r}") from None
+    import zlib
+    keep, drop = [], []
+    for item in items:
+        (keep if zlib.crc32(item.nodeid.encode()) % n == k - 1 else drop).append(item)
+    config.hook.pytest_deselected(items=drop)
+    items[:] = keep

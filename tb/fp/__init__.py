@@ -1,0 +1,1 @@
+"""Testbenches of the low-bit FP cores (hw/fp)."""
