@@ -29,7 +29,9 @@ def top_k_top_p_filter_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float =
         kth_Bl1 = logits_BlV.topk(min(int(top_k), V), dim=-1, largest=True, sorted=False).values.amin(dim=-1, keepdim=True)
         logits_BlV.masked_fill_(logits_BlV < kth_Bl1, -torch.inf)
     if top_p > 0:
-        asc_vals, asc_idx = logits_BlV.sort(dim=-1, descending=False)
+        # stable: tied logits at the top-p cut are then dropped lower index first, the rule the
+        # sort core implements (golden.numerics.sort.topk_topp_mask); torch.sort is not stable on CPU.
+        asc_vals, asc_idx = logits_BlV.sort(dim=-1, descending=False, stable=True)
         drop_sorted = asc_vals.softmax(dim=-1).cumsum(dim=-1) <= (1.0 - top_p)
         drop_sorted[..., -1] = False
         drop = torch.zeros_like(drop_sorted).scatter_(-1, asc_idx, drop_sorted)
