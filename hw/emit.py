@@ -30,7 +30,8 @@ class CoreSpec:
 
 CORES = {spec.name: spec for spec in [
     CoreSpec("lutmul", "hw.fp.lutmul:LUTMultiplier",
-             {"fmt_a": "e2m1", "fmt_b": "e2m1", "lanes": 1, "signmag": False, "table_max_bits": 6},
+             {"fmt_a": "e2m1", "fmt_b": "e2m1", "lanes": 1, "signmag": False, "table_max_bits": 6,
+              "method": "lut"},
              "low-bit FP x low-bit FP, magnitude from a lookup table, exact fixed-point product"),
     CoreSpec("quantize", "hw.fp.quantizer:Quantizer",
              {"fmt": "e2m1", "in_format": "f32", "lanes": 1, "mx": False, "block": 32},

@@ -130,10 +130,14 @@ def run_cocotb(core, params, test_module, *, testcase=None, extra_env=None, wave
     test_dir.mkdir(parents=True, exist_ok=True)
     results = runner.test(test_module=test_module, hdl_toplevel=emitted.top, hdl_toplevel_lang="verilog", build_dir=bdir / "model",
                           test_dir=test_dir, testcase=testcase, extra_env=env, waves=waves, seed=seed,
-                          results_xml=str(test_dir / "results.xml"))
+                          results_xml=str(test_dir / "results.xml"), log_file=test_dir / "sim.log")
     total, failed = get_results(results)
     if failed:
-        raise AssertionError(f"{failed} of {total} cocotb tests of {core} failed; see {results}")
+        # The simulator log holds the scoreboard's first-mismatch message: show its tail.
+        log = (test_dir / "sim.log").read_text(errors="replace")
+        tail = "\n".join(log.splitlines()[-60:])
+        raise AssertionError(f"{failed} of {total} cocotb tests of {core} failed; log {test_dir / 'sim.log'}"
+                             f"\n{tail}")
     if total == 0:
         raise AssertionError(f"no cocotb test of {core} ran (module {test_module}, testcase {testcase})")
     return results

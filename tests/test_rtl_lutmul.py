@@ -15,6 +15,8 @@ PAIRS = [
     ("e5m2", "e4m3", 4, False),
     ("e2m3", "e2m3", 2, True),
 ]
+# The naive baseline of the synthesis benchmark (decode, then `*`) must be exact too.
+NAIVE = [("e2m1", "e2m1", 2), ("e4m3", "e4m3", 2)]
 
 
 @rtl
@@ -22,4 +24,11 @@ PAIRS = [
                          ids=[f"{a}x{b}-l{n}{'-sm' if s else ''}" for a, b, n, s in PAIRS])
 def test_lutmul(fmt_a, fmt_b, lanes, signmag, seed):
     params = parse_params("lutmul", {"fmt_a": fmt_a, "fmt_b": fmt_b, "lanes": lanes, "signmag": signmag})
+    run_tb("lutmul", params, "tb.fp.test_lutmul", seed)
+
+
+@rtl
+@pytest.mark.parametrize("fmt_a,fmt_b,lanes", NAIVE, ids=[f"naive-{a}x{b}" for a, b, _ in NAIVE])
+def test_lutmul_naive(fmt_a, fmt_b, lanes, seed):
+    params = parse_params("lutmul", {"fmt_a": fmt_a, "fmt_b": fmt_b, "lanes": lanes, "method": "naive"})
     run_tb("lutmul", params, "tb.fp.test_lutmul", seed)

