@@ -118,12 +118,7 @@ def _align(m, lane, X, fmt, im, name):
     kp = Signal(signed(_KPW), name=f"{name}_kp")
     m.d.comb += kp.eq(lane.k - X)
     dd = Signal(range(mb + 3), name=f"{name}_dd")
-    with m.If(kp <= emin - (mb + 2)):
-        m.d.comb += dd.eq(mb + 2)
-    with m.Elif(kp < emin):
-        m.d.comb += dd.eq(emin - kp)
-    with m.Else():
-        m.d.comb += dd.eq(0)
+    m.d.comb += dd.eq(Mux(kp <= emin - (mb + 2), mb + 2, Mux(kp < emin, emin - kp, 0)))
     ext = Signal(mb + 2 + im + 1, name=f"{name}_ext")
     m.d.comb += ext.eq(Cat(Const(0, mb + 2), lane.frac, Const(1, 1)) >> dd)
     m.d.comb += [
@@ -150,14 +145,10 @@ def _round_pack(m, a, fmt, bad, name):
     m.d.comb += mag.eq((a.efm1 << mb) + n)
     sat = a.big | a.inf | (mag > fmt.max_code)
     code = Signal(cw, name=f"{name}_code")
-    with m.If(bad):
-        m.d.comb += code.eq(0)
-    with m.Elif(a.nan):
-        m.d.comb += code.eq(fmt.nan_code if fmt.has_nan else 0)
-    with m.Elif(a.zero):
-        m.d.comb += code.eq(Cat(Const(0, cw - 1), a.sign))
-    with m.Else():
-        m.d.comb += code.eq(Cat(Mux(sat, fmt.max_code, mag)[:cw - 1], a.sign))
+    # Muxes rather than If/Elif: no overlapping casez in the Verilog (Verilator -Wall clean).
+    mag_out = Mux(a.zero, 0, Mux(sat, fmt.max_code, mag))[:cw - 1]
+    m.d.comb += code.eq(Mux(bad, 0, Mux(a.nan, fmt.nan_code if fmt.has_nan else 0,
+                                        Cat(mag_out, a.sign))))
     return code
 
 
@@ -204,17 +195,19 @@ class Quantizer(wiring.Component):
     Element mode: a 3-stage pipeline (decode/normalize, align, round/pack), latency 3 cycles,
     one beat per cycle; a refused output freezes the pipeline (nothing lost or duplicated).
 
-    MX mode: a decode stage feeds a ping-pong buffer of two blocks (``2 * block / lanes``
-    entries of decoded elements). While a block is written, its max floor(log2|x|) over the
-    non-zero elements (kmax) and an any-NaN/Inf flag are accumulated; the shared exponent is
-    X = clamp(kmax - emax, -127, 127) (-127 for an all-zero block). A full block is read
-    out through align (k - X: exact division by 2^X) and round/pack stages while the next
-    block is written into the other bank, so blocks stream back to back at one beat per
-    cycle. The first beat of a block leaves ``block / lanes + 3`` cycles after it entered
-    (the whole block must have arrived). Blocks are counted in beats from reset; a packet
-    should end (``last``) on a block end. If ``last`` comes earlier, the block is closed there:
-    its scale is computed from the elements received (as if the block were padded with
-    zeros), only the received beats come out, and the next beat starts a new block.
+    MX mode: a decode stage feeds a ping-pong buffer of two blocks (one ``Memory`` of
+    ``2 * block / lanes`` entries of decoded elements: one write and one read port). While a
+    block is written, its max floor(log2|x|) over the non-zero elements (kmax) and an
+    any-NaN/Inf flag are accumulated; the shared exponent is X = clamp(kmax - emax, -127, 127)
+    (-127 for an all-zero block). A full block is read out through align (k - X: exact
+    division by 2^X) and round/pack stages while the next block is written into the other
+    bank, so blocks stream back to back at one beat per cycle. Latency: ``block / lanes + 4``
+    cycles for the first beat of a block (the whole block must have arrived), 5 for its last.
+    A refused output freezes the read side; the write side fills the free bank and then
+    refuses input. Blocks are counted in beats from reset; a packet should end (``last``) on
+    a block end. If ``last`` comes earlier, the block is closed there: its scale is computed
+    from the elements received (as if the block were padded with zeros), only the received
+    beats come out, and the next beat starts a new block.
     """
 
     def __init__(self, fmt="e2m1", in_format="f32", lanes=1, mx=False, block=32):
@@ -272,7 +265,7 @@ class Quantizer(wiring.Component):
         fmt = self.fmt
         pipe = Pipeline(m, 3, self.i.valid, self.o.ready)
         m.d.comb += [self.i.ready.eq(pipe.enable), self.o.valid.eq(pipe.out_valid)]
-        s0, s0_last, s0_nan, _ = self._decode_stage(m, pipe.enable, self.i.valid)
+        s0, s0_last, s0_nan, s0_valid = self._decode_stage(m, pipe.enable, self.i.valid)
 
         # Stage 1: align to the target quantum.
         s1 = [_Aligned(fmt, f"s1_l{n}") for n in range(self.lanes)]
@@ -289,7 +282,7 @@ class Quantizer(wiring.Component):
             for n, a in enumerate(s1):
                 m.d.sync += self.o.payload.codes[n].eq(_round_pack(m, a, fmt, Const(0, 1), f"rp_l{n}"))
             m.d.sync += [self.o.payload.last.eq(s1_last), self.o.payload.nan.eq(s1_nan)]
-        return pipe.valid[0], s0_nan
+        return s0_valid, s0_nan
 
     # -- MX mode ------------------------------------------------------------------------
 
@@ -382,12 +375,7 @@ class Quantizer(wiring.Component):
         kd = Signal(signed(_KPW), name="kmax_minus_emax")
         m.d.comb += kd.eq(cur_kmax - fmt.emax)
         x_new = Signal(signed(8), name="x_new")
-        with m.If(kd < -127):
-            m.d.comb += x_new.eq(-127)
-        with m.Elif(kd > 127):
-            m.d.comb += x_new.eq(127)
-        with m.Else():
-            m.d.comb += x_new.eq(kd)
+        m.d.comb += x_new.eq(Mux(kd < -127, -127, Mux(kd > 127, 127, kd)))
         r0_x = Signal(signed(8), name="r0_x")
         r0_bad = Signal(name="r0_bad")
         with m.If(pipe.enable):
