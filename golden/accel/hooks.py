@@ -1,0 +1,440 @@
+"""AcceleratedHooks: every technique of golden/accel as a switch on one golden.model hooks object,
+and OpCounter, the per-step operation counts.
+
+All techniques act in autoregressive ("ar") steps; in teacher forcing ("tf") only the linear
+quantization and the q/k/v fake quantization apply. Definitions (ours; the published VAR-Turbo
+algorithms are not public):
+
+Token subsets. Pruning, aggregation and bypass make a block see a per-row subset of the step's
+tokens. The subset of each row is gathered in ascending position order and rows are padded to a
+common length; pads are never visible as keys, their outputs are discarded and no op is counted
+for them. A block's KV cache therefore holds only the tokens it ran on (positions tracked per
+block), so a later scale attends to what earlier scales kept, as in FastVAR.
+
+FastVAR cached token pruning (block hook, blocks ``prune_blocks``, scales with keep ratio r < 1).
+    For each scale map of n tokens in the step and each batch row: pivot score of token t =
+    ``sum_c (x_tc - mean_t' x_t'c)^2`` (float32, on the block input); ``n_keep = n - floor(n (1 - r))``
+    tokens with the largest scores are kept, selected by ``golden.numerics.sort.topk`` on
+    ``float_to_key`` keys (ties to the lower index). The block runs on the kept tokens; their
+    queries attend to the block's whole KV cache (earlier scales as stored) plus the kept tokens
+    of the current scale. A pruned token's output is ``x_t + up(D_b)_t``, where ``D_b`` (rows, C,
+    p, p) is the block's update map ``block(x) - x`` at the last scale where block b ran without
+    pruning, and ``up`` is area interpolation to the current side. This equals FastVAR's restoring
+    of the attention and FFN branch outputs from the cache (both come from the cache for a pruned
+    token); FastVAR re-selects tokens before the FFN, we select once per block. The cache is not
+    updated at pruned scales (FastVAR keeps the last unpruned scale's). No cache yet: identity.
+
+Token aggregation (block hook, last ``agg_last`` scales, blocks ``agg_layers``).
+    Each map is tiled in ``agg_window`` x ``agg_window`` windows; the window's top-left token is
+    its representative. Token t (not a representative) joins it when both are in the block's
+    subset and ``cos(x_t, x_rep) = <x_t/|x_t|, x_rep/|x_rep|> > agg_threshold`` (dot products of
+    L2-normalised tokens, as the attention core computes them). The representative enters the
+    block with the mean of its group; members do not enter it. Un-merge copies the update back:
+    every member of a group of two or more (representative included) gets ``x_t + (y_rep -
+    mean)``; singletons get their own block output.
+
+Dynamic bypass (block hook, last ``bypass_last`` scales).
+    After block b >= ``floor(bypass_from_layer * depth)``, a token that ran through it with a
+    relative update ``|y_t - x_t|_2 / |x_t|_2 < bypass_threshold`` skips blocks b+1 .. depth-1
+    of this step (its output is its input; it adds no keys to those blocks' caches).
+
+Block-sparse attention (attend hook). The mask of :mod:`golden.accel.sparse` (tiles over the
+dense layout of the step, expanded to tokens) is gathered at the positions of the queries and
+keys actually present, and intersected with the key validity (pads) and the block-causal rule.
+A query row left with no key (only possible for pad rows) falls back to the sink keys.
+
+Low-bit FP (linear hook): ``y = mx_matmul(x, W, fmt, fmt, block) + bias`` (float64 exact result,
+then float32). Dual format for ``ffn.fc2``: ``mx_matmul(x-, W, e1m2, fmt) + mx_matmul(x+, W,
+e2m1, fmt)`` with x- = min(x, 0), x+ = max(x, 0), i.e. ``dual_quantize`` streams into one exact
+accumulation. Group Hadamard: ``mx_matmul(group_hadamard(x), fold_hadamard_into_weight(W))``
+where the group divides K (not on a dual-format input). Attention: q, k, v fake-quantized
+(``mx_dequantize(mx_quantize(.))`` along the head dim) in ``quant_attn``.
+
+Counting (per forward pass, in "ar" mode; totals over the 2B CFG rows): tokens that went
+through each block, linear MACs (rows x in x out, for every hooked linear incl. AdaLN and
+head), attention MACs (2 x head_dim x heads x pairs in kept tiles; tiles of ``block_q`` x
+``block_k`` over each row's compacted query and key sequences), tiles kept / total, sort-core
+calls (one per row of pivot scores, one per sampled token row with hardware sampling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from golden.model.hooks import VARHooks
+from golden.numerics import fp
+from golden.numerics import sort as hsort
+
+from .config import AccelConfig
+from .sparse import step_mask, tile_mask, token_tables
+
+__all__ = ["AcceleratedHooks", "OpCounter", "StepStats", "pivot_scores", "select_pivots"]
+
+
+# ---------------------------------------------------------------------------------- counting
+@dataclass
+class StepStats:
+    """Counts of one forward pass (one sequential step) covering ``scales``."""
+    scales: Tuple[int, ...]
+    rows: int
+    tokens: List[int]
+    linear_macs: int = 0
+    attn_macs: int = 0
+    attn_tiles_kept: int = 0
+    attn_tiles_total: int = 0
+    sort_calls: int = 0
+
+    @property
+    def macs(self) -> int:
+        return self.linear_macs + self.attn_macs
+
+
+@dataclass
+class OpCounter:
+    """Per-step operation counts (see the module docstring)."""
+    depth: int
+    steps: List[StepStats] = field(default_factory=list)
+
+    def begin(self, scales, rows) -> StepStats:
+        self.steps.append(StepStats(tuple(scales), int(rows), [0] * self.depth))
+        return self.steps[-1]
+
+    @property
+    def current(self) -> Optional[StepStats]:
+        return self.steps[-1] if self.steps else None
+
+    def reset(self) -> None:
+        self.steps.clear()
+
+    def totals(self) -> Dict[str, float]:
+        s = self.steps
+        tot = {
+            "steps": len(s),
+            "tokens": sum(sum(x.tokens) for x in s),
+            "linear_macs": sum(x.linear_macs for x in s),
+            "attn_macs": sum(x.attn_macs for x in s),
+            "attn_tiles_kept": sum(x.attn_tiles_kept for x in s),
+            "attn_tiles_total": sum(x.attn_tiles_total for x in s),
+            "sort_calls": sum(x.sort_calls for x in s),
+        }
+        tot["macs"] = tot["linear_macs"] + tot["attn_macs"]
+        tot["tile_density"] = tot["attn_tiles_kept"] / tot["attn_tiles_total"] if tot["attn_tiles_total"] else 1.0
+        return tot
+
+    def per_scale_table(self) -> str:
+        lines = [f"{'scales':>8} {'tokens/block':>24} {'lin MMAC':>9} {'attn MMAC':>9} {'tiles':>11} {'sorts':>6}"]
+        for x in self.steps:
+            sc = ",".join(str(i) for i in x.scales)
+            tk = "/".join(str(t) for t in x.tokens)
+            lines.append(f"{sc:>8} {tk:>24} {x.linear_macs / 1e6:9.3f} {x.attn_macs / 1e6:9.3f} "
+                         f"{x.attn_tiles_kept:>5}/{x.attn_tiles_total:<5} {x.sort_calls:>6}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- pruning
+def pivot_scores(x_RnC: torch.Tensor) -> torch.Tensor:
+    """FastVAR pivot score per token: squared L2 distance to the mean token of its row, float32 (R, n)."""
+    xf = x_RnC.float()
+    return (xf - xf.mean(dim=1, keepdim=True)).square().sum(dim=-1)
+
+
+def select_pivots(scores_Rn: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Indices (R, n_keep), ascending, of the n_keep largest scores per row (sort-core top-k,
+    ties to the lower index)."""
+    return hsort.topk(hsort.float_to_key(scores_Rn.float().contiguous()), int(n_keep), sorted=False)
+
+
+def n_keep_for(n: int, ratio: float) -> int:
+    return n - int(math.floor(n * (1.0 - ratio) + 1e-9))
+
+
+def _fake_quant(t: torch.Tensor, fmt: str) -> torch.Tensor:
+    c = t.shape[-1]
+    block = math.gcd(c, 32)
+    codes, scales = fp.mx_quantize(t.float(), fmt, block)
+    return fp.mx_dequantize(codes, scales, fmt, block).to(t.dtype)
+
+
+# ---------------------------------------------------------------------------------- hooks
+class AcceleratedHooks(VARHooks):
+    """Hooks for ``var.autoregressive_infer_cfg(hooks=...)`` (techniques 1, 2, 3, 5) or for
+    :func:`golden.accel.infer.accelerated_infer` (all, incl. parallel decoding and hardware
+    sampling). ``accel``: an AccelConfig or a spec string for :meth:`AccelConfig.parse`.
+    ``tap``: optional recorder (:class:`golden.taps.TapRecorder`). State is reset at the first
+    block of scale 0, so one object serves several generations; ``counter`` accumulates."""
+
+    def __init__(self, cfg_var, accel=None, counter: Optional[OpCounter] = None, tap=None):
+        self.vcfg = cfg_var
+        self.acfg = AccelConfig.parse(accel, cfg_var)
+        self.counter = counter if counter is not None else OpCounter(cfg_var.depth)
+        self.tap = tap
+        self.patch_nums = tuple(cfg_var.patch_nums)
+        self.SN = len(self.patch_nums)
+        self.depth = cfg_var.depth
+        self.lvl_L = token_tables(self.patch_nums)[0]
+        self._prune_blocks = self.acfg.prune_blocks(self.depth)
+        self._folded: Dict[str, torch.Tensor] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.kpos: Dict[int, torch.Tensor] = {}
+        self.delta_cache: Dict[int, torch.Tensor] = {}
+        self.skip: Optional[torch.Tensor] = None
+        self._cur = None
+
+    # --------------------------------------------------------------- helpers
+    def _segments(self, q_begin: int, q_end: int):
+        """(si, pn, offset within the step, n) of each scale map in positions [q_begin, q_end)."""
+        out, pos = [], 0
+        for si, pn in enumerate(self.patch_nums):
+            if pos >= q_end:
+                break
+            if pos >= q_begin:
+                out.append((si, pn, pos - q_begin, pn * pn))
+            pos += pn * pn
+        return out
+
+    def _begin_step(self, ctx, R):
+        if ctx.q_begin == 0:
+            self.reset()
+        self.skip = None
+        segs = self._segments(ctx.q_begin, ctx.q_end)
+        self.counter.begin([s[0] for s in segs], R)
+
+    # --------------------------------------------------------------- block
+    def block(self, block, x_BLC, cond_BD, attn_bias, ctx, run):
+        if ctx.mode != "ar":
+            return run(x_BLC, attn_bias)
+        b = ctx.block_idx
+        R, l, C = x_BLC.shape
+        if b == 0:
+            self._begin_step(ctx, R)
+        st = self.counter.current
+        segs = self._segments(ctx.q_begin, ctx.q_end)
+        qpos = torch.arange(ctx.q_begin, ctx.q_end)
+        a = self.acfg
+
+        active = torch.ones(R, l, dtype=torch.bool) if self.skip is None else ~self.skip
+        pruned = torch.zeros(R, l, dtype=torch.bool)
+        pruned_segs = set()
+        if b in self._prune_blocks:
+            for si, pn, off, n in segs:
+                nk = n_keep_for(n, a.prune_ratio(si, self.SN))
+                if nk >= n:
+                    continue
+                scores = pivot_scores(x_BLC[:, off:off + n])
+                keep = select_pivots(scores, nk)
+                kept = torch.zeros(R, n, dtype=torch.bool).scatter_(1, keep, True)
+                pruned[:, off:off + n] = ~kept
+                pruned_segs.add(si)
+                st.sort_calls += R
+                if self.tap is not None:
+                    self.tap.on_scores(ctx, si, b, scores, keep)
+        active &= ~pruned
+
+        # aggregation: rep_idx (l,) local index of each token's representative; merged (R, l)
+        x_in = x_BLC
+        member = torch.zeros(R, l, dtype=torch.bool)
+        grouped = torch.zeros(R, l, dtype=torch.bool)
+        rep_idx = torch.arange(l)
+        for si, pn, off, n in segs:
+            if not a.agg_applies(si, b, self.SN, self.depth) or n == 1:
+                continue
+            w = a.agg_window
+            i, j = torch.arange(n) // pn, torch.arange(n) % pn
+            rep_local = (i // w * w) * pn + (j // w * w)
+            rep = rep_local + off
+            rep_idx[off:off + n] = rep
+            xs = x_BLC[:, off:off + n].float()
+            xn = F.normalize(xs, dim=-1)
+            cos = (xn * xn[:, rep_local]).sum(-1)
+            act = active[:, off:off + n]
+            mem = act & act[:, rep_local] & (rep_local != torch.arange(n)) & (cos > a.agg_threshold)
+            member[:, off:off + n] = mem
+        if member.any():
+            cnt = torch.ones(R, l).index_put_((torch.arange(R).unsqueeze(1).expand(R, l)[member],
+                                               rep_idx.expand(R, l)[member]),
+                                              torch.ones(int(member.sum())), accumulate=True)
+            summed = x_BLC.clone()
+            summed.index_put_((torch.arange(R).unsqueeze(1).expand(R, l)[member], rep_idx.expand(R, l)[member]),
+                              x_BLC[member], accumulate=True)
+            is_rep_grp = cnt > 1
+            x_in = torch.where(is_rep_grp.unsqueeze(-1), summed / cnt.unsqueeze(-1), x_BLC)
+            grouped = member | is_rep_grp
+            active = active & ~member
+
+        dense_path = bool(active.all()) and not member.any()
+        if dense_path:
+            run_pos = qpos.expand(R, l)
+            self._cur = dict(qpos=run_pos, n=l, real=R * l, ctx=ctx)
+            self.kpos[b] = run_pos if b not in self.kpos else torch.cat((self.kpos[b], run_pos), 1)
+            st.tokens[b] += R * l
+            out = run(x_BLC, None if attn_bias is None else attn_bias)
+            y_tok = out
+        else:
+            counts = active.sum(1)
+            n = max(1, int(counts.max()))
+            order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :n]
+            valid = torch.arange(n).unsqueeze(0) < counts.unsqueeze(1)
+            run_pos = torch.where(valid, qpos[order], torch.full_like(order, -1))
+            self._cur = dict(qpos=run_pos, n=n, real=int(counts.sum()), ctx=ctx)
+            self.kpos[b] = run_pos if b not in self.kpos else torch.cat((self.kpos[b], run_pos), 1)
+            st.tokens[b] += int(counts.sum())
+            x_run = x_in.gather(1, order.unsqueeze(-1).expand(R, n, C))
+            y_run = run(x_run, None)
+            out = x_BLC.clone()
+            y_tok = torch.zeros_like(x_BLC)
+            for r in range(R):
+                sel = order[r, valid[r]]
+                y_tok[r, sel] = y_run[r, valid[r]]
+                out[r, sel] = y_run[r, valid[r]]
+            # pruned tokens: restore from the cached update map of this block
+            for si, pn, off, n_s in segs:
+                if si not in pruned_segs or b not in self.delta_cache:
+                    continue
+                up = F.interpolate(self.delta_cache[b], size=(pn, pn), mode="area")
+                up = up.flatten(2).transpose(1, 2)
+                pm = pruned[:, off:off + n_s]
+                if self.skip is not None:      # a bypassed token stays the identity
+                    pm = pm & ~self.skip[:, off:off + n_s]
+                seg = out[:, off:off + n_s]
+                out[:, off:off + n_s] = torch.where(pm.unsqueeze(-1), x_BLC[:, off:off + n_s] + up, seg)
+            # un-merge: copy the representative's update back to its group
+            if grouped.any():
+                upd = y_tok.gather(1, rep_idx.expand(R, l).unsqueeze(-1).expand(R, l, C)) \
+                    - x_in.gather(1, rep_idx.expand(R, l).unsqueeze(-1).expand(R, l, C))
+                out = torch.where(grouped.unsqueeze(-1), x_BLC + upd, out)
+        self._cur = None
+
+        # update-map cache for pruning (only at scales this block ran unpruned)
+        if b in self._prune_blocks:
+            for si, pn, off, n_s in segs:
+                if si not in pruned_segs:
+                    self.delta_cache[b] = (out[:, off:off + n_s] - x_BLC[:, off:off + n_s]) \
+                        .transpose(1, 2).reshape(R, C, pn, pn).clone()
+        # bypass decisions for the following blocks
+        if a.bypass and b >= a.bypass_first_block(self.depth) and b < self.depth - 1:
+            ran = active if not dense_path else torch.ones(R, l, dtype=torch.bool)
+            ran = ran | grouped
+            rel = (out - x_BLC).float().norm(dim=-1) / x_BLC.float().norm(dim=-1).clamp_min(1e-12)
+            applies = torch.zeros(R, l, dtype=torch.bool)
+            for si, pn, off, n_s in segs:
+                if a.bypass_applies(si, self.SN):
+                    applies[:, off:off + n_s] = True
+            newly = ran & applies & (rel < a.bypass_threshold)
+            self.skip = newly if self.skip is None else (self.skip | newly)
+        return out
+
+    # --------------------------------------------------------------- attention
+    def attend(self, attn, q, k, v, attn_bias, ctx):
+        a = self.acfg
+        if a.quant_attn:
+            q, k, v = (_fake_quant(t, a.quant_attn) for t in (q, k, v))
+        if ctx.mode != "ar" or self._cur is None:
+            if self.tap is not None and ctx.mode == "ar":
+                self.tap.on_attend(ctx, q, k, v, None)
+            return attn.dense_attend(q, k, v, attn_bias)
+        R, H, n, c = q.shape
+        qpos = self._cur["qpos"]
+        kpos = self.kpos[ctx.block_idx]
+        if kpos.shape[1] != k.shape[2]:
+            raise RuntimeError(f"block {ctx.block_idx}: KV cache holds {k.shape[2]} keys, positions of "
+                               f"{kpos.shape[1]} tracked (were the hooks swapped mid-generation?)")
+        vq, vk = qpos >= 0, kpos >= 0
+        qp, kp = qpos.clamp_min(0), kpos.clamp_min(0)
+        if a.sparse:
+            M = step_mask(self.patch_nums, ctx.q_begin, ctx.q_end, a.block_q, a.block_k, a.window, a.sink_scales)
+            allowed = M[(qp - ctx.q_begin).unsqueeze(-1), kp.unsqueeze(-2)]
+        else:
+            allowed = self.lvl_L[kp].unsqueeze(-2) <= self.lvl_L[qp].unsqueeze(-1)
+        allowed = allowed & vk.unsqueeze(-2)
+        empty = ~allowed.any(-1)
+        if empty.any():
+            sink = vk & (self.lvl_L[kp] < max(1, a.sink_scales))
+            allowed = allowed | (empty.unsqueeze(-1) & sink.unsqueeze(-2))
+            allowed[..., 0] |= ~allowed.any(-1)
+        self._count_attention(allowed, vq, vk, H, c)
+        if self.tap is not None:
+            self.tap.on_attend(ctx, q, k, v, allowed, qpos, kpos)
+        if bool(allowed.all()):
+            return attn.dense_attend(q, k, v, None)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=0.0,
+                                              scale=attn.scale)
+
+    def _count_attention(self, allowed, vq, vk, H, c):
+        st = self.counter.current
+        a = self.acfg
+        R = allowed.shape[0]
+        uniform = bool(vq.all()) and bool(vk.all()) and bool((allowed == allowed[:1]).all())
+        rows = [0] if uniform else range(R)
+        for r in rows:
+            al = allowed[r][vq[r]][:, vk[r]]
+            nq, nk = al.shape
+            if nq == 0 or nk == 0:         # every token of this row bypassed: nothing to compute
+                continue
+            tiles = tile_mask(al, a.block_q, a.block_k)
+            rs = torch.full((tiles.shape[0],), a.block_q)
+            rs[-1] = nq - a.block_q * (tiles.shape[0] - 1)
+            cs = torch.full((tiles.shape[1],), a.block_k)
+            cs[-1] = nk - a.block_k * (tiles.shape[1] - 1)
+            pairs = int((tiles * rs.unsqueeze(1) * cs.unsqueeze(0)).sum())
+            mult = R if uniform else 1
+            st.attn_macs += mult * 2 * H * c * pairs
+            st.attn_tiles_kept += mult * int(tiles.sum())
+            st.attn_tiles_total += mult * tiles.numel()
+
+    # --------------------------------------------------------------- linear
+    def _quantized(self, name: str, K: int) -> bool:
+        a = self.acfg
+        if a.quant is None or K % a.quant_block:
+            return False
+        if a.quant_scope == "blocks":
+            return name.startswith("blocks.") and ".ada_lin." not in name
+        return True
+
+    def linear(self, layer, x, bias, ctx):
+        name = getattr(layer, "hook_name", "")
+        N, K = layer.weight.shape
+        if ctx is not None and ctx.mode == "ar" and self.counter.current is not None:
+            rows = x.numel() // K
+            cur = self._cur
+            if cur is not None and x.dim() == 3 and x.shape[1] == cur["n"]:
+                rows = cur["real"]
+            self.counter.current.linear_macs += rows * K * N
+        if self.tap is not None:
+            self.tap.on_linear(ctx, layer, x)
+        if not self._quantized(name, K):
+            return F.linear(x, layer.weight, bias)
+        return self.quant_linear(layer, x, bias)
+
+    def quant_linear(self, layer, x, bias):
+        """The low-bit FP linear of the module docstring (float32 result)."""
+        a = self.acfg
+        name = getattr(layer, "hook_name", "")
+        w = layer.weight.float()
+        K = w.shape[1]
+        xf = x.float()
+        if a.quant_dual_fc2 and name.endswith("ffn.fc2"):
+            zero = torch.zeros((), dtype=xf.dtype)
+            y = fp.mx_matmul(torch.where(xf < 0, xf, zero), w, "e1m2", a.quant, a.quant_block) \
+                + fp.mx_matmul(torch.where(xf > 0, xf, zero), w, "e2m1", a.quant, a.quant_block)
+        else:
+            g = a.quant_hadamard
+            if g and K % g == 0:
+                if name not in self._folded:
+                    self._folded[name] = fp.fold_hadamard_into_weight(w.double(), g).float()
+                w = self._folded[name]
+                xf = fp.group_hadamard(xf, g)
+            y = fp.mx_matmul(xf, w, a.quant, a.quant, a.quant_block)
+        y = y.to(torch.float32)
+        return y if bias is None else y + bias
+
+    # --------------------------------------------------------------- end of scale
+    def on_scale_end(self, ctx, out):
+        if self.tap is not None:
+            self.tap.on_scale_end(ctx, out)

@@ -1,0 +1,317 @@
+"""Tests of golden/accel and golden/fidelity on the tiny preset: each technique changes what it
+should and nothing else, mask properties, op counts, low-bit linears, pivot top-k, fidelity."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from golden.accel import (AccelConfig, AcceleratedHooks, RunRecord, accelerated_infer, block_density, block_mask,
+                          pivot_scores, select_pivots)
+from golden.accel.generate import generate, savings_table
+from golden.fidelity import compare, logit_kl, psnr, ssim, token_agreement
+from golden.model import VARConfig, build
+from golden.model.hooks import StepContext
+from golden.numerics import fp
+
+KW = dict(B=2, label_B=torch.tensor([1, 3]), g_seed=7, cfg=4.0, top_k=900, top_p=0.95)
+
+
+@pytest.fixture(scope="module")
+def model():
+    cfg = VARConfig.preset("tiny")
+    # gamma 0.5 so that random blocks change their input noticeably (the official init ~ identity)
+    vae, var = build(cfg, seed=3, init_adaln_gamma=0.5, init_head=1.0)
+    return cfg, var
+
+
+@pytest.fixture(scope="module")
+def dense(model):
+    cfg, var = model
+    img = var.autoregressive_infer_cfg(**KW)
+    rec = RunRecord()
+    hooks = AcceleratedHooks(cfg, "dense")
+    accelerated_infer(var, **KW, hooks=hooks, record=rec)
+    return img, rec, hooks.counter
+
+
+def accel_run(var, spec):
+    hooks = AcceleratedHooks(var.cfg, spec)
+    rec = RunRecord()
+    accelerated_infer(var, **KW, hooks=hooks, record=rec)
+    return rec, hooks
+
+
+def same_logits(a, b, scales):
+    return all(torch.equal(a.logits[s], b.logits[s]) for s in scales)
+
+
+# ------------------------------------------------------------------------------- config
+def test_parse_presets_and_overrides(model):
+    cfg, _ = model
+    a = AccelConfig.parse("fastvar,sparse,mxfp4", cfg)
+    assert a.prune and a.sparse and a.quant == "e2m1" and a.quant_dual_fc2 and not a.aggregate
+    assert a.block_q == 4                                     # small-map default
+    assert AccelConfig.parse("sparse", VARConfig.preset("d16")).block_q == 16
+    b = AccelConfig.parse("sparse,window=3,prune_keep=0.6:0.3,quant=none", cfg)
+    assert b.window == 3 and b.prune_keep == (0.6, 0.3) and b.quant is None
+    assert AccelConfig.parse("dense", cfg).is_dense and not a.is_dense
+    assert AccelConfig.parse("all", cfg).step_groups(4) == [(0,), (1,), (2, 3)]
+    for bad in ("nosuch", "window=-1", "quant=e9m9", "parallel_last=1"):
+        with pytest.raises(ValueError):
+            AccelConfig.parse(bad, cfg)
+
+
+# ------------------------------------------------------------------------------- dense
+def test_dense_hooks_and_driver_bit_exact(model, dense):
+    cfg, var = model
+    img, rec, _ = dense
+    assert torch.equal(var.autoregressive_infer_cfg(**KW, hooks=AcceleratedHooks(cfg, "dense")), img)
+    assert torch.equal(rec.image, img)
+
+
+def test_hw_sampling_matches_official_sampler(model, dense):
+    _, var = model
+    rec, hooks = accel_run(var, "hwsample")
+    assert torch.equal(rec.image, dense[0])
+    assert hooks.counter.totals()["sort_calls"] == KW["B"] * sum(p * p for p in var.patch_nums)
+
+
+def test_op_counter_dense_totals(model, dense):
+    cfg, var = model
+    t = dense[2].totals()
+    R, C, H, V, Cv = 2 * KW["B"], cfg.embed_dim, cfg.ffn_hidden, cfg.vocab_size, cfg.z_channels
+    pns = cfg.patch_nums
+    L = sum(p * p for p in pns)
+    assert t["steps"] == len(pns)
+    assert t["tokens"] == R * L * cfg.depth
+    per_tok = 3 * C * C + C * C + C * H + H * C
+    lin = R * L * cfg.depth * per_tok + R * len(pns) * cfg.depth * 6 * C * C    # blocks + AdaLN
+    lin += R * len(pns) * 2 * C * C + R * L * C * V                              # head AdaLN + head
+    lin += KW["B"] * (L - 1) * Cv * C                                            # word_embed (per image)
+    assert t["linear_macs"] == lin
+    ends = np.cumsum([p * p for p in pns])
+    attn = cfg.depth * sum(R * 2 * C * p * p * int(e) for p, e in zip(pns, ends))
+    assert t["attn_macs"] == attn
+    assert t["attn_tiles_kept"] == t["attn_tiles_total"] and t["sort_calls"] == 0
+
+
+# ------------------------------------------------------------------------------- pruning
+def test_prune_keep_one_equals_dense(model, dense):
+    _, var = model
+    rec, hooks = accel_run(var, "fastvar,prune_keep=1.0:1.0")
+    assert torch.equal(rec.image, dense[0]) and same_logits(rec, dense[1], range(4))
+    assert hooks.counter.totals()["tokens"] == dense[2].totals()["tokens"]
+
+
+def test_prune_changes_only_pruned_scales(model, dense):
+    cfg, var = model
+    rec, hooks = accel_run(var, "fastvar")
+    assert same_logits(rec, dense[1], [0, 1])
+    assert not torch.equal(rec.logits[3], dense[1].logits[3])
+    R = 2 * KW["B"]
+    st = hooks.counter.steps
+    # 3x3 keeps 9 - floor(4.5) = 5, 4x4 keeps 4 (25 %), in every block (layers 0.1..0.9 of depth 2)
+    assert st[2].tokens == [R * 5] * cfg.depth and st[3].tokens == [R * 4] * cfg.depth
+    assert st[1].tokens == [R * 4] * cfg.depth
+    assert hooks.counter.totals()["sort_calls"] == 2 * cfg.depth * R
+
+
+def test_pivot_topk_matches_numpy(seed):
+    g = torch.Generator().manual_seed(seed)
+    R, n, C = 3, int(torch.randint(2, 40, (1,), generator=g)), 16
+    x = torch.randn(R, n, C, generator=g)
+    k = int(torch.randint(1, n + 1, (1,), generator=g))
+    s = pivot_scores(x)
+    xn = x.numpy().astype(np.float64)
+    ref = ((xn - xn.mean(1, keepdims=True)) ** 2).sum(-1)
+    np.testing.assert_allclose(s.numpy(), ref, rtol=1e-5)
+    got = select_pivots(s, k).numpy()
+    want = np.sort(np.argsort(-s.numpy(), axis=1, kind="stable")[:, :k], axis=1)
+    np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------------------------------------- sparse
+def test_sparse_full_window_equals_dense(model, dense):
+    _, var = model
+    rec, hooks = accel_run(var, "sparse,window=16,sink_scales=0")
+    assert torch.equal(rec.image, dense[0]) and same_logits(rec, dense[1], range(4))
+    assert hooks.counter.totals()["tile_density"] == 1.0
+
+
+def test_sparse_changes_attention_only(model, dense):
+    _, var = model
+    rec, hooks = accel_run(var, "sparse,window=0,block_q=1,block_k=1")
+    t, d = hooks.counter.totals(), dense[2].totals()
+    assert t["tokens"] == d["tokens"] and t["linear_macs"] == d["linear_macs"]
+    assert t["attn_macs"] < d["attn_macs"] and t["tile_density"] < 1.0
+    assert same_logits(rec, dense[1], [0])
+    assert not torch.equal(rec.logits[3], dense[1].logits[3])
+
+
+PNS = [(1, 2, 3, 4), (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)]
+
+
+@pytest.mark.parametrize("pns", PNS)
+def test_block_mask_properties(pns, seed):
+    g = torch.Generator().manual_seed(seed)
+    bq, bk = (int(v) for v in torch.randint(1, 20, (2,), generator=g))
+    sinks = int(torch.randint(1, 3, (1,), generator=g))
+    begin = np.cumsum((0,) + tuple(p * p for p in pns))
+    for si in range(len(pns)):
+        dens = []
+        for w in range(0, pns[-1] + 1, 3):
+            m = block_mask(pns, si, bq, bk, w, sinks)
+            assert m.shape == (-(-pns[si] ** 2 // bq), -(-int(begin[si + 1]) // bk))
+            assert m.any(1).all()                               # every query tile keeps something
+            sink_tiles = -(-int(begin[min(sinks, si + 1)]) // bk)
+            assert m[:, :sink_tiles].all()                      # sinks always kept
+            dens.append(block_density(m))
+        assert all(a <= b for a, b in zip(dens, dens[1:]))      # monotone in the window
+        assert block_mask(pns, si, bq, bk, pns[-1], sinks).all()
+
+
+def test_block_mask_index_mapping():
+    pns = (1, 2, 4)
+    m = block_mask(pns, 2, 1, 1, window=0, sink_scales=0)      # token level
+    # query (3, 2) of the 4x4 map maps to (1, 1) of the 2x2 map (position 1 + 3) and itself
+    q = 3 * 4 + 2
+    kept = set(torch.nonzero(m[q]).flatten().tolist())
+    assert kept == {0, 1 + 3, 5 + q}
+
+
+# ------------------------------------------------------------------------------- aggregation / bypass
+def test_aggregation_threshold_above_one_is_dense(model, dense):
+    _, var = model
+    rec, _ = accel_run(var, "aggregate,agg_threshold=1.0")
+    assert torch.equal(rec.image, dense[0]) and same_logits(rec, dense[1], range(4))
+
+
+def test_aggregation_merges_windows(model, dense):
+    cfg, var = model
+    rec, hooks = accel_run(var, "aggregate,agg_threshold=-1.0,agg_last=1")
+    st = hooks.counter.steps
+    R = 2 * KW["B"]
+    assert st[3].tokens == [R * 4] * cfg.depth                 # 4x4 map, 2x2 windows -> 4 representatives
+    assert same_logits(rec, dense[1], [0, 1, 2]) and not torch.equal(rec.logits[3], dense[1].logits[3])
+
+
+def test_bypass(model, dense):
+    cfg, var = model
+    rec, _ = accel_run(var, "bypass,bypass_threshold=0.0")
+    assert torch.equal(rec.image, dense[0]) and same_logits(rec, dense[1], range(4))
+    rec, hooks = accel_run(var, "bypass,bypass_threshold=1e9,bypass_last=2")
+    st = hooks.counter.steps
+    R = 2 * KW["B"]
+    assert st[1].tokens == [R * 4] * cfg.depth
+    assert st[2].tokens[0] == R * 9 and st[2].tokens[1:] == [0] * (cfg.depth - 1)
+    assert same_logits(rec, dense[1], [0, 1])
+
+
+# ------------------------------------------------------------------------------- parallel decoding
+def test_parallel_decoding(model, dense):
+    cfg, var = model
+    rec, hooks = accel_run(var, "parallel")
+    t = hooks.counter.totals()
+    assert t["steps"] == len(cfg.patch_nums) - 1 and len(rec.ids) == len(cfg.patch_nums)
+    assert same_logits(rec, dense[1], [0, 1])
+    # scale 2 has its exact input and sees only scales <= 2: same logits up to rounding
+    torch.testing.assert_close(rec.logits[2], dense[1].logits[2], rtol=1e-4, atol=1e-5)
+    assert t["tokens"] == dense[2].totals()["tokens"]
+
+
+# ------------------------------------------------------------------------------- low-bit FP
+def _ctx():
+    return StepContext(mode="ar", patch_nums=(1, 2, 3, 4), q_begin=0, q_end=1, si=0)
+
+
+@pytest.mark.parametrize("spec,fmt", [("mxfp4", "e2m1"), ("mxfp6", "e2m3")])
+def test_quant_linear_equals_mx_matmul(model, seed, spec, fmt):
+    cfg, var = model
+    hooks = AcceleratedHooks(cfg, spec)
+    g = torch.Generator().manual_seed(seed)
+    layer = var.blocks[1].ffn.fc1
+    x = torch.randn(2, 5, cfg.embed_dim, generator=g) * 3
+    y = hooks.linear(layer, x, layer.bias, _ctx())
+    assert torch.equal(y, fp.mx_matmul(x, layer.weight, fmt, fmt).float() + layer.bias)
+    # independent check: dequantized operands through a float64 matmul
+    xq = fp.mx_dequantize(*fp.mx_quantize(x, fmt), fmt).double()
+    wq = fp.mx_dequantize(*fp.mx_quantize(layer.weight, fmt), fmt).double()
+    torch.testing.assert_close(y, (xq @ wq.T).float() + layer.bias, rtol=1e-5, atol=1e-5)
+    # layers outside the blocks stay dense
+    head = var.head
+    xh = torch.randn(3, cfg.embed_dim, generator=g)
+    assert torch.equal(hooks.linear(head, xh, head.bias, _ctx()), F.linear(xh, head.weight, head.bias))
+
+
+def test_dual_format_fc2(model, seed):
+    cfg, var = model
+    hooks = AcceleratedHooks(cfg, "mxfp4")
+    g = torch.Generator().manual_seed(seed)
+    layer = var.blocks[0].ffn.fc2
+    x = F.gelu(torch.randn(4, cfg.ffn_hidden, generator=g) * 2, approximate="tanh")
+    y = hooks.linear(layer, x, None, _ctx())
+    nc, ns, pc, ps = fp.dual_quantize(x)
+    xq = fp.dual_dequantize(nc, ns, pc, ps).double()
+    wq = fp.mx_dequantize(*fp.mx_quantize(layer.weight, "e2m1"), "e2m1").double()
+    torch.testing.assert_close(y, (xq @ wq.T).float(), rtol=1e-5, atol=1e-6)
+
+
+def test_group_hadamard_linear(model, seed):
+    cfg, var = model
+    hooks = AcceleratedHooks(cfg, "mxfp4,quant_hadamard=32")
+    g = torch.Generator().manual_seed(seed)
+    layer = var.blocks[0].attn.proj
+    x = torch.randn(3, cfg.embed_dim, generator=g)
+    y = hooks.linear(layer, x, layer.bias, _ctx())
+    w = fp.fold_hadamard_into_weight(layer.weight.double(), 32).float()
+    assert torch.equal(y, fp.mx_matmul(fp.group_hadamard(x, 32), w, "e2m1", "e2m1").float() + layer.bias)
+
+
+def test_mxfp_run_changes_logits_not_counts(model, dense):
+    _, var = model
+    rec, hooks = accel_run(var, "mxfp6")
+    kl = logit_kl(dense[1].logits, rec.logits)
+    assert all(k > 0 for k in kl[1:])
+    t, d = hooks.counter.totals(), dense[2].totals()
+    assert t["macs"] == d["macs"] and t["tokens"] == d["tokens"]
+
+
+# ------------------------------------------------------------------------------- fidelity
+def test_fidelity_identity_and_noise(seed):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.rand(2, 3, 32, 32, generator=g)
+    assert psnr(img, img) == math.inf and ssim(img, img) == pytest.approx(1.0, abs=1e-12)
+    ps, ss = [], []
+    for sigma in (0.01, 0.05, 0.2):
+        noisy = (img + sigma * torch.randn(img.shape, generator=g)).clamp(0, 1)
+        ps.append(psnr(img, noisy))
+        ss.append(ssim(img, noisy))
+    assert ps[0] > ps[1] > ps[2] and 1.0 > ss[0] > ss[1] > ss[2]
+    # PSNR of a uniform offset d: -20 log10 d
+    assert psnr(torch.zeros(1, 3, 8, 8), torch.full((1, 3, 8, 8), 0.1)) == pytest.approx(20.0)
+
+
+def test_compare_self_is_perfect(dense):
+    m = compare(dense[1], dense[1])
+    assert m["psnr"] == math.inf and m["ssim"] == pytest.approx(1.0)
+    assert m["token_agreement"] == [1.0] * 4 and m["logit_kl"] == [0.0] * 4
+    assert token_agreement([torch.tensor([1, 2])], [torch.tensor([1, 3])]) == [0.5]
+
+
+def test_generate_writes_images(tmp_path):
+    table, metrics = generate(accel="fastvar,sparse,mxfp4", out=tmp_path / "img.png", progress=False)
+    assert (tmp_path / "img.png").is_file() and (tmp_path / "img_vs_dense.png").is_file()
+    assert "total MACs" in table and "ratio" in table
+    assert set(metrics) >= {"psnr", "ssim", "token_agreement", "logit_kl"}
+
+
+def test_hooks_in_model_loop_equal_driver(model):
+    """Techniques 1, 2, 3, 5 work through plain autoregressive_infer_cfg(hooks=...) too."""
+    cfg, var = model
+    spec = "fastvar,sparse,turbo,mxfp4,agg_threshold=0.5"
+    a = var.autoregressive_infer_cfg(**KW, hooks=AcceleratedHooks(cfg, spec))
+    rec, _ = accel_run(var, spec)
+    assert torch.equal(a, rec.image)
