@@ -1,0 +1,107 @@
+"""Cycle benchmark of the radix sort / top-k core (hw/sort) on the emitted RTL, no stalls.
+
+Cycles are counted by the cocotb sink from the first input beat offered to the last output
+beat accepted, with an idle core (load included). Cases: sort 4096 uniform 16-bit keys;
+top-900 of 4096 keys (VAR-like logits, float32 -> float_to_key -> top 16 bits, and uniform
+keys), in sorted (descending) and unordered (ascending index) mode. Every output is checked
+against golden.numerics.sort. Goals from issue 4: sorted top-900-of-4096 <= 3 * 4096 / P + 64,
+unordered <= 2 * 4096 / P + 64. Run: ``python -m sim.bench_sort [--radix 4 8] [--n 4096]``.
+"""
+
+import argparse
+import json
+import os
+import pickle
+import tempfile
+
+import torch
+
+from golden.numerics import sort as sortnum
+from hw.emit import parse_params
+from hw.sort.radix import SUPPORTED_LANES
+from sim.runner import REPO_ROOT, run_cocotb
+from tb.sort.stimulus import logit_keys, random_keys
+
+__all__ = ["main", "measure"]
+
+
+def _run(core, params, cases):
+    workdir = REPO_ROOT / "build" / "bench_sort"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        stim, resp = os.path.join(tmp, "stimulus.pkl"), os.path.join(tmp, "response.pkl")
+        with open(stim, "wb") as f:
+            pickle.dump(cases, f)
+        run_cocotb(core, params, "tb.sort.bench", test_dir=tmp,
+                   extra_env={"VARACCEL_STIMULUS": stim, "VARACCEL_RESPONSE": resp,
+                              "VARACCEL_PARAMS": json.dumps(params, sort_keys=True)})
+        with open(resp, "rb") as f:
+            return pickle.load(f)
+
+
+def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0):
+    """Rows ``{case, P, R, cycles, goal}`` for one (P, R); raises if any output is wrong."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    sort_params = parse_params("sort", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n,
+                                        "lanes": lanes})
+    keys = random_keys(gen, n, key_bits)
+    out = _run("sort", sort_params, [{"inputs": {"i": [{"key": int(x), "last": int(i == n - 1)}
+                                                       for i, x in enumerate(keys.tolist())]},
+                                      "outputs": {"o": n}}])[0]
+    want = sortnum.sort(keys, key_bits=key_bits, radix_bits=radix_bits).tolist()
+    if [b["index"] for b in out["outputs"]["o"]] != want:
+        raise AssertionError(f"sort R={radix_bits}: output differs from golden")
+    rows.append({"case": f"sort {n} uniform", "P": lanes, "R": radix_bits, "cycles": out["cycles"],
+                 "goal": None})
+    topk_params = parse_params("topk", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n,
+                                        "lanes": lanes})
+    inputs = {"logits": logit_keys(gen, n, key_bits, temperature=1.0), "uniform": random_keys(gen, n, key_bits)}
+    cases, expect = [], []
+    for name, keys in inputs.items():
+        for unordered in (False, True):
+            beats = [{"key": int(x), "last": int(i == n - 1)} for i, x in enumerate(keys.tolist())]
+            cases.append({"inputs": {"i": beats, "cmd": [{"k": k, "unordered": int(unordered)}]},
+                          "outputs": {"o": k, "status": 1}})
+            want = sortnum.topk(keys, k, sorted=not unordered, key_bits=key_bits, radix_bits=radix_bits)
+            goal = (2 if unordered else 3) * n // lanes + 64
+            expect.append((name, unordered, want.tolist(), goal))
+    for res, (name, unordered, want, goal) in zip(_run("topk", topk_params, cases), expect):
+        if [b["index"] for b in res["outputs"]["o"]] != want:
+            raise AssertionError(f"topk {name} R={radix_bits}: output differs from golden")
+        rows.append({"case": f"top-{k} of {n} {name} {'unordered' if unordered else 'sorted'}",
+                     "P": lanes, "R": radix_bits, "cycles": res["cycles"], "goal": goal})
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--radix", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--lanes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=900)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = parser.parse_args(argv)
+    rows, unsupported = [], []
+    for lanes in args.lanes:
+        for radix in args.radix:
+            if lanes not in SUPPORTED_LANES:
+                unsupported.append(f"P={lanes} R={radix}: not implemented (lanes must be in {SUPPORTED_LANES})")
+                continue
+            rows += measure(radix, args.n, args.k, lanes=lanes)
+    if args.json:
+        print(json.dumps({"rows": rows, "unsupported": unsupported}, indent=2))
+        return 0
+    print(f"{'case':40s} {'P':>2s} {'R':>2s} {'cycles':>8s} {'elem/cyc':>8s} {'goal':>7s} {'met':>4s}")
+    for r in rows:
+        goal = "" if r["goal"] is None else str(r["goal"])
+        met = "" if r["goal"] is None else ("yes" if r["cycles"] <= r["goal"] else "no")
+        print(f"{r['case']:40s} {r['P']:2d} {r['R']:2d} {r['cycles']:8d} {args.n / r['cycles']:8.3f} "
+              f"{goal:>7s} {met:>4s}")
+    for line in unsupported:
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""cocotb testbenches of the radix sort / top-k core (hw/sort)."""
