@@ -1,0 +1,672 @@
+"""Unified attention core: MX q.k scores, FlashAttention-2 online softmax, block-sparse skipping.
+
+Bit for bit :func:`golden.numerics.attention.attention_from_codes` (read its docstring for every
+rounding step). This file says how the datapath is organised in hardware and what the host must
+stream.
+
+Organisation (one job = one head: ``Lq`` queries against ``Lk`` keys)
+--------------------------------------------------------------------
+The queries are processed in tiles of ``Br`` rows, the keys in blocks of ``Bc``. For each
+query tile the core holds the tile's Q rows in an on-chip memory; each *kept* key block of that
+tile is streamed in once (K and V into a double-buffered on-chip block memory, so the next
+block loads while the current one is computed) and used by all rows of the tile. Skipped blocks
+cost one cycle of mask scanning in the loader and nothing else: their K/V are never sent.
+
+Four units work concurrently, connected by small buffers:
+
+* **Loader**: command, per-tile mask, Q rows, K/V blocks into two banks; it also forms the
+  V tile exponents ``Xt_b`` (running max of the V scale codes per D-block) as V arrives.
+* **Score unit (A)**: one (row, key) pair per cycle: ``D`` LUT multipliers (hw/fp/lutmul),
+  exact adder tree per MX block, block exponent shift onto the ``2^-dot_frac`` grid (floor),
+  ``dot_width``-bit wrapping sum, times the constant ``C``, rounding shift, saturation; writes
+  the row's ``Bc`` scores into a ring of 4 score slots and tracks the row's block max.
+* **Softmax / P.V unit (B)**: one (row, key) pair per cycle, running one row behind A on the
+  same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
+  ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
+  ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
+* **Row update (U)**: per (row, block), 3 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+  memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
+  golden model. After the row's last kept block the result goes to the divider instead.
+* **Divider**: ``D`` restoring dividers (``div_steps`` quotient bits per cycle) give
+  ``y_d = round_half_up(acc_d * 2^p_bits / l)``; one output beat per query row.
+
+With ``2 * D`` multipliers (``D`` for q.k, ``D`` for p.V) a dense job needs ``Lq * Lk`` cycles
+at 100 % MAC utilisation; A and B each take one key per cycle and run back to back across
+rows and blocks, so the overhead is per-tile (Q load, pipeline fill) and per-row only when a
+block holds fewer keys than the row update / divider need (a few keys).
+
+Host streaming protocol
+-----------------------
+1. ``cmd``: one beat per job: ``lq``, ``lk``, ``c`` (the constant C of
+   :func:`~golden.numerics.attention.score_constant`), ``shift`` = ``dot_frac + c_frac -
+   score_frac`` (0..62). A new command is taken once the previous job's last row is out.
+2. ``mask``: one beat per query tile ``t`` (``ceil(Lq / Br)`` beats): ``bits`` bit ``j`` = keep
+   key block ``j`` for this tile (``ceil(Lk / Bc) <= max_kblocks``; bits beyond are ignored).
+   All ones = dense.
+3. ``q``: the Q rows in order, one token per beat (``codes`` D element codes, ``scales`` D/block
+   E8M0 codes); rows of every tile, also fully masked ones.
+4. ``k`` and ``v``: for each tile ``t`` in order, for each kept block ``j`` of it in increasing
+   order, the block's valid keys (``min(Bc, Lk - j Bc)``), one token per beat on each stream.
+   So a key block is streamed once per query tile that keeps it, and never for a tile that
+   skips it. The core takes K and V beats together (both valid).
+5. ``o``: one beat per query row, in order: ``y`` (D signed mantissas), ``exp`` (per D-block
+   power of two: value = ``y * 2^exp``), ``masked`` (row had no kept block: y = 0),
+   ``last`` on the job's final row.
+
+The streams are independent: the host may queue all of them at once (the core pulls each in
+the order above); every stream may stall at any time.
+"""
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden.numerics import fp as fpnum
+from golden.numerics.attention import E8M0_BIAS, AttnNumerics, exp2_table
+from ..common import check_int
+from ..fp.lutmul import magnitude_product
+
+__all__ = ["AttentionCore"]
+
+N_SLOTS = 4  # score-buffer rows between the score unit and the softmax unit
+
+
+def _code_int_bits(f):
+    return int(round(f.max_finite * 2**f.F)).bit_length()
+
+
+def _bits(n):
+    """Bits to count 0..n-1 (at least 1)."""
+    return max((n - 1).bit_length(), 1)
+
+
+class AttentionCore(wiring.Component):
+    """Attention over a KV cache, bit for bit ``golden.numerics.attention.attention_from_codes``.
+
+    Parameters: ``D`` head dim, ``block`` MX block (divides D), ``Br`` query tile rows, ``Bc`` keys
+    per block, ``lanes`` multipliers per unit (0 = D; only D is built), the numerics of
+    :class:`~golden.numerics.attention.AttnNumerics` (``qk_fmt``, ``v_fmt``, ``dot_frac``,
+    ``dot_width``, ``const_bits``, ``score_frac``, ``score_width``, ``exp_bits``, ``p_bits``,
+    ``l_width``, ``v_guard``, ``acc_frac``, ``acc_width``), ``max_kblocks`` (mask bits per tile:
+    Lk <= max_kblocks * Bc), ``len_bits`` (width of lq / lk), ``div_steps`` (quotient bits per
+    divider cycle). Streams: see the module docstring.
+    """
+
+    def __init__(self, D=64, block=32, Br=64, Bc=64, lanes=0, qk_fmt="e4m3", v_fmt="e4m3", dot_frac=16,
+                 dot_width=40, const_bits=16, score_frac=10, score_width=24, exp_bits=8, p_bits=15,
+                 l_width=32, v_guard=2, acc_frac=4, acc_width=40, max_kblocks=64, len_bits=16, div_steps=2):
+        check_int("D", D, 1, 256)
+        check_int("block", block, 1, 256)
+        check_int("Br", Br, 1, 1024)
+        check_int("Bc", Bc, 1, 1024)
+        self.nm = AttnNumerics(D=D, qk_fmt=qk_fmt, v_fmt=v_fmt, block=block, Br=Br, Bc=Bc, dot_frac=dot_frac,
+                               dot_width=dot_width, const_bits=const_bits, score_frac=score_frac,
+                               score_width=score_width, exp_bits=exp_bits, p_bits=p_bits, l_width=l_width,
+                               v_guard=v_guard, acc_frac=acc_frac, acc_width=acc_width)
+        check_int("lanes", lanes, 0, D)
+        if lanes not in (0, D):
+            raise ValueError(f"lanes must be 0 or D ({D}): this version builds D multipliers per unit, not {lanes}")
+        self.lanes = D
+        self.max_kblocks = check_int("max_kblocks", max_kblocks, 1, 4096)
+        self.len_bits = check_int("len_bits", len_bits, 1, 24)
+        self.div_steps = check_int("div_steps", div_steps, 1, 8)
+        nm = self.nm
+        fq, fv = nm.fq, nm.fv
+        self.out_width = nm.out_width
+        self.out_exp_offset = -E8M0_BIAS - fv.F - nm.v_guard - nm.acc_frac
+        self.q_layout = data.StructLayout({"codes": data.ArrayLayout(fq.code_width, D),
+                                           "scales": data.ArrayLayout(8, nm.nb)})
+        self.v_layout = data.StructLayout({"codes": data.ArrayLayout(fv.code_width, D),
+                                           "scales": data.ArrayLayout(8, nm.nb)})
+        cmd_layout = data.StructLayout({"lq": len_bits, "lk": len_bits, "c": const_bits, "shift": 6})
+        mask_layout = data.StructLayout({"bits": max_kblocks})
+        out_layout = data.StructLayout({"y": data.ArrayLayout(signed(self.out_width), D),
+                                        "exp": data.ArrayLayout(signed(10), nm.nb),
+                                        "masked": 1, "last": 1})
+        super().__init__({
+            "cmd": In(stream.Signature(cmd_layout)),
+            "mask": In(stream.Signature(mask_layout)),
+            "q": In(stream.Signature(self.q_layout)),
+            "k": In(stream.Signature(self.q_layout)),
+            "v": In(stream.Signature(self.v_layout)),
+            "o": Out(stream.Signature(out_layout)),
+        })
+
+    # ------------------------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        nm = self.nm
+        D, B, nb, Br, Bc = nm.D, nm.block, nm.nb, nm.Br, nm.Bc
+        fq, fv = nm.fq, nm.fv
+        W = nm.dot_width
+        SW = nm.score_width
+        smin, smax = nm.score_min, nm.score_max
+        PB = nm.p_bits
+        PW = PB + 1
+        vbits = _code_int_bits(fv)
+        VFW = vbits + nm.v_guard + 1              # signed aligned V
+        PRW = PW + VFW + 1                        # signed p * vfix
+        PSW = PRW + (Bc - 1).bit_length()         # signed block sum P_d
+        PSUMW = PW + Bc.bit_length()              # unsigned sum of p over a block
+        AW, LW = nm.acc_width, nm.l_width
+        LB = self.len_bits
+        KB = self.max_kblocks
+
+        def reg(value, name, shape=None):
+            r = Signal(shape if shape is not None else value.shape(), name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        # ---------------------------------------------------------------- memories
+        q_width = data.Layout.cast(self.q_layout).size
+        v_width = data.Layout.cast(self.v_layout).size
+        m.submodules.qmem = qmem = Memory(shape=unsigned(q_width), depth=Br, init=[])
+        m.submodules.kmem = kmem = Memory(shape=unsigned(q_width), depth=2 * Bc, init=[])
+        m.submodules.vmem = vmem = Memory(shape=unsigned(v_width), depth=2 * Bc, init=[])
+        m.submodules.sbuf = sbuf = Memory(shape=signed(SW), depth=N_SLOTS * Bc, init=[])
+        m.submodules.mreg = mreg = Memory(shape=signed(SW), depth=Br, init=[])
+        state_layout = data.StructLayout({"acc": data.ArrayLayout(signed(AW), D), "l": unsigned(LW),
+                                          "e": data.ArrayLayout(8, nb)})
+        state_width = data.Layout.cast(state_layout).size
+        m.submodules.smem = smem = Memory(shape=unsigned(state_width), depth=Br, init=[])
+        table = [int(x) for x in exp2_table(nm)]
+        m.submodules.rom = rom = Memory(shape=unsigned(PW), depth=len(table), init=table)
+
+        q_wr, k_wr, v_wr = qmem.write_port(), kmem.write_port(), vmem.write_port()
+        q_rd, k_rd, v_rd = qmem.read_port(), kmem.read_port(), vmem.read_port()
+        s_wr, s_rd = sbuf.write_port(), sbuf.read_port()
+        m_wr, m_rd = mreg.write_port(), mreg.read_port(domain="comb")
+        st_wr, st_rd = smem.write_port(), smem.read_port()
+        rom_p, rom_a = rom.read_port(domain="comb"), rom.read_port(domain="comb")
+
+        # ---------------------------------------------------------------- job registers
+        c_reg = Signal(nm.const_bits)
+        sh_reg = Signal(6)
+        lk_reg = Signal(LB)
+        lq_left = Signal(LB)
+        valid_bits = Signal(KB)
+        job_done = Signal()
+
+        # ---------------------------------------------------------------- bank descriptors
+        def bank_sig(shape, name):
+            return [Signal(shape, name=f"bank{b}_{name}") for b in range(2)]
+        bk_full = bank_sig(1, "full")
+        bk_adone = bank_sig(1, "adone")
+        bk_n = bank_sig(range(Bc + 1), "n")
+        bk_nr = bank_sig(range(Br + 1), "nr")
+        bk_first = bank_sig(1, "first")
+        bk_final = bank_sig(1, "final")
+        bk_lastjob = bank_sig(1, "lastjob")
+        bk_xt = [[Signal(8, name=f"bank{b}_xt{i}") for i in range(nb)] for b in range(2)]
+
+        def pick(sigs, ptr):
+            return Mux(ptr, sigs[1], sigs[0])
+
+        q_busy = Signal()  # the tile's Q rows are still needed by the score unit
+
+        # ---------------------------------------------------------------- loader
+        ld_bank = Signal()
+        nr_reg = Signal(range(Br + 1))
+        lastjob_reg = Signal()
+        rem_bits = Signal(KB)
+        seen_kept = Signal()
+        keys_left = Signal(signed(LB + 2))
+        qcnt = Signal(range(Br))
+        kcnt = Signal(range(Bc))
+        ld_n = Signal(range(Bc + 1))
+        ld_final = Signal()
+
+        vpay = data.View(self.v_layout, self.v.payload.as_value())
+        with m.FSM(name="loader"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid & (self.cmd.payload.lq != 0)):
+                    p = self.cmd.payload
+                    m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
+                                 valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
+                    m.next = "MASK"
+            with m.State("MASK"):
+                m.d.comb += self.mask.ready.eq(1)
+                with m.If(self.mask.valid):
+                    m.d.sync += [rem_bits.eq(self.mask.payload.bits & valid_bits), seen_kept.eq(0),
+                                 keys_left.eq(lk_reg),
+                                 nr_reg.eq(Mux(lq_left > Br, Br, lq_left)), lastjob_reg.eq(lq_left <= Br)]
+                    m.next = "QWAIT"
+            with m.State("QWAIT"):
+                with m.If(~q_busy):
+                    m.d.sync += qcnt.eq(0)
+                    m.next = "QLOAD"
+            with m.State("QLOAD"):
+                m.d.comb += [self.q.ready.eq(1), q_wr.addr.eq(qcnt), q_wr.data.eq(self.q.payload.as_value()),
+                             q_wr.en.eq(self.q.valid)]
+                with m.If(self.q.valid):
+                    m.d.sync += qcnt.eq(qcnt + 1)
+                    with m.If(qcnt == nr_reg - 1):
+                        m.d.sync += q_busy.eq(1)
+                        m.next = "BLK"
+            with m.State("BLK"):
+                bank_free = ~pick(bk_full, ld_bank)
+                alloc = Signal()
+                with m.If(rem_bits == 0):
+                    # Only reachable when no block of the tile is kept: an empty bank makes every
+                    # row of the tile flow through as a fully masked row (y = 0).
+                    with m.If(bank_free):
+                        m.d.comb += alloc.eq(1)
+                        m.d.sync += ld_n.eq(0)
+                        for b in range(2):
+                            with m.If(ld_bank == b):
+                                m.d.sync += [bk_n[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
+                                             bk_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
+                        m.d.sync += ld_bank.eq(~ld_bank)
+                        m.next = "NEXT"
+                with m.Elif(~rem_bits[0]):
+                    m.d.sync += [rem_bits.eq(rem_bits >> 1), keys_left.eq(keys_left - Bc)]
+                with m.Elif(bank_free):
+                    m.d.comb += alloc.eq(1)
+                    n_val = Mux(keys_left > Bc, Bc, keys_left)
+                    final = rem_bits[1:] == 0
+                    m.d.sync += [ld_n.eq(n_val), ld_final.eq(final), kcnt.eq(0)]
+                    for b in range(2):
+                        with m.If(ld_bank == b):
+                            m.d.sync += [bk_n[b].eq(n_val), bk_first[b].eq(~seen_kept), bk_final[b].eq(final)]
+                    m.next = "KVLOAD"
+                with m.If(alloc):
+                    for b in range(2):
+                        with m.If(ld_bank == b):
+                            m.d.sync += [bk_nr[b].eq(nr_reg), bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
+            with m.State("KVLOAD"):
+                take = self.k.valid & self.v.valid
+                addr = Mux(ld_bank, Bc, 0) + kcnt
+                m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take),
+                             k_wr.addr.eq(addr), k_wr.data.eq(self.k.payload.as_value()), k_wr.en.eq(take),
+                             v_wr.addr.eq(addr), v_wr.data.eq(self.v.payload.as_value()), v_wr.en.eq(take)]
+                with m.If(take):
+                    m.d.sync += kcnt.eq(kcnt + 1)
+                    for b in range(2):
+                        with m.If(ld_bank == b):
+                            for i in range(nb):
+                                sc = vpay.scales[i]
+                                m.d.sync += bk_xt[b][i].eq(Mux((kcnt == 0) | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
+                    with m.If(kcnt == ld_n - 1):
+                        for b in range(2):
+                            with m.If(ld_bank == b):
+                                m.d.sync += bk_full[b].eq(1)
+                        m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1), rem_bits.eq(rem_bits >> 1),
+                                     keys_left.eq(keys_left - Bc)]
+                        with m.If(ld_final):
+                            m.next = "NEXT"
+                        with m.Else():
+                            m.next = "BLK"
+            with m.State("NEXT"):
+                m.d.sync += lq_left.eq(lq_left - nr_reg)
+                with m.If(lastjob_reg):
+                    m.next = "DONE"
+                with m.Else():
+                    m.next = "MASK"
+            with m.State("DONE"):
+                with m.If(job_done):
+                    m.next = "IDLE"
+
+        # ---------------------------------------------------------------- score unit (A): issue
+        slot_busy = Array([Signal(name=f"slot{i}_busy") for i in range(N_SLOTS)])
+        slot_ready = Array([Signal(name=f"slot{i}_ready") for i in range(N_SLOTS)])
+        slot_bmax = Array([Signal(signed(SW), name=f"slot{i}_bmax") for i in range(N_SLOTS)])
+
+        a_ptr = Signal()
+        a_row = Signal(range(Br))
+        a_key = Signal(range(Bc))
+        a_seq = Signal(range(N_SLOTS))
+        a_n = pick(bk_n, a_ptr)
+        a_empty = a_n == 0
+        a_rowstart = a_key == 0
+        a_issue = Signal()
+        m.d.comb += a_issue.eq(pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr) & (~a_rowstart | ~slot_busy[a_seq]))
+        a_lastkey = a_empty | (a_key == a_n - 1)
+        a_lastrow = a_row == pick(bk_nr, a_ptr) - 1
+        m.d.comb += [q_rd.addr.eq(a_row), k_rd.addr.eq(Mux(a_ptr, Bc, 0) + a_key)]
+        with m.If(a_issue):
+            with m.If(a_rowstart):
+                m.d.sync += slot_busy[a_seq].eq(1)
+            with m.If(a_lastkey):
+                m.d.sync += [a_key.eq(0), a_seq.eq(a_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
+                                                   Mux(a_seq == N_SLOTS - 1, 0, a_seq + 1))]
+                with m.If(a_lastrow):
+                    m.d.sync += a_row.eq(0)
+                    for b in range(2):
+                        with m.If(a_ptr == b):
+                            m.d.sync += bk_adone[b].eq(1)
+                            with m.If(bk_final[b]):
+                                m.d.sync += q_busy.eq(0)
+                    m.d.sync += a_ptr.eq(~a_ptr)
+                with m.Else():
+                    m.d.sync += a_row.eq(a_row + 1)
+            with m.Else():
+                m.d.sync += a_key.eq(a_key + 1)
+
+        # Stage a1: memory outputs valid; LUT magnitude products.
+        a1_v = reg(a_issue, "a1_valid")
+        a1_slot, a1_key = reg(a_seq, "a1_slot"), reg(a_key, "a1_key")
+        a1_last, a1_empty = reg(a_lastkey, "a1_last"), reg(a_empty, "a1_empty")
+        qv = data.View(self.q_layout, q_rd.data)
+        kv = data.View(self.q_layout, k_rd.data)
+        side = [a1_v, a1_slot, a1_key, a1_last, a1_empty]
+        lanes = []
+        for d in range(D):
+            a, b = qv.codes[d], kv.codes[d]
+            value, shift = magnitude_product(m, a[:fq.code_width - 1], fq, b[:fq.code_width - 1], fq)
+            lanes.append((reg(value, f"a2_val{d}"), reg(shift, f"a2_sh{d}"),
+                          reg(a[fq.code_width - 1] ^ b[fq.code_width - 1], f"a2_neg{d}")))
+        fprod = fpnum.product_frac_bits(fq, fq)
+        esh = [reg(qv.scales[i] + kv.scales[i] - (2 * E8M0_BIAS + fprod - nm.dot_frac), f"a2_esh{i}", signed(11))
+               for i in range(nb)]
+        side = [reg(x, f"a2_side{k}") for k, x in enumerate(side)]
+
+        # Stage a3: exact signed products.
+        pw = fpnum.product_width(fq, fq)
+        prods = []
+        for d, (value, shift, neg) in enumerate(lanes):
+            mag = (value << shift)[:pw]
+            prods.append(reg(Mux(neg, -mag, mag), f"a3_p{d}", signed(pw + 1)))
+        esh = [reg(x, f"a3_esh{i}") for i, x in enumerate(esh)]
+        side = [reg(x, f"a3_side{k}") for k, x in enumerate(side)]
+
+        # Adder trees, one per MX block, one register level per halving.
+        sums = []
+        depth = 0
+        groups = [prods[i * B:(i + 1) * B] for i in range(nb)]
+        while max(len(g) for g in groups) > 1:
+            depth += 1
+            new_groups = []
+            for gi, g in enumerate(groups):
+                if len(g) == 1:
+                    new_groups.append([reg(g[0], f"at{depth}_{gi}_0")])
+                    continue
+                width = len(g[0]) + 1
+                ng = []
+                for i in range(0, len(g), 2):
+                    x = g[i] + g[i + 1] if i + 1 < len(g) else g[i]
+                    ng.append(reg(x, f"at{depth}_{gi}_{i // 2}", signed(width)))
+                new_groups.append(ng)
+            groups = new_groups
+            esh = [reg(x, f"at{depth}_esh{i}") for i, x in enumerate(esh)]
+            side = [reg(x, f"at{depth}_side{k}") for k, x in enumerate(side)]
+        sums = [g[0] for g in groups]
+
+        # Term stage: each block sum onto the 2^-dot_frac grid, modulo 2^W (left shift or floor).
+        terms = []
+        for i, (S, sh) in enumerate(zip(sums, esh)):
+            sbits = len(S)
+            left_amt = Signal(range(W), name=f"left_amt{i}")
+            m.d.comb += left_amt.eq(sh[:len(left_amt)])
+            right_amt = Signal(range(sbits + 1), name=f"right_amt{i}")
+            m.d.comb += right_amt.eq(Mux(-sh > sbits, sbits, -sh))
+            term = Signal(W, name=f"term{i}")
+            with m.If(sh >= W):
+                m.d.comb += term.eq(0)
+            with m.Elif(sh >= 0):
+                m.d.comb += term.eq((S << left_amt)[:W])
+            with m.Else():
+                m.d.comb += term.eq((S >> right_amt)[:W])
+            terms.append(reg(term, f"ad_term{i}"))
+        side = [reg(x, f"ad_side{k}") for k, x in enumerate(side)]
+        total = terms[0]
+        for t in terms[1:]:
+            total = (total + t)[:W]
+        dot = reg(total[:W].as_signed(), "as_dot", signed(W))
+        side = [reg(x, f"as_side{k}") for k, x in enumerate(side)]
+        prod = reg(dot * c_reg, "am_prod", signed(W + nm.const_bits + 1))
+        side = [reg(x, f"am_side{k}") for k, x in enumerate(side)]
+        rnd = Signal(63)
+        m.d.comb += rnd.eq((Const(1, 64) << sh_reg) >> 1)
+        shifted = Signal(signed(W + nm.const_bits + 2))
+        m.d.comb += shifted.eq((prod + rnd) >> sh_reg)
+        score = reg(Mux(shifted < smin, smin, Mux(shifted > smax, smax, shifted)), "ar_score", signed(SW))
+        ae_v, ae_slot, ae_key, ae_last, ae_empty = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
+
+        # End of A: score buffer write, block max, slot handoff.
+        run_max = Signal(signed(SW))
+        new_max = Mux(ae_empty, smin, Mux((ae_key == 0) | (score > run_max), score, run_max))
+        m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score), s_wr.en.eq(ae_v & ~ae_empty)]
+        with m.If(ae_v):
+            m.d.sync += run_max.eq(new_max)
+            with m.If(ae_last):
+                m.d.sync += [slot_ready[ae_slot].eq(1), slot_bmax[ae_slot].eq(new_max)]
+
+        # ---------------------------------------------------------------- softmax / P.V unit (B)
+        fifo_layout = data.StructLayout({
+            "row": range(Br), "P": data.ArrayLayout(signed(PSW), D), "psum": unsigned(PSUMW),
+            "alpha": unsigned(PW), "xt": data.ArrayLayout(8, nb), "first": 1, "final": 1, "lastrow": 1,
+        })
+        m.submodules.fifo = fifo = SyncFIFO(width=data.Layout.cast(fifo_layout).size, depth=2)
+        inflight = Signal(range(3))
+        b_ptr = Signal()
+        b_row = Signal(range(Br))
+        b_key = Signal(range(Bc))
+        b_seq = Signal(range(N_SLOTS))
+        b_n = pick(bk_n, b_ptr)
+        b_empty = b_n == 0
+        b_rowstart = b_key == 0
+        b_issue = Signal()
+        m.d.comb += b_issue.eq(pick(bk_full, b_ptr) & (~b_rowstart | (slot_ready[b_seq] & (inflight < 2))))
+        b_lastkey = b_empty | (b_key == b_n - 1)
+        b_lastrow = b_row == pick(bk_nr, b_ptr) - 1
+        b_first = pick(bk_first, b_ptr)
+        m.d.comb += m_rd.addr.eq(b_row)
+        mold_now = Mux(b_first, smin, m_rd.data)
+        bmax_now = slot_bmax[b_seq]
+        mnew_now = Mux(bmax_now > mold_now, bmax_now, mold_now)
+        cur_mnew = Signal(signed(SW))
+        cur_mold = Signal(signed(SW))
+        m.d.comb += [s_rd.addr.eq(b_seq * Bc + b_key), v_rd.addr.eq(Mux(b_ptr, Bc, 0) + b_key)]
+        with m.If(b_issue):
+            with m.If(b_rowstart):
+                m.d.comb += [m_wr.addr.eq(b_row), m_wr.data.eq(mnew_now), m_wr.en.eq(1)]
+                m.d.sync += [cur_mnew.eq(mnew_now), cur_mold.eq(mold_now)]
+            with m.If(b_lastkey):
+                m.d.sync += [slot_ready[b_seq].eq(0), slot_busy[b_seq].eq(0), b_key.eq(0),
+                             b_seq.eq(b_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
+                                      Mux(b_seq == N_SLOTS - 1, 0, b_seq + 1))]
+                with m.If(b_lastrow):
+                    m.d.sync += [b_row.eq(0), b_ptr.eq(~b_ptr)]
+                    for b in range(2):
+                        with m.If(b_ptr == b):
+                            m.d.sync += bk_full[b].eq(0)
+                with m.Else():
+                    m.d.sync += b_row.eq(b_row + 1)
+            with m.Else():
+                m.d.sync += b_key.eq(b_key + 1)
+        pop = Signal()
+        start_row = b_issue & b_rowstart
+        m.d.sync += inflight.eq(inflight + start_row - pop)
+
+        # b1: memory outputs valid.
+        b1 = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty,
+                  mnew=Mux(b_rowstart, mnew_now, cur_mnew), mold=Mux(b_rowstart, mold_now, cur_mold),
+                  first=b_first, final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow)
+        b1 = {k: reg(v, f"b1_{k}", signed(SW) if k in ("mnew", "mold") else None) for k, v in b1.items()}
+        b1_xt = [reg(pick([bk_xt[0][i], bk_xt[1][i]], b_ptr), f"b1_xt{i}") for i in range(nb)]
+        s_val = s_rd.data
+        vview = data.View(self.v_layout, v_rd.data)
+
+        r_sh = nm.score_frac - nm.exp_bits
+
+        def exp_index(t, name):
+            """(shift n clamped to p_bits + 2, table index) of 2^-t, t >= 0 in score units."""
+            u = (t + (1 << (r_sh - 1))) >> r_sh if r_sh > 0 else t
+            u_s = Signal(len(t) + 1, name=f"{name}_u")
+            m.d.comb += u_s.eq(u)
+            n_int = u_s >> nm.exp_bits
+            n_cl = Mux(n_int > PB + 2, PB + 2, n_int)
+            return reg(n_cl, f"{name}_n", range(PB + 3)), reg(u_s[:nm.exp_bits], f"{name}_i")
+
+        t_p = Signal(SW + 1)
+        t_a = Signal(SW + 1)
+        m.d.comb += [t_p.eq(b1["mnew"] - s_val), t_a.eq(b1["mnew"] - b1["mold"])]
+        p_n, p_i = exp_index(t_p, "b2_p")
+        a_n2, a_i = exp_index(t_a, "b2_a")
+        vfix = []
+        for d in range(D):
+            code = vview.codes[d]
+            mag_code = code[:fv.code_width - 1]
+            exp = mag_code[fv.mbits:]
+            normal = exp.any()
+            sig = Cat(mag_code[:fv.mbits], normal)
+            mag = Signal(vbits, name=f"b1_vmag{d}")
+            m.d.comb += mag.eq(sig << Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)])
+            val = Signal(signed(vbits + 1), name=f"b1_vint{d}")
+            m.d.comb += val.eq(Mux(code[fv.code_width - 1], -mag, mag))
+            blk = d // B
+            dsh = Signal(9, name=f"b1_dsh{d}")
+            m.d.comb += dsh.eq(b1_xt[blk] - vview.scales[blk])
+            dsh_cl = Mux(dsh > VFW, VFW, dsh)[:_bits(VFW + 1) + 1]
+            vfix.append(reg((val << nm.v_guard) >> dsh_cl, f"b2_vfix{d}", signed(VFW)))
+        b2 = {k: reg(v, f"b2_{k}") for k, v in b1.items() if k not in ("mnew", "mold")}
+        b2_xt = [reg(x, f"b2_xt{i}") for i, x in enumerate(b1_xt)]
+
+        # b2 -> b3: table lookup and rounding shift.
+        m.d.comb += [rom_p.addr.eq(p_i), rom_a.addr.eq(a_i)]
+
+        def exp_value(tval, n):
+            half = Mux(n == 0, 0, (Const(1, PB + 3) << n) >> 1)
+            return (tval + half) >> n
+        p3 = reg(Mux(b2["empty"], 0, exp_value(rom_p.data, p_n)), "b3_p", unsigned(PW))
+        alpha3 = reg(exp_value(rom_a.data, a_n2), "b3_alpha", unsigned(PW))
+        vfix3 = [reg(x, f"b3_vfix{d}") for d, x in enumerate(vfix)]
+        b3 = {k: reg(v, f"b3_{k}") for k, v in b2.items()}
+        b3_xt = [reg(x, f"b3_xt{i}") for i, x in enumerate(b2_xt)]
+
+        # b4: products.
+        prod4 = [reg(p3 * x, f"b4_prod{d}", signed(PRW)) for d, x in enumerate(vfix3)]
+        p4 = reg(p3, "b4_p")
+        alpha4 = reg(alpha3, "b4_alpha")
+        b4 = {k: reg(v, f"b4_{k}") for k, v in b3.items()}
+        b4_xt = [reg(x, f"b4_xt{i}") for i, x in enumerate(b3_xt)]
+
+        # b5: exact block sums; the row's last key pushes the row into the FIFO.
+        acc_P = [Signal(signed(PSW), name=f"P{d}") for d in range(D)]
+        acc_ps = Signal(PSUMW)
+        alpha_keep = Signal(PW)
+        new_P = [Mux(b4["fk"], 0, a) + x for a, x in zip(acc_P, prod4)]
+        new_ps = Mux(b4["fk"], 0, acc_ps) + p4
+        with m.If(b4["v"]):
+            m.d.sync += [a.eq(x) for a, x in zip(acc_P, new_P)]
+            m.d.sync += acc_ps.eq(new_ps)
+            with m.If(b4["fk"]):
+                m.d.sync += alpha_keep.eq(alpha4)
+        fw = data.View(fifo_layout, fifo.w_data)
+        m.d.comb += [fw.row.eq(b4["row"]), fw.psum.eq(new_ps), fw.alpha.eq(Mux(b4["fk"], alpha4, alpha_keep)),
+                     fw.first.eq(b4["first"]), fw.final.eq(b4["final"]), fw.lastrow.eq(b4["lastrow"]),
+                     fifo.w_en.eq(b4["v"] & b4["lk"])]
+        m.d.comb += [fw.P[d].eq(x) for d, x in enumerate(new_P)]
+        m.d.comb += [fw.xt[i].eq(x) for i, x in enumerate(b4_xt)]
+
+        # ---------------------------------------------------------------- row update (U)
+        ent = Signal(fifo_layout)
+        fr = data.View(fifo_layout, fifo.r_data)
+        stv = data.View(state_layout, st_rd.data)
+        uA = [Signal(signed(AW + PW + 1), name=f"u_accx{d}") for d in range(D)]
+        uL = Signal(LW + PW)
+        uE = [Signal(8, name=f"u_e{i}") for i in range(nb)]
+        div_idle = Signal()
+        div_start = Signal()
+        acc_new = [Signal(signed(AW), name=f"u_accnew{d}") for d in range(D)]
+        l_new = Signal(LW)
+        e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
+        for i in range(nb):
+            m.d.comb += e_new[i].eq(Mux(ent.xt[i] > uE[i], ent.xt[i], uE[i]))
+        for d in range(D):
+            i = d // B
+            sh_acc = Signal(range(PB + 256), name=f"u_shacc{d}")
+            sh_P = Signal(range(PB + 256), name=f"u_shP{d}")
+            m.d.comb += [sh_acc.eq(PB + e_new[i] - uE[i]), sh_P.eq(PB - nm.acc_frac + e_new[i] - ent.xt[i])]
+            amt_a = Mux(sh_acc > AW + PW, AW + PW, sh_acc)
+            amt_p = Mux(sh_P > PSW, PSW, sh_P)
+            m.d.comb += acc_new[d].eq(((uA[d] >> amt_a) + (ent.P[d] >> amt_p))[:AW])
+        m.d.comb += l_new.eq(((uL >> PB) + ent.psum)[:LW])
+        stw = data.View(state_layout, st_wr.data)
+        m.d.comb += [stw.l.eq(l_new), st_wr.addr.eq(ent.row)]
+        m.d.comb += [stw.acc[d].eq(acc_new[d]) for d in range(D)]
+        m.d.comb += [stw.e[i].eq(e_new[i]) for i in range(nb)]
+        with m.FSM(name="update"):
+            with m.State("U0"):
+                m.d.comb += st_rd.addr.eq(fr.row)
+                with m.If(fifo.r_rdy):
+                    m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
+                    m.d.sync += ent.eq(fifo.r_data)
+                    m.next = "U1"
+            with m.State("U1"):
+                for d in range(D):
+                    m.d.sync += uA[d].eq(Mux(ent.first, 0, stv.acc[d]) * ent.alpha)
+                m.d.sync += uL.eq(Mux(ent.first, 0, stv.l) * ent.alpha)
+                m.d.sync += [uE[i].eq(Mux(ent.first, 0, stv.e[i])) for i in range(nb)]
+                m.next = "U2"
+            with m.State("U2"):
+                with m.If(ent.final):
+                    with m.If(div_idle):
+                        m.d.comb += div_start.eq(1)
+                        m.next = "U0"
+                with m.Else():
+                    m.d.comb += st_wr.en.eq(1)
+                    m.next = "U0"
+
+        # ---------------------------------------------------------------- divider
+        steps = self.div_steps
+        Wq = -(-self.out_width // steps) * steps   # quotient bits (>= out_width: |y| fits)
+        NW = max(AW - 1 + PB, Wq + 1)
+        dv_num = [Signal(Wq, name=f"dv_num{d}") for d in range(D)]
+        dv_rem = [Signal(LW + 1, name=f"dv_rem{d}") for d in range(D)]
+        dv_q = [Signal(Wq, name=f"dv_q{d}") for d in range(D)]
+        dv_neg = [Signal(name=f"dv_neg{d}") for d in range(D)]
+        dv_l = Signal(LW)
+        dv_e = [Signal(8, name=f"dv_e{i}") for i in range(nb)]
+        dv_last = Signal()
+        dv_cnt = Signal(range(Wq + 1))
+        with m.FSM(name="divider"):
+            with m.State("IDLE"):
+                m.d.comb += div_idle.eq(1)
+                with m.If(div_start):
+                    for d in range(D):
+                        a = acc_new[d]
+                        mag = Signal(AW, name=f"dv_mag{d}")
+                        m.d.comb += mag.eq(Mux(a < 0, -a, a))
+                        num = Signal(NW, name=f"dv_n{d}")
+                        m.d.comb += num.eq(mag << PB)
+                        m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
+                                     dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
+                    m.d.sync += [dv_l.eq(l_new), dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
+                    m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
+                    m.next = "ITER"
+            with m.State("ITER"):
+                for d in range(D):
+                    rem, num, q = dv_rem[d], dv_num[d], dv_q[d]
+                    for s in range(steps):
+                        r2 = Cat(num[Wq - 1], rem)
+                        ge = r2 >= dv_l
+                        rem = Mux(ge, r2 - dv_l, r2)[:LW + 1]
+                        num = (num << 1)[:Wq]
+                        q = Cat(ge, q)[:Wq]
+                    m.d.sync += [dv_rem[d].eq(rem), dv_num[d].eq(num), dv_q[d].eq(q)]
+                m.d.sync += dv_cnt.eq(dv_cnt + steps)
+                with m.If(dv_cnt + steps >= Wq):
+                    m.next = "ROUND"
+            with m.State("ROUND"):
+                masked = dv_l == 0
+                for d in range(D):
+                    twice = Cat(0, dv_rem[d])
+                    up_pos = twice >= dv_l
+                    up_neg = twice > dv_l
+                    mag = dv_q[d] + Mux(dv_neg[d], up_neg, up_pos)
+                    y = Mux(masked, 0, Mux(dv_neg[d], -mag, mag))
+                    m.d.sync += self.o.payload.y[d].eq(y)
+                for i in range(nb):
+                    m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
+                m.d.sync += [self.o.payload.masked.eq(masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
+                m.next = "OUT"
+            with m.State("OUT"):
+                with m.If(self.o.ready):
+                    m.d.sync += self.o.valid.eq(0)
+                    m.d.comb += job_done.eq(dv_last)
+                    m.next = "IDLE"
+        return m

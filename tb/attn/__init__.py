@@ -1,0 +1,1 @@
+"""cocotb testbenches of the attention core (hw/attn)."""
