@@ -31,7 +31,8 @@ def _cmd_rtl(args):
     if args.core not in RTL_COMMANDS:
         raise SystemExit(f"rtl: CORE must be one of {sorted(RTL_COMMANDS)}, not {args.core!r}")
     function, in_names, out_names = RTL_COMMANDS[args.core]
-    if len(args.inputs) not in (len(in_names),) and not (args.core == "attention"):
+    optional = 1 if args.core == "attention" else 0  # the mask may be left out
+    if not len(in_names) - optional <= len(args.inputs) <= len(in_names):
         raise SystemExit(f"rtl {args.core} takes {len(in_names)} --in files ({', '.join(in_names)}), "
                          f"got {len(args.inputs)}")
     arrays = [np.load(path) for path in args.inputs]
@@ -76,11 +77,17 @@ def _cmd_synth(args):
 
 
 def _cmd_generate(args):
-    from golden.accel import generate
-    result = generate(preset=args.preset, accel=args.accel, seed=args.seed, out=args.out,
-                      var_ckpt=args.var_ckpt, vae_ckpt=args.vae_ckpt, cfg=args.cfg, top_k=args.top_k,
-                      top_p=args.top_p, label=args.label)
-    print(result["table"] if isinstance(result, dict) else result)
+    from golden.accel.generate import generate
+    init_kw = {"init_adaln_gamma": 0.5, "init_head": 1.0} if args.lively else None
+    table, metrics = generate(preset=args.preset, accel=args.accel, seed=args.seed, out=args.out,
+                              var_ckpt=args.var_ckpt, vae_ckpt=args.vae_ckpt, cfg=args.cfg,
+                              top_k=args.top_k, top_p=args.top_p, label=args.label or 0,
+                              init_kw=init_kw)
+    print(table)
+    for key, value in metrics.items():
+        if key != "images":
+            print(f"{key}: {value}")
+    print("wrote " + ", ".join(str(p) for p in metrics.get("images", [args.out])))
     return 0
 
 
@@ -132,6 +139,8 @@ def build_parser():
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--out", default="build/generate/img.png")
+    p.add_argument("--lively", action="store_true",
+                   help="random weights with stronger AdaLN/head init, so techniques visibly act")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("run", help="the main job: emit Verilog, run the regression, summarize")

