@@ -145,6 +145,7 @@ def build_parser():
 
     p = sub.add_parser("run", help="the main job: emit Verilog, run the regression, summarize")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--no-regression", action="store_true", help="only emit and replay the golden taps")
     p.set_defaults(func=_cmd_run)
     return parser
 
