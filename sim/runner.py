@@ -131,9 +131,14 @@ def run_cocotb(core, params, test_module, *, testcase=None, extra_env=None, wave
     env.update(extra_env or {})
     test_dir = Path(test_dir) if test_dir else bdir / "run"
     test_dir.mkdir(parents=True, exist_ok=True)
-    results = runner.test(test_module=test_module, hdl_toplevel=emitted.top, hdl_toplevel_lang="verilog", build_dir=bdir / "model",
-                          test_dir=test_dir, testcase=testcase, extra_env=env, waves=waves, seed=seed,
-                          results_xml=str(test_dir / "results.xml"), log_file=test_dir / "sim.log")
+    results = test_dir / "results.xml"
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=emitted.top, hdl_toplevel_lang="verilog",
+                    build_dir=bdir / "model", test_dir=test_dir, testcase=testcase, extra_env=env, waves=waves,
+                    seed=seed, results_xml=str(results), log_file=test_dir / "sim.log")
+    except SystemExit:
+        # cocotb's runner exits when a test failed; the results file and the log say which.
+        pass
     total, failed = get_results(results)
     if failed:
         # The simulator log holds the scoreboard's first-mismatch message: show its tail.
