@@ -32,3 +32,13 @@ def test_attention_bad_params(bad, name):
 def test_attention(config, seed):
     with fast_slow_files():
         run_tb("attention", parse_params("attention", config), "tb.attn.test_attention", seed)
+
+
+@rtl
+@pytest.mark.parametrize("seed", [122806995], indirect=True)
+def test_attention_pinned_negative_block_sum(seed):
+    """Pinned: a negative q.k block sum narrower than the dot accumulator was zero-extended by the
+    right-shift (floor) path instead of sign-extended (narrow config, extreme codes)."""
+    with fast_slow_files():
+        run_tb("attention", parse_params("attention", CONFIGS[2]), "tb.attn.test_attention", seed,
+               testcase="extreme_codes")

@@ -408,7 +408,7 @@ class AttentionCore(wiring.Component):
             with m.Elif(sh >= 0):
                 m.d.comb += term.eq((S << left_amt)[:W])
             with m.Else():
-                m.d.comb += term.eq((S >> right_amt)[:W])
+                m.d.comb += term.eq(S >> right_amt)  # signed: sign-extends to W bits (floor)
             terms.append(reg(term, f"ad_term{i}"))
         side = [reg(x, f"ad_side{k}") for k, x in enumerate(side)]
         total = terms[0]
