@@ -10,11 +10,13 @@ import torch.nn.functional as F
 
 from golden.accel import (AccelConfig, AcceleratedHooks, RunRecord, accelerated_infer, block_density, block_mask,
                           pivot_scores, select_pivots)
+from golden.accel.backend import CoreBackend
 from golden.accel.generate import generate, savings_table
 from golden.fidelity import compare, logit_kl, psnr, ssim, token_agreement
 from golden.model import VARConfig, build
 from golden.model.hooks import StepContext
 from golden.numerics import fp
+from golden.numerics import sort as hsort
 
 KW = dict(B=2, label_B=torch.tensor([1, 3]), g_seed=7, cfg=4.0, top_k=900, top_p=0.95)
 
@@ -315,3 +317,67 @@ def test_hooks_in_model_loop_equal_driver(model):
     a = var.autoregressive_infer_cfg(**KW, hooks=AcceleratedHooks(cfg, spec))
     rec, _ = accel_run(var, spec)
     assert torch.equal(a, rec.image)
+
+
+# ------------------------------------------------------------------------------- core backend
+class RecordingBackend(CoreBackend):
+    """The golden backend, recording every attention call and checking it against float SDPA."""
+
+    def __init__(self):
+        self.attn_tags, self.topk_calls, self.tiles = [], 0, {}
+
+    def topk(self, logits_RV, k):
+        self.topk_calls += 1
+        return super().topk(logits_RV, k)
+
+    def attention(self, q, k, v, tiles, scale, numerics, tag=""):
+        out = super().attention(q, k, v, tiles, scale, numerics, tag)
+        elem = tiles.repeat_interleave(numerics.Br, 0)[:q.shape[0]].repeat_interleave(numerics.Bc, 1)[:, :k.shape[0]]
+        ref = F.scaled_dot_product_attention(q.double()[None], k.double()[None], v.double()[None],
+                                             attn_mask=elem[None], scale=scale)[0]
+        # the core's formats (E4M3 q, k, v) bound the error from below; 10 % leaves room for it
+        assert float((out - ref).norm() / ref.norm()) < 0.1, tag
+        self.attn_tags.append(tag)
+        self.tiles[tag] = tiles
+        return out
+
+
+def test_topk_fn_gives_the_radix_select_mask(seed):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(6, 200, generator=g)
+    logits[0, :50] = 1.5  # ties across the k-th value
+    logits[1] = 0.25      # a constant row
+    golden_topk = CoreBackend().topk
+    for k, p in ((1, 0.0), (17, 0.95), (50, 0.0), (200, 0.5)):
+        ref = hsort.topk_topp_mask(logits, k, p)
+        assert torch.equal(hsort.topk_topp_mask(logits, k, p, topk_fn=golden_topk), ref)
+    # a top-k that returns the wrong set gives another mask: the injected result is really used
+    def bottom_k(x, k):
+        return torch.argsort(x, dim=-1, stable=True)[:, :k].flip(-1)
+    assert not torch.equal(hsort.topk_topp_mask(logits, 17, 0.0, topk_fn=bottom_k), hsort.topk_topp_mask(logits, 17, 0.0))
+
+
+def test_attention_core_hook(model):
+    cfg, var = model
+    float_rec, _ = accel_run(var, "sparse,hwsample")
+    backend = RecordingBackend()
+    hooks = AcceleratedHooks(cfg, "sparse,hwsample,attncore,attn_core_blocks=0:1", backend=backend)
+    rec = RunRecord()
+    accelerated_infer(var, **KW, hooks=hooks, record=rec)
+    last = len(var.patch_nums) - 1
+    R, H = 2 * KW["B"], cfg.num_heads
+    assert backend.attn_tags == [f"s{last}.b{b}.r{r}.h{h}" for b in (0, 1) for r in range(R) for h in range(H)]
+    assert backend.topk_calls == len(var.patch_nums)
+    # scales before the last are untouched; the last differs by the core's numerics only
+    assert same_logits(rec, float_rec, range(last))
+    assert not torch.equal(rec.logits[last], float_rec.logits[last])
+    # with block_q / block_k tiles the core's block mask is the sparse pattern itself
+    a = hooks.acfg
+    pattern = block_mask(var.patch_nums, last, a.block_q, a.block_k, a.window, a.sink_scales)
+    assert not bool(pattern.all())  # a real sparse pattern at this size
+    for tag, tiles in backend.tiles.items():
+        assert torch.equal(tiles, pattern), tag
+    with pytest.raises(ValueError, match="attn_core_blocks"):
+        AccelConfig.parse("attn_core_blocks=-1", cfg)
+    with pytest.raises(ValueError, match="attn_core_last"):
+        AccelConfig.parse("attn_core_last=-1", cfg)

@@ -55,7 +55,14 @@ class AccelConfig:
         off; applied where the group divides K, never to a dual-format input);
         ``quant_attn``: MX fake quantization of q, k, v along the head dim (e.g. "e4m3").
     Hardware sampling (``hw_sampling``)
-        top-k / top-p through ``golden.numerics.sort.topk_topp_mask`` (needs the driver).
+        top-k / top-p through ``golden.numerics.sort.topk_topp_mask`` (needs the driver); the
+        top-k itself through the hooks' backend (:mod:`golden.accel.backend`).
+    Attention on the attention core (``attn_core_last`` >= 1)
+        at the last ``attn_core_last`` scales, in the blocks ``attn_core_blocks`` (block indices),
+        every head's attention goes through the attention core's bit-exact numerics
+        (``golden.numerics.attention``, default AttnNumerics formats) via the hooks' backend,
+        with query tiles of ``block_q`` and key blocks of ``block_k`` tokens: the core's block
+        mask is the tile cover of the token mask (:func:`golden.accel.backend.core_tile_mask`).
     """
 
     prune: bool = False
@@ -90,10 +97,16 @@ class AccelConfig:
 
     hw_sampling: bool = False
 
+    attn_core_last: int = 0
+    attn_core_blocks: Tuple[int, ...] = (0,)
+
     def __post_init__(self):
         object.__setattr__(self, "prune_keep", tuple(float(r) for r in self.prune_keep))
         object.__setattr__(self, "prune_layers", tuple(float(r) for r in self.prune_layers))
         object.__setattr__(self, "agg_layers", tuple(float(r) for r in self.agg_layers))
+        blocks = tuple(self.attn_core_blocks)
+        if all(float(b) == int(b) for b in blocks):  # overrides parse tuples as floats
+            object.__setattr__(self, "attn_core_blocks", tuple(int(b) for b in blocks))
         self.validate()
 
     def validate(self) -> None:
@@ -107,7 +120,7 @@ class AccelConfig:
             need(len(v) == 2 and 0.0 <= v[0] <= v[1] <= 1.0, n, "(lo, hi) with 0 <= lo <= hi <= 1")
         for n in ("block_q", "block_k", "agg_window", "quant_block"):
             need(isinstance(getattr(self, n), int) and getattr(self, n) >= 1, n, "an integer >= 1")
-        for n in ("window", "sink_scales", "agg_last", "bypass_last", "quant_hadamard"):
+        for n in ("window", "sink_scales", "agg_last", "bypass_last", "quant_hadamard", "attn_core_last"):
             need(isinstance(getattr(self, n), int) and getattr(self, n) >= 0, n, "an integer >= 0")
         need(self.quant_hadamard == 0 or (self.quant_hadamard & (self.quant_hadamard - 1)) == 0,
              "quant_hadamard", "0 or a power of two")
@@ -120,6 +133,13 @@ class AccelConfig:
         need(self.quant_attn is None or self.quant_attn in _ATTN_FORMATS, "quant_attn",
              f"None or one of {_ATTN_FORMATS}")
         need(self.quant_scope in ("blocks", "all"), "quant_scope", "'blocks' or 'all'")
+        need(all(isinstance(b, int) and b >= 0 for b in self.attn_core_blocks), "attn_core_blocks",
+             "a tuple of block indices >= 0")
+
+    def attn_core_applies(self, si: int, block_idx: int, num_scales: int) -> bool:
+        """Whether the attention of scale ``si`` in block ``block_idx`` runs on the attention core."""
+        return (self.attn_core_last > 0 and si >= num_scales - self.attn_core_last
+                and block_idx in self.attn_core_blocks)
 
     # ------------------------------------------------------------------ derived, per model
     def prune_ratio(self, si: int, num_scales: int) -> float:
@@ -154,7 +174,7 @@ class AccelConfig:
     def is_dense(self) -> bool:
         """True when no technique is switched on (the hooks then reproduce the dense model)."""
         return not (self.prune or self.sparse or self.aggregate or self.bypass or self.parallel_last
-                    or self.quant or self.quant_attn or self.hw_sampling)
+                    or self.quant or self.quant_attn or self.hw_sampling or self.attn_core_last)
 
     def replace(self, **kw) -> "AccelConfig":
         return dataclasses.replace(self, **kw)
@@ -171,6 +191,8 @@ class AccelConfig:
                 out.append(name)
         if self.parallel_last:
             out.append(f"parallel{self.parallel_last}")
+        if self.attn_core_last:
+            out.append(f"attncore{self.attn_core_last}")
         if self.quant:
             out.append(f"mx-{self.quant}" + ("+dual" if self.quant_dual_fc2 else "")
                        + (f"+ght{self.quant_hadamard}" if self.quant_hadamard else "")
@@ -246,6 +268,7 @@ PRESETS = {
     "turbo": {"aggregate": True, "bypass": True},
     "parallel": {"parallel_last": 2},
     "hwsample": {"hw_sampling": True},
+    "attncore": {"attn_core_last": 1},
     "mxfp4": {"quant": "e2m1", "quant_dual_fc2": True, "quant_attn": "e4m3"},
     "mxfp6": {"quant": "e2m3", "quant_dual_fc2": False, "quant_attn": "e4m3"},
     "ght": {"quant_hadamard": 128},

@@ -32,10 +32,11 @@ def load_model(preset: str = "tiny", var_ckpt=None, vae_ckpt=None, weights_seed:
 
 
 def run(var, accel=None, seed: int = 0, label=0, B: int = 1, cfg: float = 4.0, top_k: int = 900,
-        top_p: float = 0.95, tap=None, progress: bool = False) -> RunRecord:
+        top_p: float = 0.95, tap=None, progress: bool = False, backend=None) -> RunRecord:
     """One generation with ``accel`` (spec or AccelConfig): a RunRecord with image, per-scale
-    guided logits and ids, and the OpCounter."""
-    hooks = AcceleratedHooks(var.cfg, accel, counter=OpCounter(var.cfg.depth), tap=tap)
+    guided logits and ids, and the OpCounter. ``backend``: where core operations run
+    (:mod:`golden.accel.backend`; golden/numerics by default)."""
+    hooks = AcceleratedHooks(var.cfg, accel, counter=OpCounter(var.cfg.depth), tap=tap, backend=backend)
     rec = RunRecord()
     label_B = label if label is None or isinstance(label, int) else torch.as_tensor(label)
     accelerated_infer(var, B, label_B, g_seed=seed, cfg=cfg, top_k=top_k, top_p=top_p, hooks=hooks,

@@ -67,9 +67,11 @@ import torch
 import torch.nn.functional as F
 
 from golden.model.hooks import VARHooks
+from golden.numerics import attention as attn_num
 from golden.numerics import fp
 from golden.numerics import sort as hsort
 
+from .backend import CoreBackend, core_tile_mask
 from .config import AccelConfig
 from .sparse import step_mask, tile_mask, token_tables
 
@@ -165,11 +167,14 @@ class AcceleratedHooks(VARHooks):
     """Hooks for ``var.autoregressive_infer_cfg(hooks=...)`` (techniques 1, 2, 3, 5) or for
     :func:`golden.accel.infer.accelerated_infer` (all, incl. parallel decoding and hardware
     sampling). ``accel``: an AccelConfig or a spec string for :meth:`AccelConfig.parse`.
-    ``tap``: optional recorder (:class:`golden.taps.TapRecorder`). State is reset at the first
-    block of scale 0, so one object serves several generations; ``counter`` accumulates."""
+    ``tap``: optional recorder (:class:`golden.taps.TapRecorder`). ``backend``: where core
+    operations run (:class:`golden.accel.backend.CoreBackend`, golden/numerics, by default). State
+    is reset at the first block of scale 0, so one object serves several generations; ``counter``
+    accumulates."""
 
-    def __init__(self, cfg_var, accel=None, counter: Optional[OpCounter] = None, tap=None):
+    def __init__(self, cfg_var, accel=None, counter: Optional[OpCounter] = None, tap=None, backend=None):
         self.vcfg = cfg_var
+        self.backend = backend if backend is not None else CoreBackend()
         self.acfg = AccelConfig.parse(accel, cfg_var)
         self.counter = counter if counter is not None else OpCounter(cfg_var.depth)
         self.tap = tap
@@ -361,10 +366,25 @@ class AcceleratedHooks(VARHooks):
         self._count_attention(allowed, vq, vk, H, c)
         if self.tap is not None:
             self.tap.on_attend(ctx, q, k, v, allowed, qpos, kpos)
+        if a.attn_core_applies(ctx.si, ctx.block_idx, self.SN):
+            return self._core_attend(attn, q, k, v, allowed, ctx)
         if bool(allowed.all()):
             return attn.dense_attend(q, k, v, None)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=0.0,
                                               scale=attn.scale)
+
+    def _core_attend(self, attn, q, k, v, allowed, ctx):
+        """Every (row, head) through the backend's attention core (tiles block_q x block_k)."""
+        a = self.acfg
+        R, H, n, c = q.shape
+        nm = attn_num.AttnNumerics(D=c, Br=a.block_q, Bc=a.block_k)
+        out = torch.empty(q.shape, dtype=torch.float32)
+        for r in range(R):
+            tiles = core_tile_mask(allowed[r], a.block_q, a.block_k)
+            for h in range(H):
+                tag = f"s{ctx.si}.b{ctx.block_idx}.r{r}.h{h}"
+                out[r, h] = self.backend.attention(q[r, h], k[r, h], v[r, h], tiles, attn.scale, nm, tag).float()
+        return out.to(q.dtype)
 
     def _count_attention(self, allowed, vq, vk, H, c):
         st = self.counter.current

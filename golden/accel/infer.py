@@ -48,10 +48,12 @@ class RunRecord:
     accel: Optional[AccelConfig] = None
 
 
-def hw_sample(logits_BlV: torch.Tensor, top_k: int, top_p: float, rng=None) -> torch.Tensor:
-    """Token ids (B, l) drawn through the sort core's top-k / top-p mask."""
+def hw_sample(logits_BlV: torch.Tensor, top_k: int, top_p: float, rng=None, backend=None) -> torch.Tensor:
+    """Token ids (B, l) drawn through the sort core's top-k / top-p mask; the top-k runs on
+    ``backend`` (golden/numerics when None, see :mod:`golden.accel.backend`)."""
     V = logits_BlV.shape[-1]
-    keep = hsort.topk_topp_mask(logits_BlV.float(), min(int(top_k), V), float(top_p))
+    topk_fn = None if backend is None else backend.topk
+    keep = hsort.topk_topp_mask(logits_BlV.float(), min(int(top_k), V), float(top_p), topk_fn=topk_fn)
     return hsort.sample_from_mask(logits_BlV, keep, generator=rng)
 
 
@@ -118,7 +120,7 @@ def accelerated_infer(var, B: int, label_B: Optional[Union[int, torch.Tensor]], 
                 if record is not None:
                     record.logits.append(logits_BlV.clone())
                 if acfg.hw_sampling:
-                    idx_Bl = hw_sample(logits_BlV, top_k, top_p, rng)
+                    idx_Bl = hw_sample(logits_BlV, top_k, top_p, rng, getattr(hooks, "backend", None))
                     st = getattr(getattr(hooks, "counter", None), "current", None)
                     if st is not None:
                         st.sort_calls += idx_Bl.numel()

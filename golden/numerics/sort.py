@@ -331,7 +331,7 @@ def clamp_k(k, n):
     return k, STATUS_OK
 
 
-def topk_topp_mask(logits_BlV, top_k, top_p, radix_bits=8):
+def topk_topp_mask(logits_BlV, top_k, top_p, radix_bits=8, topk_fn=None):
     """Vocabulary entries kept by VAR's top-k / top-p filter: bool tensor, True = kept.
 
     Matches the official FoundationVision/VAR ``sample_with_top_k_top_p_`` (models/helpers.py)
@@ -356,6 +356,10 @@ def topk_topp_mask(logits_BlV, top_k, top_p, radix_bits=8):
       pins it. Probabilities are
       ``torch.softmax`` / ``torch.cumsum`` in float32 (host arithmetic, not a core datapath).
 
+    ``topk_fn(logits (R, V) float32, k) -> indices (R, k)``, when given, supplies the top-k
+    (descending; e.g. the RTL top-k core): the threshold is then the key of its k-th index,
+    which is the radix-select threshold whenever the indices are a correct top-k.
+
     float16 / bfloat16 logits are filtered with the same rules on their exact float32 values
     (the official code would do the top-p arithmetic in the half type). NaN raises ValueError
     naming logits_BlV: softmax of a NaN row is undefined.
@@ -373,7 +377,12 @@ def topk_topp_mask(logits_BlV, top_k, top_p, radix_bits=8):
     keys = float_to_key(logits_BlV, nan="raise")
     keep = torch.ones_like(keys, dtype=torch.bool)
     if top_k > 0:
-        threshold, _ = radix_select(keys, top_k, key_bits=width, radix_bits=radix_bits)
+        if topk_fn is None:
+            threshold, _ = radix_select(keys, top_k, key_bits=width, radix_bits=radix_bits)
+        else:
+            rows = logits_BlV.float().reshape(-1, v)
+            idx = torch.as_tensor(topk_fn(rows, top_k), dtype=torch.int64).reshape(-1, top_k)
+            threshold = keys.reshape(-1, v).gather(-1, idx[:, -1:]).reshape(keys.shape[:-1])
         keep = keys >= threshold.unsqueeze(-1)
     if top_p > 0:
         filtered = logits_BlV.float().masked_fill(~keep, -math.inf)
