@@ -11,18 +11,26 @@ import sys
 import numpy as np
 import torch
 
+from golden.accel.backend import core_tile_mask
 from golden.numerics import attention as attn_num
 from golden.numerics import fp as fpnum
 from golden.numerics import sort as hsort
 
 __all__ = ["replay_taps", "main"]
 
-TOPK_PARAMS = {"key_bits": 32, "radix_bits": 8, "max_len": 64}
 DOT_PARAMS = {"fmt_a": "e2m1", "fmt_b": "e2m1", "lanes": 32, "block": 32}
-ATTN_PARAMS = {"D": 32, "Br": 4, "Bc": 8}
 
 
-def _row(name, got, expected, cycles, note=""):
+def attention_floor(tiles, Lq, Lk, Br, Bc):
+    """(query, key) pairs in the kept tiles: the attention core's floor at one pair per cycle."""
+    rows = torch.full((tiles.shape[0],), Br)
+    rows[-1] = Lq - Br * (tiles.shape[0] - 1)
+    cols = torch.full((tiles.shape[1],), Bc)
+    cols[-1] = Lk - Bc * (tiles.shape[1] - 1)
+    return int((tiles.long() * rows[:, None] * cols[None, :]).sum())
+
+
+def _row(name, got, expected, cycles, note="", floor=None):
     got, expected = np.asarray(got), np.asarray(expected)
     exact = int((got == expected).all(axis=tuple(range(1, got.ndim))).sum()) if got.ndim > 1 else int((got == expected).sum())
     total = expected.shape[0]
@@ -31,37 +39,45 @@ def _row(name, got, expected, cycles, note=""):
         index = np.argwhere(got != expected)[0]
         mismatch = f"first mismatch at {tuple(int(i) for i in index)}: rtl {got[tuple(index)]} golden {expected[tuple(index)]}"
     return {"core": name.split(":")[0], "tensor": name, "exact": exact, "total": total, "cycles": cycles,
-            "note": note, "mismatch": mismatch}
+            "note": note, "mismatch": mismatch, "floor": floor}
 
 
-def replay_taps(seed=0, accel="sparse"):
-    """Run the golden tiny pipeline with taps and replay the last scale through the RTL.
+def replay_taps(seed=0, accel="sparse", preset="tiny", var_ckpt=None, vae_ckpt=None):
+    """Run the golden pipeline (tiny preset, or official checkpoints) with taps and replay the
+    last scale through the RTL.
 
     Returns a list of result rows (core, tensor, exact, total, cycles, note, mismatch).
     """
+    from golden.model import VARConfig
     from golden.taps import run_with_taps
+    from sim.loop import LIVELY, core_params_for, sampling_k
     from sim.rtl import rtl_attention, rtl_dot, rtl_topk
 
-    _, taps = run_with_taps("tiny", accel, seed, init_kw={"init_adaln_gamma": 0.5, "init_head": 1.0})
+    init_kw = LIVELY if var_ckpt is None else None
+    common = dict(var_ckpt=var_ckpt, vae_ckpt=vae_ckpt, init_kw=init_kw)
+    var_cfg = VARConfig.preset(preset if var_ckpt is None or preset != "tiny" else "d16")
+    TOPK_PARAMS, ATTN_PARAMS = core_params_for(var_cfg)
+    _, taps = run_with_taps(preset, accel, seed, **common)
     last = max(int(k.split(".")[0][1:]) for k in taps if k.startswith("s") and k.endswith(".ids"))
     rows = []
 
     # Sampling: top-k of the guided logits of every token of the last scale.
     logits = torch.as_tensor(taps[f"s{last}.logits_guided"][0])
-    k = 16
+    k = sampling_k(logits.shape[-1])
     result = rtl_topk(logits.numpy(), k=k, **TOPK_PARAMS)
     golden = hsort.topk(hsort.float_to_key(logits), k).numpy()
     rows.append(_row("topk: sampling logits", result.outputs["indices"], golden, result.cycles,
-                     f"top-{k} of {logits.shape[-1]} per token, 32-bit keys"))
+                     f"top-{k} of {logits.shape[-1]} per token, 32-bit keys", floor=logits.numel()))
 
     # Pruning: FastVAR pivot scores -> unordered top-n_keep (golden run with pruning on).
-    _, prune_taps = run_with_taps("tiny", "fastvar", seed, init_kw={"init_adaln_gamma": 0.5, "init_head": 1.0})
+    _, prune_taps = run_with_taps(preset, "fastvar", seed, **common)
     key = f"s{last}.b0.pivot_scores"
     scores = torch.as_tensor(prune_taps[key])
     keep = prune_taps[f"s{last}.b0.pivot_keep"]
     result = rtl_topk(scores.numpy(), k=keep.shape[-1], unordered=True, **TOPK_PARAMS)
     rows.append(_row("topk: pruning pivots", result.outputs["indices"], keep, result.cycles,
-                     f"keep {keep.shape[-1]} of {scores.shape[-1]} (the tokens the golden run kept)"))
+                     f"keep {keep.shape[-1]} of {scores.shape[-1]} (the tokens the golden run kept)",
+                     floor=scores.numel()))
 
     # Linear layer: fc2 of block 0, a slice of 8 output channels for the cond row's tokens.
     x = torch.as_tensor(taps[f"s{last}.blocks.0.ffn.fc2.x"][0])
@@ -74,7 +90,7 @@ def replay_taps(seed=0, accel="sparse"):
     acc, _ = fpnum.dot_exact(ca, sa, "e2m1", cb, sb, "e2m1", block=32)
     rows.append(_row("dot: fc2 MXFP4", result.outputs["acc"], acc.numpy(), result.cycles,
                      f"{x.shape[0]} tokens x 8 of {taps['blocks.0.ffn.fc2.weight'].shape[0]} output channels, "
-                     f"K = {x.shape[1]}"))
+                     f"K = {x.shape[1]}", floor=a.numel() // DOT_PARAMS["lanes"]))
 
     # Attention: block 0, head 0, cond row, last scale, with its block-sparse mask.
     q = torch.as_tensor(taps[f"s{last}.b0.h0.q"][0])
@@ -82,16 +98,14 @@ def replay_taps(seed=0, accel="sparse"):
     v = torch.as_tensor(taps[f"s{last}.b0.h0.v"][0])
     token_mask = torch.as_tensor(taps[f"s{last}.b0.mask"][0])
     nm = attn_num.AttnNumerics(D=ATTN_PARAMS["D"], Br=ATTN_PARAMS["Br"], Bc=ATTN_PARAMS["Bc"])
-    nq, nk = -(-q.shape[0] // nm.Br), -(-kk.shape[0] // nm.Bc)
-    padded = torch.zeros(nq * nm.Br, nk * nm.Bc, dtype=torch.bool)
-    padded[:q.shape[0], :kk.shape[0]] = token_mask
-    tiles = padded.reshape(nq, nm.Br, nk, nm.Bc).any(dim=3).any(dim=1)
+    tiles = core_tile_mask(token_mask, nm.Br, nm.Bc)
     scale = 1.0  # VAR's released models: L2-normalized q, k with the head scale folded in q
     result = rtl_attention(q.numpy(), kk.numpy(), v.numpy(), tiles.numpy(), scale=scale, **ATTN_PARAMS)
     golden = attn_num.attention_exact(q, kk, v, scale=scale, mask=tiles, numerics=nm)
     rows.append(_row("attention: last scale, block 0, head 0", result.outputs["y"],
                      golden.out_fixed.numpy(), result.cycles,
-                     f"Lq {q.shape[0]}, Lk {kk.shape[0]}, tiles kept {int(tiles.sum())}/{tiles.numel()}"))
+                     f"Lq {q.shape[0]}, Lk {kk.shape[0]}, tiles kept {int(tiles.sum())}/{tiles.numel()}",
+                     floor=attention_floor(tiles, q.shape[0], kk.shape[0], nm.Br, nm.Bc)))
     return rows
 
 
