@@ -22,7 +22,7 @@ from hw.sort.radix import SUPPORTED_LANES
 from sim.runner import REPO_ROOT, run_cocotb
 from tb.sort.stimulus import logit_keys, random_keys
 
-__all__ = ["main", "measure"]
+__all__ = ["main", "measure", "topk_k_sweep"]
 
 
 def _run(core, params, cases):
@@ -71,6 +71,28 @@ def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0):
             raise AssertionError(f"topk {name} R={radix_bits}: output differs from golden")
         rows.append({"case": f"top-{k} of {n} {name} {'unordered' if unordered else 'sorted'}",
                      "P": lanes, "R": radix_bits, "cycles": res["cycles"], "goal": goal})
+    return rows
+
+
+def topk_k_sweep(ks, n=4096, key_bits=16, radix_bits=4, seed=0):
+    """Cycles of top-k of ``n`` VAR-like logit keys for every k in ``ks``, sorted and unordered, in
+    one simulator launch: rows ``{k, unordered, cycles}``; raises if any output is wrong."""
+    gen = torch.Generator().manual_seed(seed)
+    params = parse_params("topk", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n})
+    keys = logit_keys(gen, n, key_bits, temperature=1.0)
+    beats = [{"key": int(x), "last": int(i == n - 1)} for i, x in enumerate(keys.tolist())]
+    cases, expect = [], []
+    for k in ks:
+        for unordered in (False, True):
+            cases.append({"inputs": {"i": beats, "cmd": [{"k": int(k), "unordered": int(unordered)}]},
+                          "outputs": {"o": int(k), "status": 1}})
+            expect.append((int(k), unordered, sortnum.topk(keys, int(k), sorted=not unordered, key_bits=key_bits,
+                                                          radix_bits=radix_bits).tolist()))
+    rows = []
+    for res, (k, unordered, want) in zip(_run("topk", params, cases), expect):
+        if [b["index"] for b in res["outputs"]["o"]] != want:
+            raise AssertionError(f"topk k={k} unordered={unordered}: output differs from golden")
+        rows.append({"k": k, "unordered": unordered, "cycles": res["cycles"]})
     return rows
 
 

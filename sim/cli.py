@@ -69,6 +69,9 @@ def _cmd_synth(args):
                                           dsp=not args.nodsp))
             except (ImportError, ModuleNotFoundError) as error:
                 print(f"skip {core}: {error}", file=sys.stderr)
+    if args.all:
+        from sim.main_job import write_synth_summary
+        write_synth_summary(results)  # the main job's report reads it
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "cells"} for r in results], indent=2))
     else:
@@ -143,9 +146,16 @@ def build_parser():
                    help="random weights with stronger AdaLN/head init, so techniques visibly act")
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("run", help="the main job: emit Verilog, run the regression, summarize")
+    p = sub.add_parser("run", help="the main job: Verilog, golden run, RTL replay and RTL in the loop, report")
+    p.add_argument("--preset", default="tiny", help="model preset (tiny; with checkpoints e.g. d16)")
+    p.add_argument("--var-ckpt", default=None, help="official var_dNN.pth (with --vae-ckpt)")
+    p.add_argument("--vae-ckpt", default=None, help="official vae_ch160v4096z32.pth")
+    p.add_argument("--accel", default=None, help="acceleration set of the RTL-in-the-loop run "
+                                                 "(default sparse,mxfp4,hwsample,attncore)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synth", action="store_true", help="also run the synthesis of every core (slow)")
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--no-regression", action="store_true", help="only emit and replay the golden taps")
+    p.add_argument("--no-regression", action="store_true", help="skip the RTL regression")
     p.set_defaults(func=_cmd_run)
     return parser
 
