@@ -40,7 +40,8 @@ Two halves.
      KV cache read and write per block) overlap compute perfectly (double buffering); a step
      takes max(compute, memory). Weights never fit on chip for d16/d30 (>= 107 MB in MXFP4).
    * Resources: at most ``util`` (default 0.7) of the LUTs and BRAM go to the cores (the rest:
-     DMA, NoC/AXI, control); DSPs and AI Engines are not used (the multipliers are LUTs).
+     DMA, NoC/AXI, control); linear-layer multipliers are LUTs; DSPs only where Yosys maps the
+     attention core's (196 per core; every DSP of the budget may be used); AI Engines unused.
      LUTs are split between dot lanes, attention cores and sort cores to minimise the serial
      step time: with work W_i (LUT-cycles) each class gets LUTs proportional to sqrt(W_i).
    * One clock for every core (``clock_mhz``, default 200, the project's Fmax goal; measured ECP5
@@ -325,6 +326,8 @@ class _Cores:
             raise ValueError(f"perf_points.json attention.synth_xc7.LUT is missing: run "
                              f"`{att['synth_xc7']['command']}`")
         self.attn_res = {k: att["synth_xc7"][k] for k in ("LUT", "DSP", "BRAM36")}
+        # distributed RAM cells use LUTs too (RAM32M / RAM64M: 4 LUTs each)
+        self.attn_res["LUT"] += 4 * sum(att["synth_xc7"].get("LUTRAM_cells", {}).values())
         self.sort_pts = [(p["n"], p["cycles_per_call"]) for p in points["topk"]["points"]]
         self.sort_res = {k: points["topk"]["synth_xc7"][k] for k in ("LUT", "DSP", "BRAM36")}
 
@@ -332,10 +335,13 @@ class _Cores:
         return _interp(self.sort_pts, n)
 
 
-def _fit_counts(work, unit_lut, luts):
-    """Split ``luts`` between core classes to minimise sum_i work_i / n_i (serial cores):
-    n_i = floor(L_i / unit_lut_i) with L_i proportional to sqrt(work_i * unit_lut_i)."""
-    roots = {k: math.sqrt(work[k] * unit_lut[k]) for k in work if work[k] > 0}
+def _fit_counts(work, unit_lut, luts, overlap=_SERIAL):
+    """Split ``luts`` between core classes. Serial cores minimise sum_i work_i / n_i:
+    L_i proportional to sqrt(work_i * unit_lut_i) (Lagrange); concurrent cores minimise
+    max_i work_i / n_i: L_i proportional to work_i * unit_lut_i (balanced). n_i = floor(L_i /
+    unit_lut_i), at least 1 where there is work."""
+    power = 0.5 if overlap == _SERIAL else 1.0
+    roots = {k: (work[k] * unit_lut[k]) ** power for k in work if work[k] > 0}
     s = sum(roots.values())
     n = {}
     for k in work:
@@ -381,7 +387,7 @@ def predict(steps: Sequence[StepOps], budget="vck190", clock_mhz: float = 200.0,
     unit = {"fp4": cores.lane["e2m1"]["LUT"], "fp8": cores.lane["e4m3"]["LUT"],
             "attn": cores.attn_res["LUT"], "sort": cores.sort_res["LUT"]}
     luts = util * budget["LUT"]
-    n = dict(counts) if counts else _fit_counts(tot, unit, luts)
+    n = dict(counts) if counts else _fit_counts(tot, unit, luts, overlap)
     # BRAM: sort and attention cores hold their buffers in BRAM; shrink them to fit
     bram_of = {"attn": cores.attn_res["BRAM36"], "sort": cores.sort_res["BRAM36"],
                "fp4": cores.lane["e2m1"]["BRAM36"], "fp8": cores.lane["e4m3"]["BRAM36"]}
@@ -390,6 +396,11 @@ def predict(steps: Sequence[StepOps], budget="vck190", clock_mhz: float = 200.0,
         if n[k] <= 1:
             raise ValueError(f"budget BRAM36={budget['BRAM36']} cannot hold one core of each kind")
         n[k] -= 1
+    # DSP: the attention core maps some multipliers to DSPs (all of them usable: nothing else needs DSPs)
+    while n["attn"] * cores.attn_res["DSP"] > budget["DSP"]:
+        n["attn"] -= 1
+    if n["attn"] < 1 and tot["attn"] > 0:
+        raise ValueError(f"budget DSP={budget['DSP']} cannot hold one attention core")
     used = {r: sum(n[k] * ({"attn": cores.attn_res, "sort": cores.sort_res}.get(k)
                            or cores.lane["e2m1" if k == "fp4" else "e4m3"])[r] for k in n)
             for r in ("LUT", "DSP", "BRAM36")}
@@ -476,22 +487,26 @@ def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_ke
             prev = r["images_per_s"]
         last = rows[-1]
         nb = sum(1 for x in last["bound_per_step"] if x == "memory")
+        busy = {k: v for k, v in last["cycles"].items()}
+        share_txt = ", ".join(f"{k} {100 * v / sum(busy.values()):.0f} %" for k, v in busy.items())
         lines += ["", f"Total gain over the modelled dense baseline: {total_gain:.2f}x; best configuration "
                   f"{last['images_per_s']:.2f} images/s = {last['images_per_s'] / FPQVAR['images_per_s']:.2f}x "
                   f"FPQVAR's reported 1.1 (goal 3x: {'met' if last['images_per_s'] >= 3.3 else 'not met'} in the model). "
                   f"DDR-bound steps in that configuration: {nb} of {len(last['bound_per_step'])}; "
                   f"{last['bytes_per_image'] / 1e9:.2f} GB moved per image. Resources used: "
                   f"{last['resources_used']['LUT']:.0f} LUT, {last['resources_used']['BRAM36']:.1f} BRAM36, "
-                  f"{last['resources_used']['DSP']:.0f} DSP.", ""]
+                  f"{last['resources_used']['DSP']:.0f} DSP. Cycle shares of that configuration: {share_txt}.", ""]
     lines += ["Rows marked * contain estimated counts (sparse attention over a FastVAR-pruned cache: "
               "dense-layout kept-pair fraction). Share of gain = log(step gain) / log(total gain).", "",
               "Reported anchors: " + FPQVAR["source"] + f" The integer-based accelerator it compares with: "
               f"1.1 / 3.1 = {1.1 / 3.1:.2f} images/s (derived from the reported ratio).", "",
               "Assumptions:", "",
               f"- Budget: {b['source']}.",
-              f"- At most {kw.get('util', 0.7):.0%} of LUTs and BRAM36 for the cores; DSPs and AI Engines unused "
-              "(every multiplier is a LUT multiplier); per-core resources from Yosys synth_xilinx (xc7) "
-              "applied to every family.",
+              f"- At most {kw.get('util', 0.7):.0%} of LUTs and BRAM36 for the cores. Linear-layer multipliers "
+              "are LUT multipliers (no DSP); the attention core as synthesized uses 196 DSPs (counted as "
+              "DSP58 on Versal, at most all of them) and 81,318 LUTs incl. its LUT-RAM (4 LUTs per RAM32M / "
+              "RAM64M). AI Engines unused. Per-core resources from Yosys synth_xilinx (xc7) applied to every "
+              "family.",
               f"- One clock, {clock_mhz:g} MHz, for every core (the project's Fmax goal; measured ECP5 Fmax: LUT "
               "multiplier 248 MHz, sort/top-k 57-60 MHz, which must be pipelined before this holds).",
               f"- Cores within a step: {kw.get('overlap', _SERIAL)}; steps sequential; one image at a time. "
