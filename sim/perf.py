@@ -13,8 +13,8 @@ Two halves.
    fastvar, sparse, parallel, mxfp4/6 and hwsample (tests/test_perf.py checks it on the tiny
    preset). Two parts are estimates, flagged ``exact=False``:
    * sparse attention in blocks whose KV cache holds a FastVAR-pruned scale: which tokens were
-     kept is data dependent, so the pair count is the dense-layout kept-pair fraction times
-     nq x nk;
+     kept is data dependent, so the kept tokens are guessed evenly spaced over their map and the
+     golden tile rule is applied to that guess (within 5 % of golden on the 256 px schedule);
    * token aggregation and dynamic bypass (data dependent): ``turbo_keep`` is the measured
      fraction of tokens that still run through a block where they apply, a parameter the caller
      states (there is no default: random weights say nothing about it).
@@ -68,11 +68,12 @@ BUDGETS = {
         "name": "AMD VCK190 (Versal AI Core XCVC1902)",
         "LUT": 899_840, "DSP": 1_968, "BRAM36": 967, "URAM": 463,
         "ddr_gbs": 25.6,
-        "source": ("XCVC1902 PL: 899,840 LUTs, 1,968 DSP58, 967 BRAM36 (34 Mb), 463 URAM (130 Mb), "
-                   "AMD Versal AI Core product table DS950; 1,968 DSP engines also in AMD UG1702 "
-                   "(platform info xilinx_vck190_base: '8GB of DDR4 UDIMM, 8GB LPDDR4, 400 AI engines, "
-                   "1968 DSP engines'). DDR: one 64-bit DDR4 DIMM assumed at 3200 MT/s = 25.6 GB/s "
-                   "peak (LPDDR4 not used)"),
+        "source": ("XCVC1902 PL: 899,840 LUTs, 1,968 DSP58, 967 BRAM36, 463 URAM (AMD Versal AI Core "
+                   "product table DS950; the same four counts are listed as 'Available' for the "
+                   "same-fabric xcvm1802 in the VMK180 TRD, xilinx.github.io/vmk180-trd/2021.2 "
+                   "'Hardware Architecture of the Accelerator'; '1968 DSP engines', '8GB of DDR4 UDIMM, "
+                   "8GB LPDDR4' in AMD UG1702, platform info xilinx_vck190_base). DDR: the 64-bit DDR4 "
+                   "DIMM assumed at 3200 MT/s = 25.6 GB/s peak (LPDDR4 not used)"),
     },
     "kc705": {
         "name": "AMD Kintex-7 XC7K325T (KC705)",
@@ -496,8 +497,20 @@ def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_ke
                   f"{last['bytes_per_image'] / 1e9:.2f} GB moved per image. Resources used: "
                   f"{last['resources_used']['LUT']:.0f} LUT, {last['resources_used']['BRAM36']:.1f} BRAM36, "
                   f"{last['resources_used']['DSP']:.0f} DSP. Cycle shares of that configuration: {share_txt}.", ""]
-    lines += ["Rows marked * contain estimated counts (sparse attention over a FastVAR-pruned cache: "
-              "dense-layout kept-pair fraction). Share of gain = log(step gain) / log(total gain).", "",
+    sens = []
+    for arch in archs:
+        cells = []
+        for ov in (_SERIAL, _CONCURRENT):
+            for mhz in (clock_mhz, 1.5 * clock_mhz):
+                kw2 = dict(kw, overlap=ov)
+                r = ladder(arch, budget, mhz, turbo_keep=turbo_keep, **kw2)[-1]
+                cells.append(f"{r['images_per_s']:.2f} ({r['images_per_s'] / FPQVAR['images_per_s']:.2f}x)")
+        sens.append(f"| VAR-{arch} | " + " | ".join(cells) + " |")
+    lines += [f"Sensitivity of the best configuration (images/s, x FPQVAR's 1.1):", "",
+              f"| model | serial, {clock_mhz:g} MHz | serial, {1.5 * clock_mhz:g} MHz | concurrent, "
+              f"{clock_mhz:g} MHz | concurrent, {1.5 * clock_mhz:g} MHz |", "|---|---|---|---|---|"] + sens + [""]
+    lines += ["Rows marked * contain estimated counts (sparse attention over a FastVAR-pruned cache: kept "
+              "tokens guessed evenly spaced). Share of gain = log(step gain) / log(total gain).", "",
               "Reported anchors: " + FPQVAR["source"] + f" The integer-based accelerator it compares with: "
               f"1.1 / 3.1 = {1.1 / 3.1:.2f} images/s (derived from the reported ratio).", "",
               "Assumptions:", "",
