@@ -389,25 +389,30 @@ def predict(steps: Sequence[StepOps], budget="vck190", clock_mhz: float = 200.0,
             "attn": cores.attn_res["LUT"], "sort": cores.sort_res["LUT"]}
     luts = util * budget["LUT"]
     n = dict(counts) if counts else _fit_counts(tot, unit, luts, overlap)
+    if set(n) != set(unit) or any(not isinstance(v, int) or v < 0 for v in n.values()):
+        raise ValueError(f"counts={counts!r} must give a non-negative integer for each of {sorted(unit)}")
+    if any(tot[k] > 0 and n[k] == 0 for k in n):
+        raise ValueError(f"counts={counts!r} has no unit for work of kind "
+                         f"{[k for k in n if tot[k] > 0 and n[k] == 0]}")
     # BRAM: sort and attention cores hold their buffers in BRAM; shrink them to fit
     bram_of = {"attn": cores.attn_res["BRAM36"], "sort": cores.sort_res["BRAM36"],
                "fp4": cores.lane["e2m1"]["BRAM36"], "fp8": cores.lane["e4m3"]["BRAM36"]}
-    while sum(n[k] * bram_of[k] for k in n) > util * budget["BRAM36"]:
+    while counts is None and sum(n[k] * bram_of[k] for k in n) > util * budget["BRAM36"]:
         k = max(("attn", "sort"), key=lambda c: n[c] * bram_of[c])
         if n[k] <= 1:
             raise ValueError(f"budget BRAM36={budget['BRAM36']} cannot hold one core of each kind")
         n[k] -= 1
     # DSP: the attention core maps some multipliers to DSPs (all of them usable: nothing else needs DSPs)
-    while n["attn"] * cores.attn_res["DSP"] > budget["DSP"]:
+    while counts is None and n["attn"] * cores.attn_res["DSP"] > budget["DSP"]:
         n["attn"] -= 1
     if n["attn"] < 1 and tot["attn"] > 0:
         raise ValueError(f"budget DSP={budget['DSP']} cannot hold one attention core")
     used = {r: sum(n[k] * ({"attn": cores.attn_res, "sort": cores.sort_res}.get(k)
                            or cores.lane["e2m1" if k == "fp4" else "e4m3"])[r] for k in n)
             for r in ("LUT", "DSP", "BRAM36")}
-    if used["LUT"] > budget["LUT"] or used["DSP"] > budget["DSP"]:
+    if used["LUT"] > budget["LUT"] or used["DSP"] > budget["DSP"] or used["BRAM36"] > budget["BRAM36"]:
         raise ValueError(f"counts={n} do not fit the budget (LUT {used['LUT']:.0f}/{budget['LUT']}, "
-                         f"DSP {used['DSP']:.0f}/{budget['DSP']})")
+                         f"DSP {used['DSP']:.0f}/{budget['DSP']}, BRAM36 {used['BRAM36']:.1f}/{budget['BRAM36']})")
 
     cyc = {"fp4": 0.0, "fp8": 0.0, "attn": 0.0, "sort": 0.0, "mem_stall": 0.0}
     bound = []

@@ -112,6 +112,14 @@ def test_bad_parameters_raise(kw, name):
         perf.predict(steps, **kw)
 
 
+def test_forced_counts_are_checked():
+    steps = perf.op_counts(VARConfig.preset("d16"), "mxfp4")
+    with pytest.raises(ValueError, match="counts"):
+        perf.predict(steps, counts={"fp4": 0, "fp8": 100, "attn": 1, "sort": 1})
+    with pytest.raises(ValueError, match="counts"):
+        perf.predict(steps, counts={"fp4": 10 ** 6, "fp8": 100, "attn": 1, "sort": 1})
+
+
 def test_bad_counting_parameters_raise():
     with pytest.raises(ValueError, match="turbo_keep"):
         perf.op_counts(TINY, "dense", turbo_keep=1.5)
