@@ -157,6 +157,11 @@ def build_parser():
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-regression", action="store_true", help="skip the RTL regression")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("perf", help="performance model: cycles and images/s of VAR on an FPGA budget")
+    from sim.perf import add_arguments
+    add_arguments(p)
+    p.set_defaults(func=_cmd_perf)
     return parser
 
 
