@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pytest-xdist workers: the machines have 2 cores.
 JOBS ?= 2
-# One CI shard of N: `make test SHARD=1/4` (see README).
+# One CI shard of N: `make test SHARD=1/4` (see README); JUNIT=FILE keeps its results for the report.
 SHARD ?=
+JUNIT ?=
 
 .PHONY: all venv test test-golden test-rtl verilog run synth lint bench clean distclean
 
@@ -27,7 +28,7 @@ verilog: $(STAMP)
 	$(VENV)/bin/varaccel verilog --out build/verilog
 
 test: $(STAMP) verilog
-	$(PY) -m pytest -n $(JOBS) $(if $(SHARD),--shard $(SHARD)) tests
+	$(PY) -m pytest -n $(JOBS) $(if $(SHARD),--shard $(SHARD)) $(if $(JUNIT),--junitxml=$(JUNIT)) tests
 
 test-golden: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) tests -m "not rtl"

@@ -76,7 +76,7 @@ class RTLBackend(CoreBackend):
         result = rtl_topk(logits_RV.float().numpy(), k=k, **self.topk_params)
         got = np.asarray(result.outputs["indices"], dtype=np.int64)
         golden = self._golden.topk(logits_RV, k).numpy()
-        self.rows.append(_row(f"topk: sampling, {R} tokens", got, golden, result.cycles,
+        self.rows.append(_row(f"topk: sampling, {R} token{'s' if R != 1 else ''}", got, golden, result.cycles,
                               f"top-{k} of {V} per token (RTL result used for sampling)", floor=R * V))
         return torch.from_numpy(got)
 

@@ -13,7 +13,8 @@ Stages (a progress bar while they run; a summary table on the terminal at the en
    density; top-k cycles against k;
 5. synthesis table (``build/synth/summary.json`` from ``varaccel synth --all``, or ``--synth``)
    and the accelerator performance model (:mod:`sim.perf`);
-6. the RTL regression (``--no-regression`` skips it);
+6. the RTL regression (``--no-regression`` skips it; ``--junit FILE ...`` summarizes the JUnit
+   files of CI shards, ``make test SHARD=k/N JUNIT=FILE``, instead of running it);
 
 then ``build/report/index.html`` and ``report.md``. Any mismatch names the core, tensor, index
 and both values, and the exit code is non-zero.
@@ -175,8 +176,15 @@ def run_main_job(args):
     code, reg_md = 0, "(regression skipped: --no-regression)"
     if "regression" in stages:
         stage("regression")
-        code, junit = run_regression(marker="rtl", jobs=getattr(args, "jobs", 2))
-        reg_md = format_summary(summarize_junit([junit]))
+        shards = getattr(args, "junit", None)
+        if shards:
+            # Results of CI shards (make test SHARD=k/N JUNIT=...): summarized, not re-run.
+            summary = summarize_junit(shards)
+            code = int(any(a["failed"] for a in summary.values()))
+            reg_md = f"From {len(shards)} JUnit file(s): {', '.join(str(p) for p in shards)}\n\n" + format_summary(summary)
+        else:
+            code, junit = run_regression(marker="rtl", jobs=getattr(args, "jobs", 2))
+            reg_md = format_summary(summarize_junit([junit]))
         bar.update()
     bar.close()
 
@@ -186,7 +194,7 @@ def run_main_job(args):
                f"rows exact over {len(rows)} RTL runs ({len(mismatches)} with a mismatch)\n"
                f"- RTL in the loop (`{accel}`, seed {seed}): image and every scale's tokens "
                f"**{'identical to' if loop.identical else 'DIFFERENT from'}** the golden hardware-numerics run\n"
-               f"- RTL regression: {'passed' if code == 0 else 'FAILED' if 'regression' in stages else 'skipped'}")
+               f"- RTL regression: {('passed' if code == 0 else 'FAILED') if 'regression' in stages else 'skipped (--no-regression)'}")
     model = f"official checkpoints ({preset})" if var_ckpt else f"{preset} preset, random weights (seed 0)"
     sections += [
         ("Verdict", f"Model: {model}.\n\n{verdict}", []),
