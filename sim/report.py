@@ -62,6 +62,20 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def _cycles_axes(ax, xlabel, title, legend_size):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("cycles")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=legend_size)
+
+
 def plot_error_map(errors, path, title="MXFP4 linear layers: relative error vs float64"):
     """Heat map layer x scale of ``linear_error_map`` output (log10 colour)."""
     plt = _pyplot()
@@ -77,10 +91,7 @@ def plot_error_map(errors, path, title="MXFP4 linear layers: relative error vs f
     ax.set_xlabel("scale index")
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="log10 relative error")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_attention_density(rows, path):
@@ -89,14 +100,8 @@ def plot_attention_density(rows, path):
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ax.plot(kept, [r["cycles"] for r in rows], "o-", label="measured (RTL)")
     ax.plot(kept, [r["floor"] for r in rows], "k--", label="floor: 1 (query, key) pair / cycle")
-    ax.set_xlabel("kept (query tile, key block) fraction")
-    ax.set_ylabel("cycles")
-    ax.set_title("attention core: cycles against block density", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _cycles_axes(ax, "kept (query tile, key block) fraction", "attention core: cycles against block density", 7)
+    return _save(fig, path)
 
 
 def plot_topk_k(rows, n, path):
@@ -109,14 +114,8 @@ def plot_topk_k(rows, n, path):
     ax.axhline(2 * n + 64, color="C1", ls=":", lw=1, label="goal unordered 2N+64")
     ax.axhline(n, color="k", ls="--", lw=1, label="floor N (one read)")
     ax.set_xscale("log")
-    ax.set_xlabel("k")
-    ax.set_ylabel("cycles")
-    ax.set_title(f"top-k core: cycles against k (N = {n}, P = 1)", fontsize=9)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _cycles_axes(ax, "k", f"top-k core: cycles against k (N = {n}, P = 1)", 6)
+    return _save(fig, path)
 
 
 def plot_image_grid(images, path):
@@ -127,10 +126,7 @@ def plot_image_grid(images, path):
         ax.imshow(img.detach().float().clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
         ax.set_title(title, fontsize=8)
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------ writing

@@ -41,4 +41,6 @@ def test_error_map_and_plots(tmp_path):
     rep.plot_error_map(errors, tmp_path / "e.png")
     rep.plot_topk_k([{"k": 1, "unordered": False, "cycles": 9000}, {"k": 9, "unordered": True, "cycles": 8000}],
                     4096, tmp_path / "k.png")
-    assert (tmp_path / "e.png").stat().st_size > 1000 and (tmp_path / "k.png").stat().st_size > 1000
+    rep.plot_attention_density([{"kept": 8, "blocks": 8, "cycles": 300, "floor": 256},
+                                {"kept": 4, "blocks": 8, "cycles": 160, "floor": 128}], tmp_path / "a.png")
+    assert all((tmp_path / f).stat().st_size > 1000 for f in ("e.png", "k.png", "a.png"))
