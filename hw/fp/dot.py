@@ -105,7 +105,11 @@ class DotProductUnit(wiring.Component):
                            stage(a[-1] ^ b[-1], f"s0_neg{lane}")))
         scale_nan = (payload.sa == 0xFF) | (payload.sb == 0xFF)
         bad0 = stage(Cat(*specials).any(), "s0_special")
-        sa0, sb0 = stage(payload.sa, "s0_sa"), stage(payload.sb, "s0_sb")
+        # The scale arithmetic of the term stage (shift of the block sum onto the accumulator
+        # grid) depends only on sa and sb: it is done here and in stage 1, beside the products,
+        # so the term stage holds only the shifter (it set the ECP5 Fmax when done there).
+        offset = self.acc_frac - self.frac_bits - 254
+        shift0 = stage(payload.sa + payload.sb + offset, "s0_shift_total", signed(11))
         nan0 = stage(scale_nan, "s0_scale_nan")
         last0 = stage(payload.last, "s0_last")
 
@@ -116,7 +120,16 @@ class DotProductUnit(wiring.Component):
         for lane, (value, shift, neg) in enumerate(lanes0):
             magnitude = (value << shift)[:pw]
             products.append(stage(Mux(neg, -magnitude, magnitude), f"s1_p{lane}", signed(pw + 1)))
-        side1 = [stage(x, f"s1_{n}") for x, n in ((bad0, "special"), (sa0, "sa"), (sb0, "sb"),
+        # Every block sum fits block_bits (exact sums of `lanes` products over block // lanes beats).
+        tree_bits = pw + 1 + max(self.lanes - 1, 0).bit_length()
+        block_bits = tree_bits + max(self.block // self.lanes - 1, 0).bit_length()
+        shift_kind = Mux(shift0 >= W, 2, Mux(shift0 >= 0, 1, 0))  # 2: beyond the grid, 1: left, 0: right
+        left_amount1 = Signal(range(W), name="s1_left_amount_c")
+        m.d.comb += left_amount1.eq(shift0[:len(left_amount1)])
+        right_amount1 = Signal(range(block_bits + 1), name="s1_right_amount_c")
+        m.d.comb += right_amount1.eq(Mux(-shift0 > block_bits, block_bits, -shift0))
+        side1 = [stage(x, f"s1_{n}") for x, n in ((bad0, "special"), (shift_kind, "shift_kind"),
+                                                    (left_amount1, "left_amount"), (right_amount1, "right_amount"),
                                                     (nan0, "scale_nan"), (last0, "last"))]
 
         # Adder tree, one register level per halving: exact, widths grow by one bit a level.
@@ -129,11 +142,11 @@ class DotProductUnit(wiring.Component):
             valid = stage_valid(valid, f"t{depth}_valid")
             side = [stage(x, f"t{depth}_side{k}") for k, x in enumerate(side)]
         beat_sum = level[0]
-        special, sa, sb, scale_nan, last = side
+        special, kind, left_amount, right_amount, scale_nan, last = side
 
         # Block stage: exact block sum S_b over block // lanes beats.
         beats_per_block = self.block // self.lanes
-        block_bits = len(beat_sum) + max(beats_per_block - 1, 0).bit_length()
+        assert block_bits == len(beat_sum) + max(beats_per_block - 1, 0).bit_length()
         block_sum = Signal(signed(block_bits))
         beat_index = Signal(range(max(beats_per_block, 2)))
         block_end = Signal()
@@ -141,7 +154,9 @@ class DotProductUnit(wiring.Component):
         acc_in = Mux(beat_index == 0, 0, block_sum) + beat_sum
         bv = Signal(name="blk_valid")
         b_sum = Signal(signed(block_bits), name="blk_sum")
-        b_sa, b_sb = Signal(8, name="blk_sa"), Signal(8, name="blk_sb")
+        b_kind = Signal(2, name="blk_shift_kind")
+        b_left = Signal(range(W), name="blk_left_amount")
+        b_right = Signal(range(block_bits + 1), name="blk_right_amount")
         b_bad, b_last = Signal(name="blk_bad"), Signal(name="blk_last")
         beat_bad = special | scale_nan
         block_bad = Signal()  # an Inf/NaN code seen earlier in this block
@@ -151,25 +166,18 @@ class DotProductUnit(wiring.Component):
                 m.d.sync += [block_sum.eq(acc_in), beat_index.eq(Mux(block_end, 0, beat_index + 1)),
                              block_bad.eq(Mux(block_end, 0, block_bad | special))]
                 with m.If(block_end):
-                    m.d.sync += [b_sum.eq(acc_in), b_sa.eq(sa), b_sb.eq(sb),
+                    m.d.sync += [b_sum.eq(acc_in), b_kind.eq(kind), b_left.eq(left_amount), b_right.eq(right_amount),
                                  b_bad.eq(block_bad | beat_bad), b_last.eq(last)]
 
         # Term stage: shift the block sum onto the accumulator grid and check it fits.
         lo, hi = -(1 << (W - 1)), (1 << (W - 1)) - 1
-        offset = self.acc_frac - self.frac_bits - 254
-        shift = Signal(signed(11))
-        m.d.comb += shift.eq(b_sa + b_sb + offset)
-        left_amount = Signal(range(W))
-        m.d.comb += left_amount.eq(shift[:len(left_amount)])
-        left_wide = b_sum << left_amount
-        right_amount = Signal(range(block_bits + 1))
-        m.d.comb += right_amount.eq(Mux(-shift > block_bits, block_bits, -shift))
-        right = b_sum >> right_amount
+        left_wide = b_sum << b_left
+        right = b_sum >> b_right
         term_value = Signal(signed(W + 1))
         term_fits = Signal()
-        with m.If(shift >= W):
+        with m.If(b_kind == 2):
             m.d.comb += [term_value.eq(0), term_fits.eq(b_sum == 0)]
-        with m.Elif(shift >= 0):
+        with m.Elif(b_kind == 1):
             m.d.comb += [term_value.eq(left_wide[:W].as_signed()),
                          term_fits.eq((left_wide >= lo) & (left_wide <= hi))]
         with m.Else():
