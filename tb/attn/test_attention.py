@@ -253,3 +253,25 @@ async def similarity_throughput(dut):
     cycles = await run_job(tb, nm, job, board, "similarity throughput", "none", "none", rng)
     dut._log.info("similarity %dx%d: %d cycles, floor %d, utilisation %.1f %%", L, L, cycles, L * L,
                   100.0 * L * L / cycles)
+
+
+@cocotb.test()
+async def dropped_commands(dut):
+    """Commands that produce nothing are taken and dropped without pulling any other beat:
+    lq = 0, a similarity command with lk = 0, and the reserved modes 2 (pivot) and 3. The jobs
+    queued right behind them must come out exact (a command taken as a job would swallow
+    their beats)."""
+    params, nm, rng, gen = setup(dut, 9)
+    tb = TB(dut)
+    await tb.reset()
+    board = Scoreboard(dut._log)
+    cmd = tb.source("cmd")
+    cmd.send([{"lq": 0, "lk": 5, "mode": MODE_ATTENTION}, {"lq": 0, "lk": 5, "mode": MODE_SIMILARITY},
+              {"lq": 4, "lk": 0, "mode": MODE_SIMILARITY}, {"lq": 3, "lk": 5, "mode": 2},
+              {"lq": 3, "lk": 5, "mode": 3}])
+    await ClockCycles(tb.clock, 20)
+    assert cmd.idle and cmd.sent == 5, "the core must take every dropped command"
+    cmd._task.cancel()
+    lq, lk = lengths(rng, nm)
+    jobs = [make_sim_job(gen, nm, lq), make_job(gen, nm, lq, lk, mask=0.5)]
+    await run_jobs(tb, nm, jobs, board, f"after dropped commands [{lq}, {lq}x{lk}]", "random_30", "none", rng)
