@@ -9,7 +9,10 @@ checked bit for bit against golden. The floor is Lq x (kept keys) x D x 2 / (2 D
 ``--rows N`` simulates only the first N query rows (whole tiles: the per-tile cost is the same
 for every tile of a dense job) and extrapolates cycles x Lq / N; the table says so.
 
-Run: ``python -m sim.bench_attn [--rows N] [--seed S]``.
+``--similarity L`` measures a similarity-mode job instead: L tokens against themselves (L x L
+scores, one per cycle at best), every score checked bit for bit against golden similarity scores.
+
+Run: ``python -m sim.bench_attn [--rows N] [--seed S] [--similarity L]``.
 """
 
 import argparse
@@ -22,9 +25,10 @@ import torch
 from golden.numerics import attention as attn
 from hw.emit import parse_params
 from sim.rtl_attention import mac_floor_cycles, run_job
-from tb.attn.jobs import expected_rows, job_from_float, numerics_of, row_of_beat
+from tb.attn.jobs import (expected_rows, expected_scores, job_from_float, numerics_of, row_of_beat, score_of_beat,
+                          sim_job_from_float)
 
-__all__ = ["bench", "main"]
+__all__ = ["bench", "bench_similarity", "main"]
 
 
 def block_mask(rng, nQb, nKb, density):
@@ -68,13 +72,35 @@ def bench(Lq=256, Lk=680, rows=None, seed=0, densities=(1.0, 0.5, 0.25), params=
     return results
 
 
+def bench_similarity(L=256, seed=0, params=None):
+    """Cycles of one similarity job (L Gaussian tokens against themselves), no stalls."""
+    params = parse_params("attention", params or {})
+    nm = numerics_of(params)
+    gen = torch.Generator().manual_seed(seed)
+    job = sim_job_from_float(torch.randn(L, nm.D, generator=gen), nm)
+    t0 = time.time()
+    beats, cycles = run_job(job, params)
+    wall = time.time() - t0
+    got = [score_of_beat(b) for b in beats]
+    exact = sum(g == e for g, e in zip(got, expected_scores(job, nm)))
+    return {"L": L, "cycles": cycles, "floor": L * L, "util": L * L / cycles, "exact": exact, "wall_s": wall}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--Lq", type=int, default=256)
     ap.add_argument("--Lk", type=int, default=680)
     ap.add_argument("--rows", type=int, default=None, help="simulate only this many query rows and extrapolate")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--similarity", type=int, default=None, metavar="L",
+                    help="measure a similarity job of L tokens instead")
     args = ap.parse_args(argv)
+    if args.similarity is not None:
+        r = bench_similarity(args.similarity, args.seed)
+        print(f"similarity mode, D=64, Br=Bc=64, e4m3: L={r['L']}: {r['cycles']} cycles, floor {r['floor']} "
+              f"(one score per cycle), utilisation {100 * r['util']:.1f} %, exact {r['exact']}/{r['floor']}, "
+              f"sim wall {r['wall_s']:.0f} s")
+        return r
     res = bench(args.Lq, args.Lk, args.rows, args.seed)
     print(f"attention core, D=64, Br=Bc=64, e4m3, 2 x 64 MACs/cycle; Lq={args.Lq}, Lk={args.Lk}")
     print("| mask density | kept blocks | simulated rows | cycles | floor (kept) | MAC util | vs dense floor | exact rows | sim wall s |")

@@ -31,7 +31,9 @@ def _cmd_rtl(args):
     if args.core not in RTL_COMMANDS:
         raise SystemExit(f"rtl: CORE must be one of {sorted(RTL_COMMANDS)}, not {args.core!r}")
     function, in_names, out_names = RTL_COMMANDS[args.core]
-    optional = 1 if args.core == "attention" else 0  # the mask may be left out
+    # attention: the mask may be left out; with --param mode=similarity only x (q) is needed
+    # (and k for cross scores); rtl_attention checks which inputs its mode takes.
+    optional = 3 if args.core == "attention" else 0
     if not len(in_names) - optional <= len(args.inputs) <= len(in_names):
         raise SystemExit(f"rtl {args.core} takes {len(in_names)} --in files ({', '.join(in_names)}), "
                          f"got {len(args.inputs)}")

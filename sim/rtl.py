@@ -186,8 +186,9 @@ def rtl_topk(keys, **kwargs):
     return run(keys, **kwargs)
 
 
-def rtl_attention(q, k, v, mask=None, **kwargs):
-    """Attention on the RTL attention core (see :func:`sim.rtl_attention.rtl_attention`)."""
+def rtl_attention(q, k=None, v=None, mask=None, **kwargs):
+    """Attention (or, with ``mode="similarity"``, the token-similarity score matrix of ``q``) on
+    the RTL attention core (see :func:`sim.rtl_attention.rtl_attention`)."""
     from .rtl_attention import rtl_attention as run
     return run(q, k, v, mask, **kwargs)
 

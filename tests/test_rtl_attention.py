@@ -42,3 +42,42 @@ def test_attention_pinned_negative_block_sum(seed):
     with fast_slow_files():
         run_tb("attention", parse_params("attention", CONFIGS[2]), "tb.attn.test_attention", seed,
                testcase="extreme_codes")
+
+
+@pytest.mark.parametrize("kwargs, name", [({"mode": "pivot"}, "mode"), ({"mode": "similarity", "v": 1}, "v and mask"),
+                                          ({"mode": "attention"}, "q, k and v")])
+def test_rtl_attention_bad_mode_arguments(kwargs, name):
+    """The tensor runner checks its mode and which inputs that mode takes before building anything."""
+    import numpy as np
+    from sim.rtl_attention import rtl_attention
+    kwargs = dict(kwargs)
+    v = kwargs.pop("v", None)
+    with pytest.raises(ValueError, match=name):
+        rtl_attention(np.zeros((2, 64), np.float32), None, None if v is None else np.zeros((2, 64), np.float32),
+                      **kwargs)
+
+
+@rtl
+def test_rtl_similarity_runner_matches_golden():
+    """``rtl_attention(x, mode="similarity")`` (what ``varaccel rtl attention --param mode=similarity``
+    calls) reassembles the streamed scores into the matrix golden similarity_scores gives."""
+    import numpy as np
+    import torch
+    from golden.numerics.attention import scores_from_codes, similarity_scores
+    from golden.numerics.fp import mx_quantize
+    from sim.rtl_attention import rtl_attention
+    from tb.attn.jobs import numerics_of
+    config = CONFIGS[0]
+    nm = numerics_of(parse_params("attention", config))
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2 * config["Br"] + 3, config["D"], generator=gen)
+    with fast_slow_files():
+        result = rtl_attention(x.numpy(), mode="similarity", **config)
+    assert np.array_equal(result.outputs["out"], similarity_scores(x, nm).numpy())
+    # Cross scores (queries against other keys), Lk not a multiple of Bc.
+    k = torch.randn(config["Bc"] + 5, config["D"], generator=gen) * 3
+    with fast_slow_files():
+        result = rtl_attention(x.numpy(), k.numpy(), mode="similarity", **config)
+    qc, qs = mx_quantize(x, nm.fq, nm.block)
+    kc, ks = mx_quantize(k, nm.fq, nm.block)
+    assert np.array_equal(result.outputs["out"], scores_from_codes(qc, qs, kc, ks, numerics=nm)[0].numpy())

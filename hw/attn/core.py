@@ -1,8 +1,21 @@
 """Unified attention core: MX q.k scores, FlashAttention-2 online softmax, block-sparse skipping.
 
-Bit for bit :func:`golden.numerics.attention.attention_from_codes` (read its docstring for every
-rounding step). This file says how the datapath is organised in hardware and what the host must
-stream.
+Two modes, chosen per job by ``cmd.mode``:
+
+* **attention** (0): bit for bit :func:`golden.numerics.attention.attention_from_codes` (read its
+  docstring for every rounding step); rows out on ``o``.
+* **similarity** (1): the raw scaled score matrix of the query rows against the keys, bit for
+  bit the first return value of :func:`golden.numerics.attention.scores_from_codes` (saturation
+  included), computed by the same score unit (A) and streamed out on ``s``, one score per beat;
+  softmax and P.V (B, U, divider) stay idle. Token similarity (``similarity_scores``) is the
+  case where the host streams the same tokens as q and as k.
+
+The pivot mode of the golden model (``pivot_scores``, FastVAR) is **not built**: it needs a
+global exponent and a mean over all tokens before any distance, i.e. two extra passes, squarers
+and a reduction across D that this datapath does not have. ``mode`` 2 (reserved for it) and 3
+are taken and dropped like an empty command.
+
+This file says how the datapath is organised in hardware and what the host must stream.
 
 Organisation (one job = one head: ``Lq`` queries against ``Lk`` keys)
 --------------------------------------------------------------------
@@ -35,26 +48,42 @@ at 100 % MAC utilisation; A and B each take one key per cycle and run back to ba
 rows and blocks, so the overhead is per-tile (Q load, pipeline fill) and per-row only when a
 block holds fewer keys than the row update / divider need (a few keys).
 
+In similarity mode the loader and A run exactly as in a dense attention job, except that A
+does not wait for score slots but for room in the score FIFO in front of ``s`` (so a stalled
+``s`` stalls A, never loses a score), and A itself frees each K bank after its last row (B
+would otherwise). A dense similarity job of ``Lq x Lk`` takes ``Lq * Lk`` cycles plus the
+per-tile Q load and pipeline fill, like attention.
+
 Host streaming protocol
 -----------------------
 1. ``cmd``: one beat per job: ``lq``, ``lk``, ``c`` (the constant C of
    :func:`~golden.numerics.attention.score_constant`), ``shift`` = ``dot_frac + c_frac -
-   score_frac`` (0..62). A new command is taken once the previous job's last row is out.
-2. ``mask``: one beat per query tile ``t`` (``ceil(Lq / Br)`` beats): ``bits`` bit ``j`` = keep
-   key block ``j`` for this tile (``ceil(Lk / Bc) <= max_kblocks``; bits beyond are ignored).
-   All ones = dense.
+   score_frac`` (0..62), ``mode`` (0 attention, 1 similarity; 2 and 3 reserved). A new command
+   is taken once the previous job's last output beat (``o`` or ``s``) is taken. A command with
+   ``lq = 0``, a similarity command with ``lk = 0``, or a reserved mode is taken and dropped:
+   no other beat is pulled and nothing comes out.
+2. ``mask`` (attention only): one beat per query tile ``t`` (``ceil(Lq / Br)`` beats): ``bits``
+   bit ``j`` = keep key block ``j`` for this tile (``ceil(Lk / Bc) <= max_kblocks``; bits beyond
+   are ignored). All ones = dense. Similarity jobs are dense and take no mask beat.
 3. ``q``: the Q rows in order, one token per beat (``codes`` D element codes, ``scales`` D/block
    E8M0 codes); rows of every tile, also fully masked ones.
 4. ``k`` and ``v``: for each tile ``t`` in order, for each kept block ``j`` of it in increasing
    order, the block's valid keys (``min(Bc, Lk - j Bc)``), one token per beat on each stream.
    So a key block is streamed once per query tile that keeps it, and never for a tile that
-   skips it. The core takes K and V beats together (both valid).
-5. ``o``: one beat per query row, in order: ``y`` (D signed mantissas), ``exp`` (per D-block
-   power of two: value = ``y * 2^exp``), ``masked`` (row had no kept block: y = 0),
+   skips it. The core takes K and V beats together (both valid). Similarity jobs take ``k``
+   only (every block for every tile) and no ``v`` beat.
+5. ``o`` (attention): one beat per query row, in order: ``y`` (D signed mantissas), ``exp`` (per
+   D-block power of two: value = ``y * 2^exp``), ``masked`` (row had no kept block: y = 0),
    ``last`` on the job's final row.
+6. ``s`` (similarity): one beat per (row, key) pair, ``Lq * Lk`` beats: ``score`` (signed
+   ``score_width`` bits, units 2^-score_frac, saturated), ``last`` on the job's final pair. The
+   order is the one the score unit computes in: query tile ``t``, then key block ``j``, then row
+   of the tile, then key of the block; i.e. score (r, k) is beat
+   ``T(t) + Br_t * j * Bc + (r - t Br) * n_j + (k - j Bc)`` with ``t = r // Br``, ``j = k // Bc``,
+   ``Br_t`` the rows of tile t, ``n_j`` the keys of block j and ``T(t) = t * Br * Lk``.
 
-The streams are independent: the host may queue all of them at once (the core pulls each in
-the order above); every stream may stall at any time.
+The streams are independent: the host may queue all of them at once, jobs of either mode back
+to back (the core pulls each in the order above); every stream may stall at any time.
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -68,9 +97,12 @@ from golden.numerics.attention import E8M0_BIAS, AttnNumerics, exp2_table
 from ..common import check_int
 from ..fp.lutmul import magnitude_product
 
-__all__ = ["AttentionCore"]
+__all__ = ["AttentionCore", "MODE_ATTENTION", "MODE_SIMILARITY"]
 
 N_SLOTS = 4  # score-buffer rows between the score unit and the softmax unit
+
+MODE_ATTENTION = 0   # cmd.mode: online-softmax attention, rows out on ``o``
+MODE_SIMILARITY = 1  # cmd.mode: raw scores out on ``s`` (token similarity); 2 (pivot) and 3 reserved
 
 
 def _code_int_bits(f):
@@ -91,7 +123,20 @@ class AttentionCore(wiring.Component):
     ``dot_width``, ``const_bits``, ``score_frac``, ``score_width``, ``exp_bits``, ``p_bits``,
     ``l_width``, ``v_guard``, ``acc_frac``, ``acc_width``), ``max_kblocks`` (mask bits per tile:
     Lk <= max_kblocks * Bc), ``len_bits`` (width of lq / lk), ``div_steps`` (quotient bits per
-    divider cycle). Streams: see the module docstring.
+    divider cycle). All are checked: a bad one raises ``ValueError`` naming it.
+
+    Streams (payload fields; protocol and beat order in the module docstring):
+
+    * ``cmd`` (in): ``lq``, ``lk`` (``len_bits`` each: query rows, keys), ``c`` (``const_bits``:
+      the score constant C), ``shift`` (6 bits: dot_frac + c_frac - score_frac), ``mode``
+      (2 bits: 0 attention, 1 similarity, 2 / 3 reserved and dropped).
+    * ``mask`` (in, attention only): ``bits`` (``max_kblocks``): kept key blocks of one query tile.
+    * ``q``, ``k`` (in): one token: ``codes`` (D x qk_fmt codes), ``scales`` (D/block E8M0 codes).
+    * ``v`` (in, attention only): one token: ``codes`` (D x v_fmt codes), ``scales`` (D/block E8M0).
+    * ``o`` (out, attention): ``y`` (D signed ``out_width``-bit mantissas), ``exp`` (D/block signed
+      10-bit powers of two), ``masked`` (1: the row had no kept block), ``last`` (job's final row).
+    * ``s`` (out, similarity): ``score`` (signed ``score_width`` bits, 2^-score_frac units),
+      ``last`` (job's final score).
     """
 
     def __init__(self, D=64, block=32, Br=64, Bc=64, lanes=0, qk_fmt="e4m3", v_fmt="e4m3", dot_frac=16,
@@ -120,11 +165,13 @@ class AttentionCore(wiring.Component):
                                            "scales": data.ArrayLayout(8, nm.nb)})
         self.v_layout = data.StructLayout({"codes": data.ArrayLayout(fv.code_width, D),
                                            "scales": data.ArrayLayout(8, nm.nb)})
-        cmd_layout = data.StructLayout({"lq": len_bits, "lk": len_bits, "c": const_bits, "shift": 6})
+        # ``mode`` is the last field so that the attention fields keep their tdata offsets.
+        cmd_layout = data.StructLayout({"lq": len_bits, "lk": len_bits, "c": const_bits, "shift": 6, "mode": 2})
         mask_layout = data.StructLayout({"bits": max_kblocks})
         out_layout = data.StructLayout({"y": data.ArrayLayout(signed(self.out_width), D),
                                         "exp": data.ArrayLayout(signed(10), nm.nb),
                                         "masked": 1, "last": 1})
+        score_layout = data.StructLayout({"score": signed(nm.score_width), "last": 1})
         super().__init__({
             "cmd": In(stream.Signature(cmd_layout)),
             "mask": In(stream.Signature(mask_layout)),
@@ -132,6 +179,7 @@ class AttentionCore(wiring.Component):
             "k": In(stream.Signature(self.q_layout)),
             "v": In(stream.Signature(self.v_layout)),
             "o": Out(stream.Signature(out_layout)),
+            "s": Out(stream.Signature(score_layout)),
         })
 
     # ------------------------------------------------------------------------------------------
@@ -187,6 +235,7 @@ class AttentionCore(wiring.Component):
         lk_reg = Signal(LB)
         lq_left = Signal(LB)
         valid_bits = Signal(KB)
+        sim_reg = Signal()   # the current job is a similarity job (mode 1): scores out on ``s``
         job_done = Signal()
 
         # ---------------------------------------------------------------- bank descriptors
@@ -222,15 +271,21 @@ class AttentionCore(wiring.Component):
         with m.FSM(name="loader"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid & (self.cmd.payload.lq != 0)):
-                    p = self.cmd.payload
+                p = self.cmd.payload
+                # Commands that produce nothing are taken and dropped: lq = 0 in any mode, a
+                # similarity job without keys (it would have no beat to carry ``last``), and the
+                # reserved modes 2 (pivot, not built) and 3.
+                is_attn, is_sim = p.mode == MODE_ATTENTION, p.mode == MODE_SIMILARITY
+                with m.If(self.cmd.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
                     m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
-                                 valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
+                                 sim_reg.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
                     m.next = "MASK"
             with m.State("MASK"):
-                m.d.comb += self.mask.ready.eq(1)
-                with m.If(self.mask.valid):
-                    m.d.sync += [rem_bits.eq(self.mask.payload.bits & valid_bits), seen_kept.eq(0),
+                # Similarity jobs are dense and take no mask beat: every valid key block is kept.
+                m.d.comb += self.mask.ready.eq(~sim_reg)
+                with m.If(self.mask.valid | sim_reg):
+                    m.d.sync += [rem_bits.eq(Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)),
+                                 seen_kept.eq(0),
                                  keys_left.eq(lk_reg),
                                  nr_reg.eq(Mux(lq_left > Br, Br, lq_left)), lastjob_reg.eq(lq_left <= Br)]
                     m.next = "QWAIT"
@@ -277,11 +332,13 @@ class AttentionCore(wiring.Component):
                         with m.If(ld_bank == b):
                             m.d.sync += [bk_nr[b].eq(nr_reg), bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
             with m.State("KVLOAD"):
-                take = self.k.valid & self.v.valid
+                # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
+                # and B, which would read it, is idle).
+                take = self.k.valid & (self.v.valid | sim_reg)
                 addr = Mux(ld_bank, Bc, 0) + kcnt
-                m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take),
+                m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take & ~sim_reg),
                              k_wr.addr.eq(addr), k_wr.data.eq(self.k.payload.as_value()), k_wr.en.eq(take),
-                             v_wr.addr.eq(addr), v_wr.data.eq(self.v.payload.as_value()), v_wr.en.eq(take)]
+                             v_wr.addr.eq(addr), v_wr.data.eq(self.v.payload.as_value()), v_wr.en.eq(take & ~sim_reg)]
                 with m.If(take):
                     m.d.sync += kcnt.eq(kcnt + 1)
                     for b in range(2):
@@ -322,16 +379,27 @@ class AttentionCore(wiring.Component):
         a_empty = a_n == 0
         a_rowstart = a_key == 0
         a_issue = Signal()
-        m.d.comb += a_issue.eq(pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr) & (~a_rowstart | ~slot_busy[a_seq]))
+        s_room = Signal()  # similarity: the score FIFO has room for one more pair in flight
+        m.d.comb += a_issue.eq(pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr) &
+                               Mux(sim_reg, s_room, ~a_rowstart | ~slot_busy[a_seq]))
         a_lastkey = a_empty | (a_key == a_n - 1)
         a_lastrow = a_row == pick(bk_nr, a_ptr) - 1
         m.d.comb += [q_rd.addr.eq(a_row), k_rd.addr.eq(Mux(a_ptr, Bc, 0) + a_key)]
+        # In similarity mode the softmax unit (B) stays idle: A neither claims score slots nor
+        # advances the slot sequence (so that A and B agree on it in the next attention job),
+        # and A itself hands the bank back to the loader and moves B's bank pointer along with
+        # its own (B would have done both after the bank's last row).
+        b_ptr = Signal()
+        a_jlast = Signal()  # the job's final (row, key) pair: its score carries ``last``
+        m.d.comb += a_jlast.eq(a_lastkey & a_lastrow & pick(bk_final, a_ptr) & pick(bk_lastjob, a_ptr))
         with m.If(a_issue):
-            with m.If(a_rowstart):
+            with m.If(a_rowstart & ~sim_reg):
                 m.d.sync += slot_busy[a_seq].eq(1)
             with m.If(a_lastkey):
-                m.d.sync += [a_key.eq(0), a_seq.eq(a_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
-                                                   Mux(a_seq == N_SLOTS - 1, 0, a_seq + 1))]
+                m.d.sync += a_key.eq(0)
+                with m.If(~sim_reg):
+                    m.d.sync += a_seq.eq(a_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
+                                         Mux(a_seq == N_SLOTS - 1, 0, a_seq + 1))
                 with m.If(a_lastrow):
                     m.d.sync += a_row.eq(0)
                     for b in range(2):
@@ -339,7 +407,11 @@ class AttentionCore(wiring.Component):
                             m.d.sync += bk_adone[b].eq(1)
                             with m.If(bk_final[b]):
                                 m.d.sync += q_busy.eq(0)
+                            with m.If(sim_reg):
+                                m.d.sync += bk_full[b].eq(0)
                     m.d.sync += a_ptr.eq(~a_ptr)
+                    with m.If(sim_reg):
+                        m.d.sync += b_ptr.eq(~b_ptr)
                 with m.Else():
                     m.d.sync += a_row.eq(a_row + 1)
             with m.Else():
@@ -349,9 +421,11 @@ class AttentionCore(wiring.Component):
         a1_v = reg(a_issue, "a1_valid")
         a1_slot, a1_key = reg(a_seq, "a1_slot"), reg(a_key, "a1_key")
         a1_last, a1_empty = reg(a_lastkey, "a1_last"), reg(a_empty, "a1_empty")
+        a1_jlast = reg(a_jlast, "a1_jlast")
+        a_stages = 1  # registers from issue to the score register (sizes the score FIFO)
         qv = data.View(self.q_layout, q_rd.data)
         kv = data.View(self.q_layout, k_rd.data)
-        side = [a1_v, a1_slot, a1_key, a1_last, a1_empty]
+        side = [a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast]
         lanes = []
         for d in range(D):
             a, b = qv.codes[d], kv.codes[d]
@@ -362,6 +436,7 @@ class AttentionCore(wiring.Component):
         esh = [reg(qv.scales[i] + kv.scales[i] - (2 * E8M0_BIAS + fprod - nm.dot_frac), f"a2_esh{i}", signed(11))
                for i in range(nb)]
         side = [reg(x, f"a2_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
 
         # Stage a3: exact signed products.
         pw = fpnum.product_width(fq, fq)
@@ -371,6 +446,7 @@ class AttentionCore(wiring.Component):
             prods.append(reg(Mux(neg, -mag, mag), f"a3_p{d}", signed(pw + 1)))
         esh = [reg(x, f"a3_esh{i}") for i, x in enumerate(esh)]
         side = [reg(x, f"a3_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
 
         # Adder trees, one per MX block, one register level per halving.
         sums = []
@@ -392,6 +468,7 @@ class AttentionCore(wiring.Component):
             groups = new_groups
             esh = [reg(x, f"at{depth}_esh{i}") for i, x in enumerate(esh)]
             side = [reg(x, f"at{depth}_side{k}") for k, x in enumerate(side)]
+            a_stages += 1
         sums = [g[0] for g in groups]
 
         # Term stage: each block sum onto the 2^-dot_frac grid, modulo 2^W (left shift or floor).
@@ -411,28 +488,50 @@ class AttentionCore(wiring.Component):
                 m.d.comb += term.eq(S >> right_amt)  # signed: sign-extends to W bits (floor)
             terms.append(reg(term, f"ad_term{i}"))
         side = [reg(x, f"ad_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
         total = terms[0]
         for t in terms[1:]:
             total = (total + t)[:W]
         dot = reg(total[:W].as_signed(), "as_dot", signed(W))
         side = [reg(x, f"as_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
         prod = reg(dot * c_reg, "am_prod", signed(W + nm.const_bits + 1))
         side = [reg(x, f"am_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
         rnd = Signal(63)
         m.d.comb += rnd.eq((Const(1, 64) << sh_reg) >> 1)
         shifted = Signal(signed(W + nm.const_bits + 2))
         m.d.comb += shifted.eq((prod + rnd) >> sh_reg)
         score = reg(Mux(shifted < smin, smin, Mux(shifted > smax, smax, shifted)), "ar_score", signed(SW))
-        ae_v, ae_slot, ae_key, ae_last, ae_empty = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
+        ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
 
         # End of A: score buffer write, block max, slot handoff.
         run_max = Signal(signed(SW))
         new_max = Mux(ae_empty, smin, Mux((ae_key == 0) | (score > run_max), score, run_max))
-        m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score), s_wr.en.eq(ae_v & ~ae_empty)]
+        m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
+                     s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
         with m.If(ae_v):
             m.d.sync += run_max.eq(new_max)
-            with m.If(ae_last):
+            with m.If(ae_last & ~sim_reg):
                 m.d.sync += [slot_ready[ae_slot].eq(1), slot_bmax[ae_slot].eq(new_max)]
+
+        # Similarity output: every score of the job goes into a FIFO that drives ``s``. A pair
+        # is issued only when the FIFO will have room for it when it leaves the pipeline:
+        # ``s_pending`` counts pairs issued and not yet taken by the host (in the pipeline or
+        # the FIFO), so the FIFO never overflows however long ``s`` stalls. A depth of
+        # ``a_stages + 2`` keeps one pair per cycle while the host takes one beat per cycle
+        # (a score is readable the cycle after it is written).
+        s_depth = a_stages + 2
+        score_w = data.Layout.cast(self.s.payload.shape()).size
+        m.submodules.sfifo = sfifo = SyncFIFO(width=score_w, depth=s_depth)
+        s_pending = Signal(range(s_depth + 1))
+        s_take = self.s.valid & self.s.ready
+        m.d.comb += s_room.eq(s_pending < s_depth)
+        m.d.sync += s_pending.eq(s_pending + (a_issue & sim_reg) - s_take)
+        sw = data.View(self.s.payload.shape(), sfifo.w_data)
+        m.d.comb += [sw.score.eq(score), sw.last.eq(ae_jlast), sfifo.w_en.eq(ae_v & sim_reg),
+                     self.s.valid.eq(sfifo.r_rdy), self.s.payload.eq(sfifo.r_data), sfifo.r_en.eq(self.s.ready)]
 
         # ---------------------------------------------------------------- softmax / P.V unit (B)
         fifo_layout = data.StructLayout({
@@ -441,7 +540,6 @@ class AttentionCore(wiring.Component):
         })
         m.submodules.fifo = fifo = SyncFIFO(width=data.Layout.cast(fifo_layout).size, depth=2)
         inflight = Signal(range(3))
-        b_ptr = Signal()
         b_row = Signal(range(Br))
         b_key = Signal(range(Bc))
         b_seq = Signal(range(N_SLOTS))
@@ -449,7 +547,8 @@ class AttentionCore(wiring.Component):
         b_empty = b_n == 0
         b_rowstart = b_key == 0
         b_issue = Signal()
-        m.d.comb += b_issue.eq(pick(bk_full, b_ptr) & (~b_rowstart | (slot_ready[b_seq] & (inflight < 2))))
+        m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) &
+                               (~b_rowstart | (slot_ready[b_seq] & (inflight < 2))))
         b_lastkey = b_empty | (b_key == b_n - 1)
         b_lastrow = b_row == pick(bk_nr, b_ptr) - 1
         b_first = pick(bk_first, b_ptr)
@@ -669,4 +768,6 @@ class AttentionCore(wiring.Component):
                     m.d.sync += self.o.valid.eq(0)
                     m.d.comb += job_done.eq(dv_last)
                     m.next = "IDLE"
+        with m.If(s_take & self.s.payload.last):
+            m.d.comb += job_done.eq(1)
         return m

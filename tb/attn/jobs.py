@@ -1,9 +1,11 @@
-"""Attention jobs for the RTL: stimulus generation, beats in the host streaming order, golden rows.
+"""Attention-core jobs for the RTL: stimulus generation, beats in the host streaming order, golden outputs.
 
 Shared by the cocotb tests (tb/attn/test_attention.py), the tensor runner (sim/rtl_attention.py)
 and the benchmark (sim/bench_attn.py). The streaming order is the one documented in
-hw/attn/core.py: ``cmd`` (1 beat), ``mask`` (1 beat per query tile), ``q`` (every row),
-``k``/``v`` (per tile, the valid keys of each kept block in increasing block order).
+hw/attn/core.py: ``cmd`` (1 beat), ``mask`` (1 beat per query tile; none in similarity mode),
+``q`` (every row), ``k``/``v`` (per tile, the valid keys of each kept block in increasing block
+order; no ``v`` in similarity mode). Attention jobs come back as rows on ``o``, similarity jobs
+as one score per (row, key) on ``s`` in tile, key block, row, key order.
 """
 
 import dataclasses
@@ -14,7 +16,13 @@ import torch
 from golden.numerics import attention as attn
 from golden.numerics import fp as fpnum
 
-__all__ = ["numerics_of", "Job", "make_job", "job_from_float", "job_beats", "expected_rows", "row_of_beat"]
+__all__ = ["numerics_of", "Job", "make_job", "job_from_float", "job_beats", "expected_rows", "row_of_beat",
+           "MODE_ATTENTION", "MODE_SIMILARITY", "make_sim_job", "sim_job_from_float", "score_order",
+           "golden_scores", "expected_scores", "score_of_beat", "output_count"]
+
+# cmd.mode values (hw/attn/core.py; repeated here so that the testbench does not import the RTL).
+MODE_ATTENTION = 0
+MODE_SIMILARITY = 1
 
 
 def numerics_of(params):
@@ -33,6 +41,7 @@ class Job:
     vs: torch.Tensor
     mask: torch.Tensor
     scale: float
+    mode: int = MODE_ATTENTION  # MODE_SIMILARITY: vc / vs are None and the mask is all ones
 
     @property
     def Lq(self):
@@ -113,6 +122,38 @@ def job_from_float(q, k, v, nm, *, mask=None, scale=None):
     return Job(qc, qs, kc, ks, vc, vs, mask, scale)
 
 
+def make_sim_job(gen, nm, Lq, Lk=None, *, kind="gauss", score_std=1.0):
+    """A random similarity job: ``Lq`` tokens against themselves (``Lk`` None), or ``Lq`` query
+    tokens against ``Lk`` other tokens. ``kind`` 'gauss': MX-quantized Gaussians whose score
+    std is ~``score_std`` nats; 'codes': uniform codes and scales and a random scale up to
+    2^3 / sqrt(D), so scores saturate and dot products may wrap."""
+    D = nm.D
+    if kind == "codes":
+        def tokens(L):
+            c = torch.randint(0, 1 << nm.fq.code_width, (L, D), generator=gen)
+            s = 127 + torch.randint(-6, 7, (L, nm.nb), generator=gen)
+            return _no_nan(c, nm.fq), s.to(torch.uint8)
+        scale = 1.0 / math.sqrt(D) * float(torch.exp2(torch.randint(-6, 4, (1,), generator=gen)))
+    else:
+        def tokens(L):
+            return fpnum.mx_quantize(torch.randn(L, D, generator=gen) * math.sqrt(score_std), nm.fq, nm.block)
+        scale = 1.0 / math.sqrt(D)
+    qc, qs = tokens(Lq)
+    kc, ks = (qc, qs) if Lk is None else tokens(Lk)
+    return _sim_job(qc, qs, kc, ks, nm, scale)
+
+
+def _sim_job(qc, qs, kc, ks, nm, scale):
+    nQb, nKb = -(-qc.shape[0] // nm.Br), -(-kc.shape[0] // nm.Bc)
+    return Job(qc, qs, kc, ks, None, None, torch.ones((nQb, nKb), dtype=torch.bool), scale, MODE_SIMILARITY)
+
+
+def sim_job_from_float(x, nm, *, scale=None):
+    """The similarity job of float tokens ``x`` (L, D) against themselves (golden quantizer)."""
+    c, s = fpnum.mx_quantize(x, nm.fq, nm.block)
+    return _sim_job(c, s, c, s, nm, 1.0 / math.sqrt(nm.D) if scale is None else scale)
+
+
 def _token(codes, scales, row):
     beat = {f"codes.{d}": int(codes[row, d]) for d in range(codes.shape[1])}
     beat.update({f"scales.{b}": int(scales[row, b]) for b in range(scales.shape[1])})
@@ -123,17 +164,21 @@ def job_beats(job, nm):
     """{stream: [beats]} of a job in the host streaming order (see hw/attn/core.py)."""
     C, c_frac = attn.score_constant(job.scale, nm)
     shift = nm.dot_frac + c_frac - nm.score_frac
-    beats = {"cmd": [{"lq": job.Lq, "lk": job.Lk, "c": C, "shift": shift}], "mask": [], "q": [], "k": [], "v": []}
+    beats = {"cmd": [{"lq": job.Lq, "lk": job.Lk, "c": C, "shift": shift, "mode": job.mode}],
+             "mask": [], "q": [], "k": [], "v": []}
+    sim = job.mode == MODE_SIMILARITY
     nQb, nKb = job.mask.shape
     for t in range(nQb):
         bits = sum(1 << j for j in range(nKb) if bool(job.mask[t, j]))
-        beats["mask"].append({"bits": bits})
+        if not sim:  # similarity jobs are dense: no mask beat
+            beats["mask"].append({"bits": bits})
         for j in range(nKb):
             if not bool(job.mask[t, j]):
                 continue
             for key in range(j * nm.Bc, min((j + 1) * nm.Bc, job.Lk)):
                 beats["k"].append(_token(job.kc, job.ks, key))
-                beats["v"].append(_token(job.vc, job.vs, key))
+                if not sim:
+                    beats["v"].append(_token(job.vc, job.vs, key))
     for row in range(job.Lq):
         beats["q"].append(_token(job.qc, job.qs, row))
     return beats
@@ -157,3 +202,37 @@ def expected_rows(job, nm):
 def row_of_beat(beat, nm):
     return (tuple(beat[f"y.{d}"] for d in range(nm.D)), tuple(beat[f"exp.{b}"] for b in range(nm.nb)),
             beat["masked"], beat["last"])
+
+
+def score_order(job, nm):
+    """(row, key) pairs in the order the core streams a similarity job's scores on ``s``:
+    query tile, then key block, then row of the tile, then key of the block."""
+    pairs = []
+    for t in range(-(-job.Lq // nm.Br)):
+        rows = range(t * nm.Br, min((t + 1) * nm.Br, job.Lq))
+        for j in range(-(-job.Lk // nm.Bc)):
+            keys = range(j * nm.Bc, min((j + 1) * nm.Bc, job.Lk))
+            pairs.extend((r, k) for r in rows for k in keys)
+    return pairs
+
+
+def golden_scores(job, nm):
+    """(scores int64 (Lq, Lk), saturated bool (Lq, Lk)) of a similarity job from golden."""
+    s, _, sat = attn.scores_from_codes(job.qc, job.qs, job.kc, job.ks, scale=job.scale, numerics=nm)
+    return s, sat
+
+
+def expected_scores(job, nm):
+    """Golden ``s`` beats of a similarity job as (score, last), in the core's order."""
+    s, _ = golden_scores(job, nm)
+    pairs = score_order(job, nm)
+    return [(int(s[r, k]), int(i == len(pairs) - 1)) for i, (r, k) in enumerate(pairs)]
+
+
+def score_of_beat(beat):
+    return (beat["score"], beat["last"])
+
+
+def output_count(job):
+    """Beats the job produces: one per row on ``o`` (attention), one per (row, key) on ``s``."""
+    return job.Lq * job.Lk if job.mode == MODE_SIMILARITY else job.Lq
