@@ -323,7 +323,7 @@ class AcceleratedHooks(VARHooks):
                         self.tap.on_scores(ctx, si, b, scores, keep)
                     parts.append(keep + off)
                 else:
-                    parts.append(torch.arange(off, off + n).expand(R, n))
+                    parts.append(torch.arange(off, off + n, device=x_BLC.device).expand(R, n))
             # kept tokens of every row in ascending position order, as the general path's
             # stable argsort of the active mask gives them; every row has the same count
             order = torch.cat(parts, 1)
