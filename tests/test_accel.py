@@ -17,6 +17,7 @@ from golden.model import VARConfig, build
 from golden.model.hooks import StepContext
 from golden.numerics import fp
 from golden.numerics import sort as hsort
+from golden.accel import hooks as hooks_mod
 
 KW = dict(B=2, label_B=torch.tensor([1, 3]), g_seed=7, cfg=4.0, top_k=900, top_p=0.95)
 
@@ -381,3 +382,67 @@ def test_attention_core_hook(model):
         AccelConfig.parse("attn_core_blocks=-1", cfg)
     with pytest.raises(ValueError, match="attn_core_last"):
         AccelConfig.parse("attn_core_last=-1", cfg)
+
+
+# ------------------------------------------------------------------------------- fast paths
+def test_select_pivots_equals_radix_model(seed):
+    """The stable-sort pivot top-k of the hooks equals the sort core's radix model (the
+    definition) on random, tied, constant, signed-zero, infinite and NaN scores, for every k."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(2, 300, (1,), generator=g))
+    rows = [torch.randn(n, generator=g),
+            torch.randint(0, 4, (n,), generator=g).float(),                     # many ties
+            torch.full((n,), 2.5),                                               # constant
+            torch.zeros(n),
+            torch.where(torch.rand(n, generator=g) < 0.5, torch.tensor(-0.0), torch.tensor(0.0)),
+            torch.randn(n, generator=g).abs().round(decimals=1)]                 # ties among distinct values
+    odd = torch.randn(n, generator=g)
+    odd[torch.randint(0, n, (max(1, n // 5),), generator=g)] = math.nan
+    odd[0], odd[-1] = math.inf, -math.inf
+    rows.append(odd)
+    scores = torch.stack(rows)
+    for k in sorted({0, 1, 2, n // 4, n // 2, n - 1, n, int(torch.randint(0, n + 1, (1,), generator=g))}):
+        ref = hooks_mod.select_pivots_reference(scores, k)
+        got = select_pivots(scores, k)
+        assert torch.equal(got, ref), k
+    with pytest.raises(ValueError, match="k must be"):
+        select_pivots(scores, n + 1)
+
+
+def _small_model():
+    cfg = VARConfig.preset("tiny").replace(depth=5, patch_nums=(1, 2, 3, 4, 6, 8))
+    _, var = build(cfg, seed=5, init_adaln_gamma=0.5, init_head=1.0)
+    return cfg, var
+
+
+FAST_SPECS = ["dense", "fastvar", "sparse", "fastvar,sparse", "turbo,agg_threshold=0.5", "fastvar,turbo",
+              "fastvar,sparse,turbo,agg_threshold=0.5,bypass_threshold=0.5", "parallel,fastvar",
+              "parallel,sparse", "parallel,fastvar,sparse,turbo", "sparse,window=0,block_q=1,block_k=1",
+              "fastvar,prune_keep=1.0:1.0", "fastvar,mxfp4", "all"]
+
+
+# the slow low-bit specs only on the tiny model; the 6-scale model (a step's first position is
+# beyond its length, more blocks outside the pruning range) for the token-subset techniques
+FAST_SPECS_SMALL = ["fastvar", "sparse", "fastvar,sparse", "fastvar,sparse,turbo,agg_threshold=0.5",
+                    "parallel,fastvar,sparse,turbo"]
+
+
+@pytest.mark.parametrize("which", ["tiny", "small"])
+def test_fast_paths_equal_general_path(model, which):
+    """AcceleratedHooks(fast=True), the default, gives the same logits, ids, image and op counts,
+    bit for bit, as the general path (fast=False) in every combination of techniques."""
+    cfg, var = model if which == "tiny" else _small_model()
+    for spec in FAST_SPECS if which == "tiny" else FAST_SPECS_SMALL:
+        recs = []
+        for fast in (True, False):
+            hooks = AcceleratedHooks(cfg, spec, fast=fast)
+            rec = RunRecord()
+            accelerated_infer(var, **KW, hooks=hooks, record=rec)
+            # a second generation through the same hooks object (state reset, caches reused)
+            img2 = var.autoregressive_infer_cfg(**KW, hooks=hooks)
+            recs.append((rec, hooks.counter, img2))
+        (a, ca, ia), (b, cb, ib) = recs
+        assert torch.equal(a.image, b.image) and torch.equal(ia, ib), spec
+        assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits)), spec
+        assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids)), spec
+        assert ca.steps == cb.steps, spec

@@ -75,7 +75,8 @@ from .backend import CoreBackend, core_tile_mask
 from .config import AccelConfig
 from .sparse import step_mask, tile_mask, token_tables
 
-__all__ = ["AcceleratedHooks", "OpCounter", "StepStats", "pivot_scores", "select_pivots"]
+__all__ = ["AcceleratedHooks", "OpCounter", "StepStats", "pivot_scores", "select_pivots",
+           "select_pivots_reference"]
 
 
 # ---------------------------------------------------------------------------------- counting
@@ -145,10 +146,27 @@ def pivot_scores(x_RnC: torch.Tensor) -> torch.Tensor:
     return (xf - xf.mean(dim=1, keepdim=True)).square().sum(dim=-1)
 
 
+def select_pivots_reference(scores_Rn: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """:func:`select_pivots` through the sort core's bit-exact radix model (the definition)."""
+    return hsort.topk(hsort.float_to_key(scores_Rn.float().contiguous()), int(n_keep), sorted=False)
+
+
 def select_pivots(scores_Rn: torch.Tensor, n_keep: int) -> torch.Tensor:
     """Indices (R, n_keep), ascending, of the n_keep largest scores per row (sort-core top-k,
-    ties to the lower index)."""
-    return hsort.topk(hsort.float_to_key(scores_Rn.float().contiguous()), int(n_keep), sorted=False)
+    ties to the lower index).
+
+    Same result as :func:`select_pivots_reference` (tests/test_accel.py compares them on random,
+    tied, constant, signed-zero and NaN scores), in a few kernels and without host syncs: the
+    radix model runs one small kernel per digit and checks key ranges on the host. A stable
+    descending sort of the same order-preserving keys puts ties in ascending index order, so its
+    first n_keep entries are exactly the radix select's set (every key above the threshold plus
+    the lowest-index ties); sorting those indices gives the core's unordered (index-order) output."""
+    n_keep = int(n_keep)
+    keys = hsort.float_to_key(scores_Rn.float().contiguous())
+    if not 0 <= n_keep <= keys.shape[-1]:
+        raise ValueError(f"k must be an integer in [0, {keys.shape[-1]}] (the row length), got {n_keep!r}")
+    top = torch.sort(keys, dim=-1, descending=True, stable=True).indices[..., :n_keep]
+    return torch.sort(top, dim=-1).values
 
 
 def n_keep_for(n: int, ratio: float) -> int:
@@ -170,24 +188,42 @@ class AcceleratedHooks(VARHooks):
     ``tap``: optional recorder (:class:`golden.taps.TapRecorder`). ``backend``: where core
     operations run (:class:`golden.accel.backend.CoreBackend`, golden/numerics, by default). State
     is reset at the first block of scale 0, so one object serves several generations; ``counter``
-    accumulates."""
+    accumulates.
 
-    def __init__(self, cfg_var, accel=None, counter: Optional[OpCounter] = None, tap=None, backend=None):
+    ``fast`` (default True) takes shortcuts that give the same outputs and counts as the general
+    code (``fast=False``, kept as the reference; tests/test_accel.py compares the two bit for
+    bit): a block whose token set is known without looking at the data (no technique acts on
+    it, or pruning alone with its fixed n_keep per row) skips the per-row bookkeeping; its
+    attention mask, when it depends only on the step, is built and counted once per step
+    instead of once per block; pivots come from a stable sort instead of the radix model; and
+    no host sync is made where the answer is known from the schedule. On a GPU these host syncs
+    and small kernels, not the arithmetic, made the accelerated runs slower than dense."""
+
+    def __init__(self, cfg_var, accel=None, counter: Optional[OpCounter] = None, tap=None, backend=None,
+                 fast: bool = True):
         self.vcfg = cfg_var
         self.backend = backend if backend is not None else CoreBackend()
         self.acfg = AccelConfig.parse(accel, cfg_var)
         self.counter = counter if counter is not None else OpCounter(cfg_var.depth)
         self.tap = tap
+        self.fast = bool(fast)
         self.patch_nums = tuple(cfg_var.patch_nums)
         self.SN = len(self.patch_nums)
         self.depth = cfg_var.depth
         self.lvl_L = token_tables(self.patch_nums)[0]
         self._prune_blocks = self.acfg.prune_blocks(self.depth)
         self._folded: Dict[str, torch.Tensor] = {}
+        # per-step attention data of the fast path; depends only on the config and the step
+        self._step_attn_cache: Dict[tuple, tuple] = {}
         self.reset()
 
     def reset(self) -> None:
+        # Key positions of each block's KV cache. While a block's keys are exactly positions
+        # 0 .. L0-1 in every row (no technique has dropped one), only L0 is kept (_kident) and
+        # the (rows, L0) tensor is built on demand (_kpos_tensor).
         self.kpos: Dict[int, torch.Tensor] = {}
+        self._kident: Dict[int, int] = {}
+        self._kpad: Dict[int, bool] = {}
         self.delta_cache: Dict[int, torch.Tensor] = {}
         self.skip: Optional[torch.Tensor] = None
         self._cur = None
@@ -211,6 +247,29 @@ class AcceleratedHooks(VARHooks):
         segs = self._segments(ctx.q_begin, ctx.q_end)
         self.counter.begin([s[0] for s in segs], R)
 
+    def _kpos_tensor(self, b: int, R: int) -> Optional[torch.Tensor]:
+        """Key positions (R, keys) of block b's KV cache (-1 = pad), None when it is empty."""
+        if b in self._kident:
+            return torch.arange(self._kident[b]).expand(R, -1)
+        return self.kpos.get(b)
+
+    def _kv_append(self, b: int, ctx, R: int, run_pos: Optional[torch.Tensor] = None, pads: bool = False):
+        """Record the positions of the tokens block b runs on (they join its KV cache).
+        ``run_pos`` None: every position of the step, in order."""
+        if run_pos is None and self.fast and b not in self.kpos and self._kident.get(b, 0) == ctx.q_begin:
+            self._kident[b] = ctx.q_end
+            return
+        if run_pos is None:
+            run_pos = torch.arange(ctx.q_begin, ctx.q_end).expand(R, -1)
+        prev = self._kpos_tensor(b, R)
+        self.kpos[b] = run_pos if prev is None else torch.cat((prev, run_pos), 1)
+        self._kident.pop(b, None)
+        self._kpad[b] = self._kpad.get(b, False) or pads
+
+    def _agg_in_block(self, segs, b: int) -> bool:
+        a = self.acfg
+        return any(a.agg_applies(si, b, self.SN, self.depth) and n > 1 for si, _, _, n in segs)
+
     # --------------------------------------------------------------- block
     def block(self, block, x_BLC, cond_BD, attn_bias, ctx, run):
         if ctx.mode != "ar":
@@ -219,10 +278,114 @@ class AcceleratedHooks(VARHooks):
         R, l, C = x_BLC.shape
         if b == 0:
             self._begin_step(ctx, R)
-        st = self.counter.current
         segs = self._segments(ctx.q_begin, ctx.q_end)
+        # The fast path covers blocks whose token subset does not depend on the data beyond the
+        # pivot top-k: no bypass decision yet in this step and no aggregation in this block.
+        if self.fast and self.skip is None and not self._agg_in_block(segs, b):
+            out = self._block_fast(x_BLC, attn_bias, ctx, run, segs)
+            if out is not None:
+                return out
+        return self._block_general(x_BLC, attn_bias, ctx, run, segs)
+
+    def _block_fast(self, x_BLC, attn_bias, ctx, run, segs):
+        """The general path's result for a block where every row runs the same number of tokens
+        (all of them, or the pivots of pruned maps): no per-row bookkeeping, no host sync.
+        Returns None (use the general path) where that does not hold."""
+        b = ctx.block_idx
+        R, l, C = x_BLC.shape
+        st = self.counter.current
+        a = self.acfg
+        prune = []
+        if b in self._prune_blocks:
+            for si, pn, off, n in segs:
+                nk = n_keep_for(n, a.prune_ratio(si, self.SN))
+                if nk < n:
+                    prune.append((si, nk))
+        if any(nk < 1 for _, nk in prune):
+            return None                      # a map pruned to nothing: rows get pads
+        pruned_segs = {si for si, _ in prune}
+        order = None
+        if not prune:
+            # every token runs: the general path's dense_path, positions in step order
+            self._cur = dict(qpos=None, n=l, real=R * l, ctx=ctx, ident=True, pads=False)
+            self._kv_append(b, ctx, R)
+            st.tokens[b] += R * l
+            out = run(x_BLC, attn_bias)
+        else:
+            nk_of = dict(prune)
+            parts = []
+            for si, pn, off, n in segs:
+                if si in nk_of:
+                    scores = pivot_scores(x_BLC[:, off:off + n])
+                    keep = select_pivots(scores, nk_of[si])
+                    st.sort_calls += R
+                    if self.tap is not None:
+                        self.tap.on_scores(ctx, si, b, scores, keep)
+                    parts.append(keep + off)
+                else:
+                    parts.append(torch.arange(off, off + n, device=x_BLC.device).expand(R, n))
+            # kept tokens of every row in ascending position order, as the general path's
+            # stable argsort of the active mask gives them; every row has the same count
+            order = torch.cat(parts, 1)
+            n_run = order.shape[1]
+            run_pos = order + ctx.q_begin
+            self._cur = dict(qpos=run_pos, n=n_run, real=R * n_run, ctx=ctx, ident=False, pads=False)
+            self._kv_append(b, ctx, R, run_pos, pads=False)
+            st.tokens[b] += R * n_run
+            idx = order.unsqueeze(-1).expand(R, n_run, C)
+            y_run = run(x_BLC.gather(1, idx), None)
+            out = x_BLC.clone()
+            # pruned tokens: x + up(D_b) (identity without a cache); kept ones are overwritten below
+            if b in self.delta_cache:
+                for si, pn, off, n_s in segs:
+                    if si in pruned_segs:
+                        up = F.interpolate(self.delta_cache[b], size=(pn, pn), mode="area")
+                        out[:, off:off + n_s] = x_BLC[:, off:off + n_s] + up.flatten(2).transpose(1, 2)
+            out.scatter_(1, idx, y_run.to(out.dtype))
+        self._cur = None
+        self._after_block(x_BLC, out, ctx, segs, pruned_segs, order=order)
+        return out
+
+    def _after_block(self, x_BLC, out, ctx, segs, pruned_segs, order=None, ran=None, grouped=None):
+        """Update-map cache for pruning and bypass decisions (shared by both paths). The fast
+        path gives ``order`` (kept tokens, or None when all ran); the general one ``ran`` and
+        ``grouped``."""
+        b = ctx.block_idx
+        R, l, C = x_BLC.shape
+        a = self.acfg
+        # update-map cache for pruning (only at scales this block ran unpruned)
+        if b in self._prune_blocks:
+            for si, pn, off, n_s in segs:
+                if si not in pruned_segs:
+                    self.delta_cache[b] = (out[:, off:off + n_s] - x_BLC[:, off:off + n_s]) \
+                        .transpose(1, 2).reshape(R, C, pn, pn).clone()
+        # bypass decisions for the following blocks
+        if a.bypass and b >= a.bypass_first_block(self.depth) and b < self.depth - 1:
+            applies_segs = [(off, n_s) for si, pn, off, n_s in segs if a.bypass_applies(si, self.SN)]
+            if self.fast and not applies_segs:
+                return                       # nothing newly bypassed: skip | False == skip
+            if ran is None:
+                if order is None:
+                    ran = torch.ones(R, l, dtype=torch.bool)
+                else:
+                    ran = torch.zeros(R, l, dtype=torch.bool).scatter_(1, order, True)
+            if grouped is not None:
+                ran = ran | grouped
+            rel = (out - x_BLC).float().norm(dim=-1) / x_BLC.float().norm(dim=-1).clamp_min(1e-12)
+            applies = torch.zeros(R, l, dtype=torch.bool)
+            for off, n_s in applies_segs:
+                applies[:, off:off + n_s] = True
+            newly = ran & applies & (rel < a.bypass_threshold)
+            self.skip = newly if self.skip is None else (self.skip | newly)
+
+    def _block_general(self, x_BLC, attn_bias, ctx, run, segs):
+        """Any token subsets (pruning, aggregation, bypass together): the reference path."""
+        b = ctx.block_idx
+        R, l, C = x_BLC.shape
+        st = self.counter.current
         qpos = torch.arange(ctx.q_begin, ctx.q_end)
         a = self.acfg
+        sel_pivots = select_pivots if self.fast else select_pivots_reference
 
         active = torch.ones(R, l, dtype=torch.bool) if self.skip is None else ~self.skip
         pruned = torch.zeros(R, l, dtype=torch.bool)
@@ -233,7 +396,7 @@ class AcceleratedHooks(VARHooks):
                 if nk >= n:
                     continue
                 scores = pivot_scores(x_BLC[:, off:off + n])
-                keep = select_pivots(scores, nk)
+                keep = sel_pivots(scores, nk)
                 kept = torch.zeros(R, n, dtype=torch.bool).scatter_(1, keep, True)
                 pruned[:, off:off + n] = ~kept
                 pruned_segs.add(si)
@@ -261,7 +424,8 @@ class AcceleratedHooks(VARHooks):
             act = active[:, off:off + n]
             mem = act & act[:, rep_local] & (rep_local != torch.arange(n)) & (cos > a.agg_threshold)
             member[:, off:off + n] = mem
-        if member.any():
+        any_member = bool(member.any())
+        if any_member:
             cnt = torch.ones(R, l).index_put_((torch.arange(R).unsqueeze(1).expand(R, l)[member],
                                                rep_idx.expand(R, l)[member]),
                                               torch.ones(int(member.sum())), accumulate=True)
@@ -273,31 +437,41 @@ class AcceleratedHooks(VARHooks):
             grouped = member | is_rep_grp
             active = active & ~member
 
-        dense_path = bool(active.all()) and not member.any()
+        dense_path = bool(active.all()) and not any_member
         if dense_path:
             run_pos = qpos.expand(R, l)
-            self._cur = dict(qpos=run_pos, n=l, real=R * l, ctx=ctx)
-            self.kpos[b] = run_pos if b not in self.kpos else torch.cat((self.kpos[b], run_pos), 1)
+            self._cur = dict(qpos=run_pos, n=l, real=R * l, ctx=ctx, ident=True, pads=False)
+            self._kv_append(b, ctx, R)
             st.tokens[b] += R * l
             out = run(x_BLC, None if attn_bias is None else attn_bias)
             y_tok = out
         else:
             counts = active.sum(1)
-            n = max(1, int(counts.max()))
+            counts_l = counts.tolist()       # one host sync for the max, the sum and the pads
+            n = max(1, max(counts_l))
             order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :n]
             valid = torch.arange(n).unsqueeze(0) < counts.unsqueeze(1)
             run_pos = torch.where(valid, qpos[order], torch.full_like(order, -1))
-            self._cur = dict(qpos=run_pos, n=n, real=int(counts.sum()), ctx=ctx)
-            self.kpos[b] = run_pos if b not in self.kpos else torch.cat((self.kpos[b], run_pos), 1)
-            st.tokens[b] += int(counts.sum())
+            pads = min(counts_l) < n
+            self._cur = dict(qpos=run_pos, n=n, real=sum(counts_l), ctx=ctx, ident=False, pads=pads)
+            self._kv_append(b, ctx, R, run_pos, pads=pads)
+            st.tokens[b] += sum(counts_l)
             x_run = x_in.gather(1, order.unsqueeze(-1).expand(R, n, C))
             y_run = run(x_run, None)
             out = x_BLC.clone()
             y_tok = torch.zeros_like(x_BLC)
-            for r in range(R):
-                sel = order[r, valid[r]]
-                y_tok[r, sel] = y_run[r, valid[r]]
-                out[r, sel] = y_run[r, valid[r]]
+            if self.fast:
+                # all rows at once: the (row, position) pairs of real tokens are distinct
+                rows = torch.arange(R).unsqueeze(1).expand(R, n)[valid]
+                sel = order[valid]
+                y_val = y_run[valid]
+                y_tok[rows, sel] = y_val
+                out[rows, sel] = y_val
+            else:
+                for r in range(R):
+                    sel = order[r, valid[r]]
+                    y_tok[r, sel] = y_run[r, valid[r]]
+                    out[r, sel] = y_run[r, valid[r]]
             # pruned tokens: restore from the cached update map of this block
             for si, pn, off, n_s in segs:
                 if si not in pruned_segs or b not in self.delta_cache:
@@ -310,29 +484,13 @@ class AcceleratedHooks(VARHooks):
                 seg = out[:, off:off + n_s]
                 out[:, off:off + n_s] = torch.where(pm.unsqueeze(-1), x_BLC[:, off:off + n_s] + up, seg)
             # un-merge: copy the representative's update back to its group
-            if grouped.any():
+            if any_member:
                 upd = y_tok.gather(1, rep_idx.expand(R, l).unsqueeze(-1).expand(R, l, C)) \
                     - x_in.gather(1, rep_idx.expand(R, l).unsqueeze(-1).expand(R, l, C))
                 out = torch.where(grouped.unsqueeze(-1), x_BLC + upd, out)
         self._cur = None
-
-        # update-map cache for pruning (only at scales this block ran unpruned)
-        if b in self._prune_blocks:
-            for si, pn, off, n_s in segs:
-                if si not in pruned_segs:
-                    self.delta_cache[b] = (out[:, off:off + n_s] - x_BLC[:, off:off + n_s]) \
-                        .transpose(1, 2).reshape(R, C, pn, pn).clone()
-        # bypass decisions for the following blocks
-        if a.bypass and b >= a.bypass_first_block(self.depth) and b < self.depth - 1:
-            ran = active if not dense_path else torch.ones(R, l, dtype=torch.bool)
-            ran = ran | grouped
-            rel = (out - x_BLC).float().norm(dim=-1) / x_BLC.float().norm(dim=-1).clamp_min(1e-12)
-            applies = torch.zeros(R, l, dtype=torch.bool)
-            for si, pn, off, n_s in segs:
-                if a.bypass_applies(si, self.SN):
-                    applies[:, off:off + n_s] = True
-            newly = ran & applies & (rel < a.bypass_threshold)
-            self.skip = newly if self.skip is None else (self.skip | newly)
+        ran = torch.ones(R, l, dtype=torch.bool) if dense_path else active
+        self._after_block(x_BLC, out, ctx, segs, pruned_segs, ran=ran, grouped=grouped)
         return out
 
     # --------------------------------------------------------------- attention
@@ -344,9 +502,15 @@ class AcceleratedHooks(VARHooks):
             if self.tap is not None and ctx.mode == "ar":
                 self.tap.on_attend(ctx, q, k, v, None)
             return attn.dense_attend(q, k, v, attn_bias)
+        if self.fast and self.tap is None and not a.attn_core_applies(ctx.si, ctx.block_idx, self.SN):
+            out = self._attend_fast(attn, q, k, v, ctx)
+            if out is not None:
+                return out
         R, H, n, c = q.shape
         qpos = self._cur["qpos"]
-        kpos = self.kpos[ctx.block_idx]
+        if qpos is None:
+            qpos = torch.arange(ctx.q_begin, ctx.q_end).expand(R, -1)
+        kpos = self._kpos_tensor(ctx.block_idx, R)
         if kpos.shape[1] != k.shape[2]:
             raise RuntimeError(f"block {ctx.block_idx}: KV cache holds {k.shape[2]} keys, positions of "
                                f"{kpos.shape[1]} tracked (were the hooks swapped mid-generation?)")
@@ -354,7 +518,9 @@ class AcceleratedHooks(VARHooks):
         qp, kp = qpos.clamp_min(0), kpos.clamp_min(0)
         if a.sparse:
             M = step_mask(self.patch_nums, ctx.q_begin, ctx.q_end, a.block_q, a.block_k, a.window, a.sink_scales)
-            allowed = M[(qp - ctx.q_begin).unsqueeze(-1), kp.unsqueeze(-2)]
+            # a pad query (position -1) reads the row of the step's first position; its output
+            # is discarded (without the clamp, -q_begin indexed out of range or wrapped around)
+            allowed = M[(qp - ctx.q_begin).clamp_min(0).unsqueeze(-1), kp.unsqueeze(-2)]
         else:
             allowed = self.lvl_L[kp].unsqueeze(-2) <= self.lvl_L[qp].unsqueeze(-1)
         allowed = allowed & vk.unsqueeze(-2)
@@ -373,6 +539,77 @@ class AcceleratedHooks(VARHooks):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=0.0,
                                               scale=attn.scale)
 
+    def _step_attn(self, ctx, device):
+        """Mask (n, q_end) of a step whose queries are its positions in order and whose keys are
+        positions 0 .. q_end-1 (what the general path gathers for every block), whether it is all
+        True, whether a row is empty, and its tile counts (pairs, kept, total) for one row."""
+        key = (ctx.q_begin, ctx.q_end, str(device))
+        hit = self._step_attn_cache.get(key)
+        if hit is None:
+            a = self.acfg
+            if a.sparse:
+                M = step_mask(self.patch_nums, ctx.q_begin, ctx.q_end, a.block_q, a.block_k, a.window,
+                              a.sink_scales)
+            else:
+                lvl = self.lvl_L
+                M = lvl[:ctx.q_end].unsqueeze(0) <= lvl[ctx.q_begin:ctx.q_end].unsqueeze(1)
+            M = M.to(device)
+            hit = (M, bool(M.all()), bool((~M.any(-1)).any())) + self._tile_pairs(M)
+            self._step_attn_cache[key] = hit
+        return hit
+
+    def _attend_fast(self, attn, q, k, v, ctx):
+        """The general attend's result without building (rows, queries, keys) masks per block
+        where that is known from the step: no pads among queries and keys (then no row is empty:
+        a query is always its own key, and the mask allows it). None: use the general path."""
+        a = self.acfg
+        cur = self._cur
+        b = ctx.block_idx
+        R, H, n, c = q.shape
+        m = k.shape[2]
+        if cur["pads"] or self._kpad.get(b, False):
+            return None
+        kident = self._kident.get(b)
+        if cur["ident"] and kident is not None:
+            if kident != m:
+                raise RuntimeError(f"block {b}: KV cache holds {m} keys, positions of {kident} tracked "
+                                   f"(were the hooks swapped mid-generation?)")
+            M, all_true, has_empty, pairs, kept, total = self._step_attn(ctx, q.device)
+            if has_empty:
+                return None
+            st = self.counter.current
+            st.attn_macs += R * 2 * H * c * pairs        # every row has the same mask
+            st.attn_tiles_kept += R * kept
+            st.attn_tiles_total += R * total
+            if all_true:
+                return attn.dense_attend(q, k, v, None)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=M.expand(R, 1, n, m), dropout_p=0.0,
+                                                  scale=attn.scale)
+        single_scale = len(self._segments(ctx.q_begin, ctx.q_end)) == 1
+        if not a.sparse and single_scale:
+            # one scale per step: every cached key is of this scale or an earlier one, so the
+            # block-causal mask is all True
+            nqb, nkb = -(-n // a.block_q), -(-m // a.block_k)
+            st = self.counter.current
+            st.attn_macs += R * 2 * H * c * n * m
+            st.attn_tiles_kept += R * nqb * nkb
+            st.attn_tiles_total += R * nqb * nkb
+            return attn.dense_attend(q, k, v, None)
+        if not a.sparse:
+            return None
+        qpos = cur["qpos"] if cur["qpos"] is not None else torch.arange(ctx.q_begin, ctx.q_end).expand(R, -1)
+        kpos = self._kpos_tensor(b, R)
+        if kpos.shape[1] != m:
+            raise RuntimeError(f"block {b}: KV cache holds {m} keys, positions of {kpos.shape[1]} tracked "
+                               f"(were the hooks swapped mid-generation?)")
+        M = self._step_attn(ctx, q.device)[0]
+        allowed = M[(qpos - ctx.q_begin).unsqueeze(-1), kpos.unsqueeze(-2)]
+        self._count_attention_rows(allowed, H, c)
+        if bool(allowed.all()):
+            return attn.dense_attend(q, k, v, None)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=0.0,
+                                              scale=attn.scale)
+
     def _core_attend(self, attn, q, k, v, allowed, ctx):
         """Every (row, head) through the backend's attention core (tiles block_q x block_k)."""
         a = self.acfg
@@ -385,6 +622,28 @@ class AcceleratedHooks(VARHooks):
                 tag = f"s{ctx.si}.b{ctx.block_idx}.r{r}.h{h}"
                 out[r, h] = self.backend.attention(q[r, h], k[r, h], v[r, h], tiles, attn.scale, nm, tag).float()
         return out.to(q.dtype)
+
+    def _tile_pairs(self, al):
+        """(token pairs in kept tiles, kept tiles, tiles) of a (queries, keys) mask, summed over
+        any leading dims (one host sync)."""
+        a = self.acfg
+        nq, nk = al.shape[-2:]
+        tiles = tile_mask(al, a.block_q, a.block_k)
+        rs = torch.full((tiles.shape[-2],), a.block_q, device=tiles.device)
+        rs[-1] = nq - a.block_q * (tiles.shape[-2] - 1)
+        cs = torch.full((tiles.shape[-1],), a.block_k, device=tiles.device)
+        cs[-1] = nk - a.block_k * (tiles.shape[-1] - 1)
+        pairs, kept = torch.stack(((tiles * rs.unsqueeze(1) * cs.unsqueeze(0)).sum(), tiles.sum())).tolist()
+        return int(pairs), int(kept), tiles.numel()
+
+    def _count_attention_rows(self, allowed, H, c):
+        """_count_attention for masks without pads: per-row counts summed in one go (equal to the
+        per-row loop, and to R times row 0 when the rows agree)."""
+        st = self.counter.current
+        pairs, kept, total = self._tile_pairs(allowed)
+        st.attn_macs += 2 * H * c * pairs
+        st.attn_tiles_kept += kept
+        st.attn_tiles_total += total
 
     def _count_attention(self, allowed, vq, vk, H, c):
         st = self.counter.current

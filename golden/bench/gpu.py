@@ -10,6 +10,10 @@ the median of ``--repeats`` timed runs after ``--warmup`` runs, measured with CU
 around the whole ``autoregressive_infer_cfg`` call (VAE decode included). Speed-ups are
 ratios to the dense run of the same architecture in the same process. Peak memory is
 ``torch.cuda.max_memory_allocated`` of the timed runs.
+
+``--hooks general`` times the hooks' general path (``AcceleratedHooks(fast=False)``, the
+reference the fast paths are tested against); ``--verify`` also generates each accelerated
+configuration once through both paths and reports whether the images are identical.
 """
 
 import argparse
@@ -48,10 +52,10 @@ def arch_config(name):
     return cfg
 
 
-def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch.bfloat16, batch=1):
+def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch.bfloat16, batch=1, fast=True):
     """Median latency (ms) and peak memory (GiB) of a batch of ``batch`` images with ``accel``
-    hooks ("dense": none)."""
-    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel)
+    hooks ("dense": none); ``fast``: the hooks' fast paths (False: their general path)."""
+    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, fast=fast)
     device = next(var.parameters()).device
     label = torch.full((batch,), 7, device=device, dtype=torch.long)
 
@@ -85,6 +89,20 @@ def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch
     return statistics.median(times), peak, saved
 
 
+def verify_paths(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1):
+    """One generation through the fast and one through the general hooks path: (identical?,
+    max abs difference of the images)."""
+    device = next(var.parameters()).device
+    label = torch.full((batch,), 7, device=device, dtype=torch.long)
+    imgs = []
+    for fast in (True, False):
+        hooks = AcceleratedHooks(cfg_var, accel, fast=fast)
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
+            imgs.append(var.autoregressive_infer_cfg(B=batch, label_B=label, g_seed=seed, cfg=4.0, top_k=900,
+                                                     top_p=0.95, hooks=hooks).float())
+    return bool(torch.equal(imgs[0], imgs[1])), float((imgs[0] - imgs[1]).abs().max())
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", default="d16-256,d30-256,d36-512,d30-1024")
@@ -92,6 +110,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1, help="images per generate call")
+    parser.add_argument("--hooks", choices=("fast", "general"), default="fast",
+                        help="AcceleratedHooks path: fast (default) or the general reference path")
+    parser.add_argument("--verify", action="store_true",
+                        help="also compare one image per accelerated config through both hooks paths")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -100,7 +122,8 @@ def main(argv=None):
     torch.set_default_device(device)
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"device: {name}; torch {torch.__version__}; bf16 autocast; batch {args.batch} (+CFG)", flush=True)
+    print(f"device: {name}; torch {torch.__version__}; bf16 autocast; batch {args.batch} (+CFG); "
+          f"hooks {args.hooks}", flush=True)
     rows = []
     for arch in args.arch.split(","):
         cfg_var = arch_config(arch)
@@ -113,7 +136,7 @@ def main(argv=None):
             try:
                 ms, peak, saved = time_generation(var, cfg_var, spec if accel != "dense" else "dense",
                                                   warmup=args.warmup, repeats=args.repeats,
-                                                  batch=args.batch)
+                                                  batch=args.batch, fast=args.hooks == "fast")
             except torch.cuda.OutOfMemoryError as error:
                 print(f"{arch} {accel}: out of memory ({error})", flush=True)
                 torch.cuda.empty_cache()
@@ -124,7 +147,10 @@ def main(argv=None):
                    "ms": round(ms, 1), "speedup": round(dense_ms / ms, 2) if dense_ms else None,
                    "peak_gib": round(peak, 2)}
             if saved:
-                row["macs_ratio"] = saved.get("macs_ratio") if isinstance(saved, dict) else None
+                row["counted_macs"] = saved["macs"]
+            if args.verify and accel != "dense":
+                row["paths_identical"], row["paths_max_abs_diff"] = verify_paths(var, cfg_var, spec,
+                                                                                 batch=args.batch)
             rows.append(row)
             print(json.dumps(row), flush=True)
         del var
@@ -136,7 +162,7 @@ def main(argv=None):
         print(f"| {r['arch']} | {r['batch']} | {r['accel']} | {r['ms']} | {r['speedup']} | {r['peak_gib']} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "rows": rows}, f, indent=2)
+            json.dump({"device": name, "torch": torch.__version__, "hooks": args.hooks, "rows": rows}, f, indent=2)
     return 0
 
 
