@@ -77,6 +77,29 @@ def lengths(rng, nm):
     return lq, lk
 
 
+async def reset_mid_job(dut, tb, nm, rng, beats, sink, before_reset=None):
+    """Queue a job's beats on every input, assert reset while the job runs, then stop every driver.
+
+    ``before_reset`` (optional) checks the state just before the reset (e.g. that it lands
+    mid-job). The caller then runs fresh jobs, which must be exact.
+    """
+    sources = {s: tb.source(s) for s in IN_STREAMS}
+    for s in IN_STREAMS:
+        sources[s].send(beats[s])
+    await ClockCycles(tb.clock, nm.Br * nm.Bc + rng.randrange(3 * nm.Bc))
+    if before_reset is not None:
+        before_reset()
+    dut.rst.value = 1
+    for source in sources.values():
+        source.clear()
+    await ClockCycles(tb.clock, 2)
+    dut.rst.value = 0
+    await ClockCycles(tb.clock, 2)
+    for source in sources.values():
+        source._task.cancel()
+    sink._task.cancel()
+
+
 @cocotb.test()
 async def random_jobs_under_stalls(dut):
     """Random jobs, small and large score ranges, every stall scenario on every stream."""
@@ -134,21 +157,7 @@ async def reset_mid_tile(dut):
     tb = TB(dut)
     await tb.reset()
     job = make_job(gen, nm, 2 * nm.Br + 1, 2 * nm.Bc + 3, mask="dense")
-    beats = job_beats(job, nm)
-    sources = {s: tb.source(s) for s in IN_STREAMS}
-    sink = tb.sink("o")
-    for s in IN_STREAMS:
-        sources[s].send(beats[s])
-    await ClockCycles(tb.clock, nm.Br * nm.Bc + rng.randrange(3 * nm.Bc))
-    dut.rst.value = 1
-    for source in sources.values():
-        source.clear()
-    await ClockCycles(tb.clock, 2)
-    dut.rst.value = 0
-    await ClockCycles(tb.clock, 2)
-    for source in sources.values():
-        source._task.cancel()
-    sink._task.cancel()
+    await reset_mid_job(dut, tb, nm, rng, job_beats(job, nm), tb.sink("o"))
     board = Scoreboard(dut._log)
     lq, lk = lengths(rng, nm)
     job = make_job(gen, nm, lq, lk, mask=0.5)
@@ -219,22 +228,12 @@ async def reset_mid_similarity(dut):
     tb = TB(dut)
     await tb.reset()
     job = make_sim_job(gen, nm, 2 * nm.Br + 1, 2 * nm.Bc + 3)
-    beats = job_beats(job, nm)
-    sources = {s: tb.source(s) for s in IN_STREAMS}
     sink = tb.sink("s", pause_patterns(rng)["random_70"]())
-    for s in IN_STREAMS:
-        sources[s].send(beats[s])
-    await ClockCycles(tb.clock, nm.Br * nm.Bc + rng.randrange(3 * nm.Bc))
-    assert 0 < len(sink.beats) < job.Lq * job.Lk, "the reset must land in the middle of the job"
-    dut.rst.value = 1
-    for source in sources.values():
-        source.clear()
-    await ClockCycles(tb.clock, 2)
-    dut.rst.value = 0
-    await ClockCycles(tb.clock, 2)
-    for source in sources.values():
-        source._task.cancel()
-    sink._task.cancel()
+
+    def mid_job():
+        assert 0 < len(sink.beats) < job.Lq * job.Lk, "the reset must land in the middle of the job"
+
+    await reset_mid_job(dut, tb, nm, rng, job_beats(job, nm), sink, before_reset=mid_job)
     board = Scoreboard(dut._log)
     lq, lk = lengths(rng, nm)
     jobs = [make_job(gen, nm, lq, lk, mask=0.5), make_sim_job(gen, nm, lk)]
