@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .runner import REPO_ROOT
 
-__all__ = ["synthesize", "xilinx_resources", "ecp5_fmax", "format_table", "FAMILIES"]
+__all__ = ["synthesize", "xilinx_resources", "ecp5_fmax", "format_table", "overused_resources", "FAMILIES"]
 
 FAMILIES = ("xc7", "xcup", "ecp5")
 
@@ -90,6 +90,14 @@ def xilinx_resources(core, params=None, family="xc7", dsp=True):
             "resources": summary, "cells": cells}
 
 
+def overused_resources(nextpnr_log):
+    """``[(cell type, used, available)]`` of the resources a design over-uses, from the 'Device
+    utilisation' lines of a nextpnr log (empty when everything fits)."""
+    return [(name, int(used), int(avail))
+            for name, used, avail in re.findall(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", nextpnr_log, re.M)
+            if int(used) > int(avail)]
+
+
 def _ecp5_script(emitted, classic_abc=False):
     if not classic_abc:
         return (f"read_verilog {emitted.verilog.name}\n"
@@ -125,17 +133,21 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
     placement = "with I/O pins"
     proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     log = workdir / "nextpnr.log"
-    if proc.returncode and log.exists() and re.search(r"TRELLIS_IO:\s+(\d+)/\s*(\d+)\s+\d+%", log.read_text()):
-        used, avail = (int(x) for x in re.search(r"TRELLIS_IO:\s+(\d+)/\s*(\d+)", log.read_text()).groups())
-        if used > avail:
+    if proc.returncode and log.exists():
+        if any(name == "TRELLIS_IO" for name, _, _ in overused_resources(log.read_text())):
             # A core whose stream ports outnumber the package pins (the attention core: ~1000
             # port bits) is placed out of context: no I/O buffers, ports left as internal nets,
             # the clock on general routing. The figure is the core's own, as inside a larger design.
             placement = "out of context (ports exceed the package pins)"
             proc = subprocess.run(command + ["--out-of-context"], cwd=workdir, capture_output=True, text=True)
     if proc.returncode:
-        log = (workdir / "nextpnr.log")
-        tail = log.read_text()[-2000:] if log.exists() else proc.stderr[-2000:]
+        text = log.read_text() if log.exists() else ""
+        over = overused_resources(text)
+        if over:
+            raise RuntimeError(f"does not fit the LFE5U-{device.upper()}: "
+                               + ", ".join(f"{name} {used}/{avail}" for name, used, avail in over)
+                               + f" (nextpnr log: {log})")
+        tail = text[-2000:] if text else proc.stderr[-2000:]
         raise RuntimeError(f"nextpnr-ecp5 failed in {workdir}:\n{tail}")
     data = json.loads(report.read_text())
     fmax = {clk: round(v["achieved"], 1) for clk, v in data.get("fmax", {}).items()}

@@ -34,3 +34,14 @@ def test_lutmul_synthesizes(family):
         assert result["resources"]["LUT4"] > 0
     else:
         assert result["resources"]["LUT"] > 0 and result["resources"]["DSP"] == 0
+
+
+def test_overused_resources_from_a_nextpnr_log():
+    from sim.synth import overused_resources
+    log = ("Info: Device utilisation:\n"
+           "Info: \t          TRELLIS_IO:    3431/    365   940%\n"
+           "Info: \t              DP16KD:     119/    208    57%\n"
+           "Info: \t          MULT18X18D:     325/    156   208%\n"
+           "Info: \t          TRELLIS_COMB:  2923/  83640     3%\n")
+    assert overused_resources(log) == [("TRELLIS_IO", 3431, 365), ("MULT18X18D", 325, 156)]
+    assert overused_resources(log.replace("3431", "300").replace("325", "100")) == []
