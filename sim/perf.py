@@ -466,6 +466,8 @@ def ladder(arch="d30", budget="vck190", clock_mhz=200.0, turbo_keep=None, **kw) 
 def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_keep=None, **kw) -> str:
     """A self-contained markdown section: per arch the ladder table, FPQVAR anchors, assumptions."""
     b = BUDGETS[budget] if isinstance(budget, str) else budget
+    att_synth = load_points()["attention"]["synth_xc7"]
+    att_luts = att_synth["LUT"] + 4 * sum(att_synth.get("LUTRAM_cells", {}).values())
     lines = [f"### Performance model: {b['name']}, {clock_mhz:g} MHz (`varaccel perf`)", "",
              "Model, not measurement: analytic op counts per VAR step (equal to the golden OpCounter "
              "where the techniques are deterministic) x measured core cycles (sim/perf_points.json). "
@@ -521,12 +523,12 @@ def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_ke
               "Assumptions:", "",
               f"- Budget: {b['source']}.",
               f"- At most {kw.get('util', 0.7):.0%} of LUTs and BRAM36 for the cores. Linear-layer multipliers "
-              "are LUT multipliers (no DSP); the attention core as synthesized uses 196 DSPs (counted as "
-              "DSP58 on Versal, at most all of them) and 81,318 LUTs incl. its LUT-RAM (4 LUTs per RAM32M / "
-              "RAM64M). AI Engines unused. Per-core resources from Yosys synth_xilinx (xc7) applied to every "
+              f"are LUT multipliers (no DSP); the attention core as synthesized uses {att_synth['DSP']} DSPs "
+              f"(counted as DSP58 on Versal, at most all of them) and {att_luts:,} LUTs incl. its LUT-RAM (4 LUTs "
+              "per RAM32M / RAM64M). AI Engines unused. Per-core resources from Yosys synth_xilinx (xc7) applied to every "
               "family.",
               f"- One clock, {clock_mhz:g} MHz, for every core (the project's Fmax goal; measured ECP5 Fmax: LUT "
-              "multiplier 248 MHz, sort/top-k 57-60 MHz, which must be pipelined before this holds).",
+              "multiplier 248 MHz, sort/top-k 56.5-60.1 MHz, which must be pipelined before this holds).",
               f"- Cores within a step: {kw.get('overlap', _SERIAL)}; steps sequential; one image at a time. "
               "DDR transfers overlap compute (double buffering): a step takes max(compute, DDR).",
               "- DDR traffic per step: all block weights (MXFP4: 4.25 bits/weight; E4M3 + scale: 8.25), head "
