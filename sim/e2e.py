@@ -16,7 +16,7 @@ from golden.numerics import attention as attn_num
 from golden.numerics import fp as fpnum
 from golden.numerics import sort as hsort
 
-__all__ = ["replay_taps", "main"]
+__all__ = ["replay_taps", "result_row", "attention_floor", "format_rows", "main"]
 
 DOT_PARAMS = {"fmt_a": "e2m1", "fmt_b": "e2m1", "lanes": 32, "block": 32}
 
@@ -30,7 +30,8 @@ def attention_floor(tiles, Lq, Lk, Br, Bc):
     return int((tiles.long() * rows[:, None] * cols[None, :]).sum())
 
 
-def _row(name, got, expected, cycles, note="", floor=None):
+def result_row(name, got, expected, cycles, note="", floor=None):
+    """One comparison of RTL output with golden: exact rows, cycles, the first mismatch."""
     got, expected = np.asarray(got), np.asarray(expected)
     exact = int((got == expected).all(axis=tuple(range(1, got.ndim))).sum()) if got.ndim > 1 else int((got == expected).sum())
     total = expected.shape[0]
@@ -48,15 +49,14 @@ def replay_taps(seed=0, accel="sparse", preset="tiny", var_ckpt=None, vae_ckpt=N
 
     Returns a list of result rows (core, tensor, exact, total, cycles, note, mismatch).
     """
-    from golden.model import VARConfig
+    from golden.accel.generate import model_config
     from golden.taps import run_with_taps
     from sim.loop import LIVELY, core_params_for, sampling_k
     from sim.rtl import rtl_attention, rtl_dot, rtl_topk
 
     init_kw = LIVELY if var_ckpt is None else None
     common = dict(var_ckpt=var_ckpt, vae_ckpt=vae_ckpt, init_kw=init_kw)
-    var_cfg = VARConfig.preset(preset if var_ckpt is None or preset != "tiny" else "d16")
-    TOPK_PARAMS, ATTN_PARAMS = core_params_for(var_cfg)
+    TOPK_PARAMS, ATTN_PARAMS = core_params_for(model_config(preset, var_ckpt))
     _, taps = run_with_taps(preset, accel, seed, **common)
     last = max(int(k.split(".")[0][1:]) for k in taps if k.startswith("s") and k.endswith(".ids"))
     rows = []
@@ -66,7 +66,7 @@ def replay_taps(seed=0, accel="sparse", preset="tiny", var_ckpt=None, vae_ckpt=N
     k = sampling_k(logits.shape[-1])
     result = rtl_topk(logits.numpy(), k=k, **TOPK_PARAMS)
     golden = hsort.topk(hsort.float_to_key(logits), k).numpy()
-    rows.append(_row("topk: sampling logits", result.outputs["indices"], golden, result.cycles,
+    rows.append(result_row("topk: sampling logits", result.outputs["indices"], golden, result.cycles,
                      f"top-{k} of {logits.shape[-1]} per token, 32-bit keys", floor=logits.numel()))
 
     # Pruning: FastVAR pivot scores -> unordered top-n_keep (golden run with pruning on).
@@ -75,7 +75,7 @@ def replay_taps(seed=0, accel="sparse", preset="tiny", var_ckpt=None, vae_ckpt=N
     scores = torch.as_tensor(prune_taps[key])
     keep = prune_taps[f"s{last}.b0.pivot_keep"]
     result = rtl_topk(scores.numpy(), k=keep.shape[-1], unordered=True, **TOPK_PARAMS)
-    rows.append(_row("topk: pruning pivots", result.outputs["indices"], keep, result.cycles,
+    rows.append(result_row("topk: pruning pivots", result.outputs["indices"], keep, result.cycles,
                      f"keep {keep.shape[-1]} of {scores.shape[-1]} (the tokens the golden run kept)",
                      floor=scores.numel()))
 
@@ -88,7 +88,7 @@ def replay_taps(seed=0, accel="sparse", preset="tiny", var_ckpt=None, vae_ckpt=N
     ca, sa = fpnum.mx_quantize(a, "e2m1", 32)
     cb, sb = fpnum.mx_quantize(b, "e2m1", 32)
     acc, _ = fpnum.dot_exact(ca, sa, "e2m1", cb, sb, "e2m1", block=32)
-    rows.append(_row("dot: fc2 MXFP4", result.outputs["acc"], acc.numpy(), result.cycles,
+    rows.append(result_row("dot: fc2 MXFP4", result.outputs["acc"], acc.numpy(), result.cycles,
                      f"{x.shape[0]} tokens x 8 of {taps['blocks.0.ffn.fc2.weight'].shape[0]} output channels, "
                      f"K = {x.shape[1]}", floor=a.numel() // DOT_PARAMS["lanes"]))
 
@@ -102,7 +102,7 @@ def replay_taps(seed=0, accel="sparse", preset="tiny", var_ckpt=None, vae_ckpt=N
     scale = 1.0  # VAR's released models: L2-normalized q, k with the head scale folded in q
     result = rtl_attention(q.numpy(), kk.numpy(), v.numpy(), tiles.numpy(), scale=scale, **ATTN_PARAMS)
     golden = attn_num.attention_exact(q, kk, v, scale=scale, mask=tiles, numerics=nm)
-    rows.append(_row("attention: last scale, block 0, head 0", result.outputs["y"],
+    rows.append(result_row("attention: last scale, block 0, head 0", result.outputs["y"],
                      golden.out_fixed.numpy(), result.cycles,
                      f"Lq {q.shape[0]}, Lk {kk.shape[0]}, tiles kept {int(tiles.sum())}/{tiles.numel()}",
                      floor=attention_floor(tiles, q.shape[0], kk.shape[0], nm.Br, nm.Bc)))

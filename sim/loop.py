@@ -69,19 +69,19 @@ class RTLBackend(CoreBackend):
         self._golden = CoreBackend()
 
     def topk(self, logits_RV, k):
-        from sim.e2e import _row
+        from sim.e2e import result_row
         from sim.rtl import rtl_topk
         R, V = logits_RV.shape
         # 32-bit keys: the full float32 order, so the k-th key is the exact sampling threshold.
         result = rtl_topk(logits_RV.float().numpy(), k=k, **self.topk_params)
         got = np.asarray(result.outputs["indices"], dtype=np.int64)
         golden = self._golden.topk(logits_RV, k).numpy()
-        self.rows.append(_row(f"topk: sampling, {R} token{'s' if R != 1 else ''}", got, golden, result.cycles,
+        self.rows.append(result_row(f"topk: sampling, {R} token{'s' if R != 1 else ''}", got, golden, result.cycles,
                               f"top-{k} of {V} per token (RTL result used for sampling)", floor=R * V))
         return torch.from_numpy(got)
 
     def attention(self, q_nD, k_LD, v_LD, tiles, scale, numerics, tag=""):
-        from sim.e2e import _row, attention_floor
+        from sim.e2e import attention_floor, result_row
         from sim.rtl import rtl_attention
         nm = numerics
         p = self.attention_params
@@ -95,7 +95,7 @@ class RTLBackend(CoreBackend):
         golden = attn_num.attention_exact(q_nD.float(), k_LD.float(), v_LD.float(), scale=scale, mask=tiles,
                                           numerics=nm)
         kept = int(tiles.sum())
-        self.rows.append(_row(f"attention: {tag}", torch.cat([y, ex], 1).numpy(),
+        self.rows.append(result_row(f"attention: {tag}", torch.cat([y, ex], 1).numpy(),
                               torch.cat([golden.out_fixed, golden.out_exp], 1).numpy(), result.cycles,
                               f"Lq {q_nD.shape[0]}, Lk {k_LD.shape[0]}, tiles kept {kept}/{tiles.numel()} "
                               f"(RTL result used in the run)",

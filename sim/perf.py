@@ -513,7 +513,7 @@ def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_ke
                 r = ladder(arch, budget, mhz, turbo_keep=turbo_keep, **kw2)[-1]
                 cells.append(f"{r['images_per_s']:.2f} ({r['images_per_s'] / FPQVAR['images_per_s']:.2f}x)")
         sens.append(f"| VAR-{arch} | " + " | ".join(cells) + " |")
-    lines += [f"Sensitivity of the best configuration (images/s, x FPQVAR's 1.1):", "",
+    lines += ["Sensitivity of the best configuration (images/s, x FPQVAR's 1.1):", "",
               f"| model | serial, {clock_mhz:g} MHz | serial, {1.5 * clock_mhz:g} MHz | concurrent, "
               f"{clock_mhz:g} MHz | concurrent, {1.5 * clock_mhz:g} MHz |", "|---|---|---|---|---|"] + sens + [""]
     lines += ["Rows marked * contain estimated counts (sparse attention over a FastVAR-pruned cache: kept "

@@ -25,10 +25,18 @@ def load_model(preset: str = "tiny", var_ckpt=None, vae_ckpt=None, weights_seed:
     that random blocks do more than the near-identity of the official init)."""
     if (var_ckpt is None) != (vae_ckpt is None):
         raise ValueError("var_ckpt and vae_ckpt must be given together")
+    cfg = model_config(preset, var_ckpt)
     if var_ckpt is not None:
-        cfg = VARConfig.preset(preset if preset and preset != "tiny" else "d16")
         return load_official(var_ckpt, vae_ckpt, cfg)
-    return build(VARConfig.preset(preset), seed=weights_seed, **(init_kw or {}))
+    return build(cfg, seed=weights_seed, **(init_kw or {}))
+
+
+def model_config(preset: str = "tiny", var_ckpt=None) -> VARConfig:
+    """The VARConfig that :func:`load_model` builds: ``preset``, except that official
+    checkpoints with the default (or tiny) preset mean d16, the smallest released model."""
+    if var_ckpt is not None:
+        return VARConfig.preset(preset if preset and preset != "tiny" else "d16")
+    return VARConfig.preset(preset)
 
 
 def run(var, accel=None, seed: int = 0, label=0, B: int = 1, cfg: float = 4.0, top_k: int = 900,

@@ -83,6 +83,19 @@ def make_mask(gen, nQb, nKb, kind):
     return mask
 
 
+def _uniform_codes(gen, nm, L, fmt):
+    """L tokens of uniform element codes of ``fmt`` (NaN codes replaced) and E8M0 scale codes within
+    2^+-6: saturated scores, wrapped dot products and exponent floors all occur."""
+    c = torch.randint(0, 1 << fmt.code_width, (L, nm.D), generator=gen)
+    s = 127 + torch.randint(-6, 7, (L, nm.nb), generator=gen)
+    return _no_nan(c, fmt), s.to(torch.uint8)
+
+
+def _random_scale(gen, nm):
+    """A softmax / score scale of 2^[-6, 3] / sqrt(D)."""
+    return 1.0 / math.sqrt(nm.D) * float(torch.exp2(torch.randint(-6, 4, (1,), generator=gen)))
+
+
 def make_job(gen, nm, Lq, Lk, *, mask="dense", score_std=2.0, v_spread=4, kind="gauss"):
     """A random job. ``score_std``: std of the scores in nats (0.3 small .. 30 very peaked);
     ``v_spread``: V tokens scaled by 2^U(-v_spread, v_spread) (tile exponents, e growth);
@@ -90,14 +103,10 @@ def make_job(gen, nm, Lq, Lk, *, mask="dense", score_std=2.0, v_spread=4, kind="
     wrap, floors)."""
     D = nm.D
     if kind == "codes":
-        def codes(L, fmt):
-            c = torch.randint(0, 1 << fmt.code_width, (L, D), generator=gen)
-            s = 127 + torch.randint(-6, 7, (L, nm.nb), generator=gen)
-            return _no_nan(c, fmt), s.to(torch.uint8)
-        qc, qs = codes(Lq, nm.fq)
-        kc, ks = codes(Lk, nm.fq)
-        vc, vs = codes(Lk, nm.fv)
-        scale = 1.0 / math.sqrt(D) * float(torch.exp2(torch.randint(-6, 4, (1,), generator=gen)))
+        qc, qs = _uniform_codes(gen, nm, Lq, nm.fq)
+        kc, ks = _uniform_codes(gen, nm, Lk, nm.fq)
+        vc, vs = _uniform_codes(gen, nm, Lk, nm.fv)
+        scale = _random_scale(gen, nm)
     else:
         q = torch.randn(Lq, D, generator=gen)
         k = torch.randn(Lk, D, generator=gen)
@@ -130,10 +139,8 @@ def make_sim_job(gen, nm, Lq, Lk=None, *, kind="gauss", score_std=1.0):
     D = nm.D
     if kind == "codes":
         def tokens(L):
-            c = torch.randint(0, 1 << nm.fq.code_width, (L, D), generator=gen)
-            s = 127 + torch.randint(-6, 7, (L, nm.nb), generator=gen)
-            return _no_nan(c, nm.fq), s.to(torch.uint8)
-        scale = 1.0 / math.sqrt(D) * float(torch.exp2(torch.randint(-6, 4, (1,), generator=gen)))
+            return _uniform_codes(gen, nm, L, nm.fq)
+        scale = _random_scale(gen, nm)
     else:
         def tokens(L):
             return fpnum.mx_quantize(torch.randn(L, D, generator=gen) * math.sqrt(score_std), nm.fq, nm.block)
