@@ -129,7 +129,9 @@ def run_cocotb(core, params, test_module, *, testcase=None, extra_env=None, wave
     env = {"VARACCEL_PORTS": str(emitted.ports_json),
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT)] + sys.path)}
     env.update(extra_env or {})
-    test_dir = Path(test_dir) if test_dir else bdir / "run"
+    # One run folder per process: pytest-xdist workers may simulate the same model at once (two
+    # tests of one parameter set), and a shared results.xml / sim.log would mix their runs.
+    test_dir = Path(test_dir) if test_dir else bdir / f"run-{os.getpid()}"
     test_dir.mkdir(parents=True, exist_ok=True)
     results = test_dir / "results.xml"
     try:
