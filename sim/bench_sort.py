@@ -39,8 +39,9 @@ def _run(core, params, cases):
             return pickle.load(f)
 
 
-def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0):
-    """Rows ``{case, P, R, cycles, goal}`` for one (P, R); raises if any output is wrong."""
+def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0, banks=2):
+    """Rows ``{case, P, R, G, cycles, goal}`` for one (P, R) and top-k banks G; raises if any output
+    is wrong."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
     sort_params = parse_params("sort", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n,
@@ -52,10 +53,10 @@ def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0):
     want = sortnum.sort(keys, key_bits=key_bits, radix_bits=radix_bits).tolist()
     if [b["index"] for b in out["outputs"]["o"]] != want:
         raise AssertionError(f"sort R={radix_bits}: output differs from golden")
-    rows.append({"case": f"sort {n} uniform", "P": lanes, "R": radix_bits, "cycles": out["cycles"],
+    rows.append({"case": f"sort {n} uniform", "P": lanes, "R": radix_bits, "G": None, "cycles": out["cycles"],
                  "goal": None})
     topk_params = parse_params("topk", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n,
-                                        "lanes": lanes})
+                                        "lanes": lanes, "banks": banks})
     inputs = {"logits": logit_keys(gen, n, key_bits, temperature=1.0), "uniform": random_keys(gen, n, key_bits)}
     cases, expect = [], []
     for name, keys in inputs.items():
@@ -70,15 +71,15 @@ def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0):
         if [b["index"] for b in res["outputs"]["o"]] != want:
             raise AssertionError(f"topk {name} R={radix_bits}: output differs from golden")
         rows.append({"case": f"top-{k} of {n} {name} {'unordered' if unordered else 'sorted'}",
-                     "P": lanes, "R": radix_bits, "cycles": res["cycles"], "goal": goal})
+                     "P": lanes, "R": radix_bits, "G": banks, "cycles": res["cycles"], "goal": goal})
     return rows
 
 
-def topk_k_sweep(ks, n=4096, key_bits=16, radix_bits=4, seed=0):
+def topk_k_sweep(ks, n=4096, key_bits=16, radix_bits=4, seed=0, banks=2):
     """Cycles of top-k of ``n`` VAR-like logit keys for every k in ``ks``, sorted and unordered, in
     one simulator launch: rows ``{k, unordered, cycles}``; raises if any output is wrong."""
     gen = torch.Generator().manual_seed(seed)
-    params = parse_params("topk", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n})
+    params = parse_params("topk", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n, "banks": banks})
     keys = logit_keys(gen, n, key_bits, temperature=1.0)
     beats = [{"key": int(x), "last": int(i == n - 1)} for i, x in enumerate(keys.tolist())]
     cases, expect = [], []
@@ -102,6 +103,7 @@ def main(argv=None):
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--k", type=int, default=900)
+    parser.add_argument("--banks", type=int, nargs="+", default=[2], help="top-k banks G (default: the core's 2)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     rows, unsupported = [], []
@@ -110,15 +112,18 @@ def main(argv=None):
             if lanes not in SUPPORTED_LANES:
                 unsupported.append(f"P={lanes} R={radix}: not implemented (lanes must be in {SUPPORTED_LANES})")
                 continue
-            rows += measure(radix, args.n, args.k, lanes=lanes)
+            for i, banks in enumerate(args.banks):
+                got = measure(radix, args.n, args.k, lanes=lanes, banks=banks)
+                rows += got if i == 0 else [r for r in got if r["G"] is not None]
     if args.json:
         print(json.dumps({"rows": rows, "unsupported": unsupported}, indent=2))
         return 0
-    print(f"{'case':40s} {'P':>2s} {'R':>2s} {'cycles':>8s} {'elem/cyc':>8s} {'goal':>7s} {'met':>4s}")
+    print(f"{'case':40s} {'P':>2s} {'R':>2s} {'G':>2s} {'cycles':>8s} {'elem/cyc':>8s} {'goal':>7s} {'met':>4s}")
     for r in rows:
         goal = "" if r["goal"] is None else str(r["goal"])
         met = "" if r["goal"] is None else ("yes" if r["cycles"] <= r["goal"] else "no")
-        print(f"{r['case']:40s} {r['P']:2d} {r['R']:2d} {r['cycles']:8d} {args.n / r['cycles']:8.3f} "
+        banks = "" if r["G"] is None else str(r["G"])
+        print(f"{r['case']:40s} {r['P']:2d} {r['R']:2d} {banks:>2s} {r['cycles']:8d} {args.n / r['cycles']:8.3f} "
               f"{goal:>7s} {met:>4s}")
     for line in unsupported:
         print(line)

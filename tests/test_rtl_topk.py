@@ -6,12 +6,14 @@ from hw.emit import parse_params
 from rtl_util import rtl, run_tb
 
 CONFIGS = [
-    {"key_bits": 16, "radix_bits": 4, "max_len": 256},
-    {"key_bits": 16, "radix_bits": 8, "max_len": 128},
-    # short top digit (7 = 3 + 3 + 1), tiny RAMs
-    {"key_bits": 7, "radix_bits": 3, "max_len": 40},
+    {"key_bits": 16, "radix_bits": 4, "max_len": 256, "banks": 2},
+    {"key_bits": 16, "radix_bits": 8, "max_len": 128, "banks": 4},
+    # one bank; short top digit (7 = 3 + 3 + 1), tiny RAMs
+    {"key_bits": 7, "radix_bits": 3, "max_len": 40, "banks": 1},
+    # eight banks, a packet limit that is not a multiple of them
+    {"key_bits": 12, "radix_bits": 5, "max_len": 43, "banks": 8},
     # the full-size core: fewer, longer packets
-    {"key_bits": 16, "radix_bits": 4, "max_len": 4096},
+    {"key_bits": 16, "radix_bits": 4, "max_len": 4096, "banks": 2},
 ]
 
 

@@ -1,6 +1,6 @@
-"""Top-k core: MSD radix select over bucket linked lists, then one emission scan (+ radix sort)."""
+"""Top-k core: banked MSD radix select over bucket linked lists, then one wide emission scan."""
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -9,34 +9,56 @@ from golden.numerics.sort import STATUS_K_CLAMPED, STATUS_K_ZERO, STATUS_OK
 from ..common import check_int
 from .radix import RadixSorter, digit_slices
 
-__all__ = ["TopK"]
+__all__ = ["TopK", "highest_set"]
+
+
+def highest_set(bits):
+    """``(any, index)`` of the highest set bit of ``bits`` as a balanced tree of 2:1 choices
+    (depth log2(len), not a chain of len muxes). ``index`` is 0 when no bit is set."""
+    width = len(bits)
+    if width == 1:
+        return bits[0], Const(0, 1)
+    half = 1 << ((width - 1).bit_length() - 1)
+    lo_any, lo_idx = highest_set(bits[:half])
+    hi_any, hi_idx = highest_set(bits[half:])
+    idx_bits = (width - 1).bit_length()
+    return lo_any | hi_any, Mux(hi_any, hi_idx + half, lo_idx)[:idx_bits]
 
 
 class TopK(wiring.Component):
     """Indices of the k largest keys of a packet, bit for bit :func:`golden.numerics.sort.topk`.
 
+    Banks. Key ``i`` of a packet lives in bank ``i mod G`` (``G = banks``) at word ``i // G``:
+    every bank has its own key RAM, link RAM and bucket lists. A load still takes one key per
+    cycle, but the list walks of the select run in all banks at once, and the emission scan
+    reads one word of ``G`` keys per cycle, so both cost about ``1/G`` of a single-bank core.
+
     Per packet of ``n`` keys and one command ``(k, unordered)``:
 
-    1. **Load** (``n`` cycles): key ``i`` is written at address ``i`` of the key RAM and pushed
-       onto the linked list of its most significant digit (``link[i] = head[d]; head[d] = i``,
-       one link RAM of ``n`` pointers) while the digit's histogram is counted.
-    2. **Select** (:func:`golden.numerics.sort.radix_select`, MSD first): per digit, scan the
-       buckets from the top (one bucket per cycle, stopping at the chosen one) to the bucket
-       that holds the remaining k-th key, then walk only THAT bucket's list (one node per
-       cycle), rebuilding lists and histogram for the next digit. Cost per digit: the buckets
-       scanned + the size of the chosen bucket, not ``n`` (for VAR logits the chosen
-       bucket holds a few % of the keys). Result: threshold T and ``k_left = k - n_above``.
-       ``k >= n`` and ``k = 0`` skip the select.
-    3. **Emit**: one scan of the key RAM in index order selects every key > T and the first
-       ``k_left`` keys == T, and stops once ``k`` are out. ``unordered=1`` streams them
-       straight out (ascending index, ``topk(..., sorted=False)``); ``unordered=0`` streams them
-       into an internal :class:`~hw.sort.radix.RadixSorter` (descending, stable: ties keep
-       the lower index first), whose output is the core's output (``topk(..., sorted=True)``).
+    1. **Load** (``n`` cycles): key ``i`` is written to its bank and pushed onto that bank's
+       linked list of its most significant digit (``link[w] = head[d]; head[d] = w``) while the
+       bank's count of the digit is incremented.
+    2. **Select** (:func:`golden.numerics.sort.radix_select`, MSD first): per digit, visit the
+       non-empty buckets from the top (one per cycle; a priority encoder skips empty ones),
+       adding the banks' counts, up to the bucket that holds the remaining k-th key; then every
+       bank walks its own list of THAT bucket (one node per cycle per bank), rebuilding its lists
+       and counts for the next digit. Cost per digit: the non-empty buckets visited + the
+       largest bank share of the chosen bucket, not ``n``. Result: threshold T and
+       ``k_left = k - n_above``. ``k >= n`` and ``k = 0`` skip the select.
+       Bucket lists are emptied in one cycle by a valid bit per bucket and bank (no clear pass).
+    3. **Emit**: one scan of the key words in index order; in each word the keys > T and the
+       keys == T whose rank among the ties so far is < ``k_left`` are selected, and the selected
+       keys of a word leave one per cycle (a word costs ``max(1, selected)`` cycles). The scan
+       stops once ``k`` are out. ``unordered=1`` streams them straight out (ascending index,
+       ``topk(..., sorted=False)``); ``unordered=0`` streams them into an internal
+       :class:`~hw.sort.radix.RadixSorter` (descending, stable: ties keep the lower index
+       first), whose output is the core's output (``topk(..., sorted=True)``).
 
-    Cycles with no stalls (``B = 2**radix_bits``, ``D`` digits, ``b_j`` buckets scanned and
-    ``c_j`` keys in the chosen bucket at digit ``j``, ``m`` = index of the k-th selected key):
-    unordered ``n + 1 + sum(b_j + 1) + sum(c_j + 1) + (m + 1) + 3``; sorted adds the sorter
-    after the scan: ``B + (D - s) * (k + 2) + s + k + ~3``. Measured by sim/bench_sort.py.
+    Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
+    of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
+    extra cycles of words with more than one selected key): unordered
+    ``n + 1 + sum(v_j) + sum(c_j + 2) + w + x + 3``; sorted adds the sorter after the scan:
+    ``B + (D - s) * (k + 2) + s + k + ~3``. Measured by ``sim/bench_sort.py``.
 
     Overlap: the next packet is loaded while the previous packet is scanned (behind the scan
     pointer) and sorted; its select waits for the previous scan to end. An unordered packet's
@@ -53,6 +75,8 @@ class TopK(wiring.Component):
     key_bits, radix_bits, max_len, lanes
         As for :class:`~hw.sort.radix.RadixSorter` (W 1..32, R 1..8, N 2..65536, P = 1 only).
         A packet longer than N is truncated to its first N keys (``overflow`` in the status).
+    banks : int
+        G, 1, 2, 4 or 8 (at most N): keys scanned and list nodes walked per cycle.
 
     Ports
     -----
@@ -70,11 +94,12 @@ class TopK(wiring.Component):
         ``n`` (keys stored), ``overflow`` (the packet was truncated): one beat per packet.
     """
 
-    def __init__(self, key_bits=16, radix_bits=4, max_len=4096, lanes=1):
+    def __init__(self, key_bits=16, radix_bits=4, max_len=4096, lanes=1, banks=2):
         self.key_bits = check_int("key_bits", key_bits, 1, 32)
         self.radix_bits = check_int("radix_bits", radix_bits, 1, min(8, key_bits))
         self.max_len = check_int("max_len", max_len, 2, 65536)
         self.lanes = check_int("lanes", lanes, 1, 1)
+        self.banks = check_int("banks", banks, 1, min(8, self.max_len), power_of_two=True)
         self.passes = -(-self.key_bits // self.radix_bits)
         self.index_bits = max(1, (self.max_len - 1).bit_length())
         self.count_bits = self.max_len.bit_length()
@@ -90,40 +115,57 @@ class TopK(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        W, R, N, D = self.key_bits, self.radix_bits, self.max_len, self.passes
+        W, R, N, D, G = self.key_bits, self.radix_bits, self.max_len, self.passes, self.banks
         B = 1 << R
         IW, CW = self.index_bits, self.count_bits
+        GB = (G - 1).bit_length()                # bank bits of a key's position
+        NW = -(-N // G)                          # words per bank
+        WW = max(1, (NW - 1).bit_length())       # word address bits
+        BCW = NW.bit_length()                    # a bank's bucket count
         slices = digit_slices(W, R)
         top_lo, top_hi = slices[-1]
 
-        m.submodules.keys = keymem = Memory(shape=unsigned(W), depth=N, init=[])
-        m.submodules.links = linkmem = Memory(shape=unsigned(IW), depth=N, init=[])
-        krd, kwr = keymem.read_port(transparent_for=()), keymem.write_port()
-        lrd, lwr = linkmem.read_port(transparent_for=()), linkmem.write_port()
         m.submodules.sorter = sorter = RadixSorter(W, R, N, 1, index_in=True)
-        m.d.comb += [krd.en.eq(0), kwr.en.eq(0), lrd.en.eq(0)]
 
-        # Bucket lists: a counter and a head pointer per bucket, in RAMs with an asynchronous
-        # read (distributed RAM), so that a push (link[node] = head[d]; head[d] = node;
-        # hist[d] += 1) takes one cycle. One push port, shared by the load and the list walk;
-        # the RAMs are cleared (B cycles) before each rebuild.
-        m.submodules.hist = hist_mem = Memory(shape=unsigned(CW), depth=B, init=[])
-        m.submodules.head = head_mem = Memory(shape=unsigned(IW), depth=B, init=[])
-        hist_w, head_w = hist_mem.write_port(), head_mem.write_port()
-        hist_r, head_r = hist_mem.read_port(domain="comb"), head_mem.read_port(domain="comb")
-        clear_lists = Signal()
-        clr = Signal(range(B + 1))
-        push = Signal()
-        push_d = Signal(R)
-        push_node = Signal(IW)
-        m.d.comb += [lwr.addr.eq(push_node), lwr.data.eq(head_r.data), lwr.en.eq(push)]
-        with m.If(clear_lists):
-            m.d.comb += [hist_w.addr.eq(clr), hist_w.data.eq(0), hist_w.en.eq(1),
-                         head_w.addr.eq(clr), head_w.data.eq(0), head_w.en.eq(1)]
-        with m.Elif(push):
-            m.d.comb += [hist_r.addr.eq(push_d), head_r.addr.eq(push_d),
-                         hist_w.addr.eq(push_d), hist_w.data.eq(hist_r.data + 1), hist_w.en.eq(1),
-                         head_w.addr.eq(push_d), head_w.data.eq(push_node), head_w.en.eq(1)]
+        # Per bank: key RAM and link RAM (block RAM, synchronous read), and the bucket lists: a
+        # counter and a head pointer per bucket in RAMs with an asynchronous read (distributed
+        # RAM) so that a push (link[w] = head[d]; head[d] = w; count[d] += 1) takes one cycle,
+        # plus a valid bit per bucket that empties all lists at once.
+        krd, kwr, lrd, lwr, hist_r, hist_w, head_r, head_w, valid = ([] for _ in range(9))
+        push, push_d, push_node = [], [], []
+        for g in range(G):
+            keymem = Memory(shape=unsigned(W), depth=NW, init=[])
+            linkmem = Memory(shape=unsigned(WW), depth=NW, init=[])
+            histmem = Memory(shape=unsigned(BCW), depth=B, init=[])
+            headmem = Memory(shape=unsigned(WW), depth=B, init=[])
+            m.submodules[f"keys{g}"], m.submodules[f"links{g}"] = keymem, linkmem
+            m.submodules[f"hist{g}"], m.submodules[f"head{g}"] = histmem, headmem
+            krd.append(keymem.read_port(transparent_for=()))
+            kwr.append(keymem.write_port())
+            lrd.append(linkmem.read_port(transparent_for=()))
+            lwr.append(linkmem.write_port())
+            hist_r.append(histmem.read_port(domain="comb"))
+            hist_w.append(histmem.write_port())
+            head_r.append(headmem.read_port(domain="comb"))
+            head_w.append(headmem.write_port())
+            valid.append(Signal(B, name=f"valid{g}"))
+            push.append(Signal(name=f"push{g}"))
+            push_d.append(Signal(R, name=f"push_d{g}"))
+            push_node.append(Signal(WW, name=f"push_node{g}"))
+            m.d.comb += [krd[g].en.eq(0), kwr[g].en.eq(0), lrd[g].en.eq(0)]
+            was = valid[g].bit_select(push_d[g], 1)
+            m.d.comb += [lwr[g].addr.eq(push_node[g]), lwr[g].data.eq(head_r[g].data), lwr[g].en.eq(push[g])]
+            with m.If(push[g]):
+                m.d.comb += [hist_r[g].addr.eq(push_d[g]), head_r[g].addr.eq(push_d[g]),
+                             hist_w[g].addr.eq(push_d[g]), hist_w[g].en.eq(1),
+                             hist_w[g].data.eq(Mux(was, hist_r[g].data, 0) + 1),
+                             head_w[g].addr.eq(push_d[g]), head_w[g].data.eq(push_node[g]), head_w[g].en.eq(1)]
+                m.d.sync += valid[g].bit_select(push_d[g], 1).eq(1)
+        any_valid = Signal(B)
+        or_valid = valid[0]
+        for g in range(1, G):
+            or_valid = or_valid | valid[g]
+        m.d.comb += any_valid.eq(or_valid)
 
         cnt = Signal(CW)
         ovf = Signal()
@@ -134,18 +176,21 @@ class TopK(wiring.Component):
         thr = Signal(W)
         k_left = Signal(CW)
         level = Signal(range(max(D, 2)))
-        bsel = Signal(R)
+        avail = Signal(B)        # buckets of this digit not visited yet
         above = Signal(CW)
-        cur = Signal(IW)
-        trem = Signal(CW)
-        tv = Signal()
-        tnode = Signal(IW)
+        cur = [Signal(WW, name=f"cur{g}") for g in range(G)]
+        trem = [Signal(BCW, name=f"trem{g}") for g in range(G)]
+        tv = [Signal(name=f"tv{g}") for g in range(G)]
+        tnode = [Signal(WW, name=f"tnode{g}") for g in range(G)]
         # scan engine
         scan_active = Signal()
-        sptr = Signal(CW)
+        sptr = Signal(WW + 1)    # next word to read
+        swords = Signal(WW + 1)  # words of the packet being scanned
         sn = Signal(CW)
-        sv = Signal()
-        sidx = Signal(IW)
+        sv = Signal()            # the key RAMs' read data hold word ``sw``
+        sw = Signal(WW)
+        fresh = Signal()         # ... and it has not been looked at yet
+        rem = Signal(G)          # selected keys of word ``sw`` still to emit
         ties = Signal(CW)
         emitted = Signal(CW)
         ov = Signal()
@@ -158,35 +203,36 @@ class TopK(wiring.Component):
 
         # ---------------- load ----------------
         loading = Signal()
-        write_ok = ~scan_active | (cnt < sptr) | (cnt >= N)
+        write_ok = ~scan_active | (cnt < (sptr << GB)) | (cnt >= N)
         m.d.comb += self.i.ready.eq(loading & write_ok)
         take = self.i.valid & self.i.ready
         store = take & (cnt < N)
         key_in = self.i.payload.key
-        d_top = key_in[top_lo:top_hi]
+        load_bank = cnt[:GB] if GB else Const(0, 1)
+        load_word = cnt[GB:GB + WW]
 
         status_free = ~st_valid | self.status.ready
         with m.If(self.status.ready):
             m.d.sync += st_valid.eq(0)
 
-        with m.FSM(init="CLEAR"):
-            with m.State("CLEAR"):  # after reset and after each packet's select
-                m.d.comb += clear_lists.eq(1)
-                m.d.sync += clr.eq(clr + 1)
-                with m.If(clr == B - 1):
-                    m.d.sync += clr.eq(0)
-                    m.next = "LOAD"
-            with m.State("CLEARL"):  # before each list walk
-                m.d.comb += clear_lists.eq(1)
-                m.d.sync += clr.eq(clr + 1)
-                with m.If(clr == B - 1):
-                    m.d.sync += clr.eq(0)
-                    m.next = "TRAV"
+        # the bucket visited this cycle of SELECT: the highest not yet visited non-empty one
+        _, cand = highest_set(avail)
+        bucket = Signal(R)
+        m.d.comb += bucket.eq(cand)
+        counts = [Mux(valid[g].bit_select(bucket, 1), hist_r[g].data, 0) for g in range(G)]
+        total = counts[0]
+        for g in range(1, G):
+            total = total + counts[g]
+
+        with m.FSM(init="LOAD"):
             with m.State("LOAD"):
                 m.d.comb += loading.eq(1)
                 with m.If(store):
-                    m.d.comb += [kwr.addr.eq(cnt), kwr.data.eq(key_in), kwr.en.eq(1),
-                                 push.eq(1), push_d.eq(d_top), push_node.eq(cnt)]
+                    for g in range(G):
+                        with m.If(load_bank == g):
+                            m.d.comb += [kwr[g].addr.eq(load_word), kwr[g].data.eq(key_in), kwr[g].en.eq(1),
+                                         push[g].eq(1), push_d[g].eq(key_in[top_lo:top_hi]),
+                                         push_node[g].eq(load_word)]
                     m.d.sync += cnt.eq(cnt + 1)
                 with m.If(take & ~store):
                     m.d.sync += ovf.eq(1)
@@ -197,7 +243,7 @@ class TopK(wiring.Component):
                 with m.If(self.cmd.valid & ~scan_active):
                     k = self.cmd.payload.k
                     m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), above.eq(0),
-                                 level.eq(D - 1), bsel.eq((1 << (top_hi - top_lo)) - 1)]
+                                 level.eq(D - 1), avail.eq(any_valid)]
                     with m.If(k == 0):
                         m.d.sync += [keff.eq(0), k_left.eq(0), code.eq(STATUS_K_ZERO)]
                         m.next = "EMIT"
@@ -210,62 +256,92 @@ class TopK(wiring.Component):
                         m.d.sync += [keff.eq(k), k_left.eq(k), code.eq(STATUS_OK)]
                         m.next = "SELECT"
             with m.State("SELECT"):
-                m.d.comb += [hist_r.addr.eq(bsel), head_r.addr.eq(bsel)]
-                h = hist_r.data
-                with m.If(above + h >= k_left):
-                    m.d.sync += [k_left.eq(k_left - above), cur.eq(head_r.data), trem.eq(h), tv.eq(0)]
+                # k_left <= keys in the current set, so the chosen bucket comes before avail empties
+                m.d.comb += [hist_r[g].addr.eq(bucket) for g in range(G)]
+                m.d.comb += [head_r[g].addr.eq(bucket) for g in range(G)]
+                with m.If(above + total >= k_left):
+                    m.d.sync += k_left.eq(k_left - above)
+                    for g in range(G):
+                        m.d.sync += [cur[g].eq(head_r[g].data), trem[g].eq(counts[g]), tv[g].eq(0),
+                                     valid[g].eq(0)]
                     for lv, (lo, hi) in enumerate(slices):
                         with m.If(level == lv):
-                            m.d.sync += thr[lo:hi].eq(bsel[:hi - lo])
+                            m.d.sync += thr[lo:hi].eq(bucket[:hi - lo])
                     with m.If(level == 0):
                         m.next = "EMIT"
                     with m.Else():
-                        m.next = "CLEARL"
+                        m.next = "TRAV"
                 with m.Else():
-                    m.d.sync += [above.eq(above + h), bsel.eq(bsel - 1)]
+                    m.d.sync += [above.eq(above + total), avail.bit_select(bucket, 1).eq(0)]
             with m.State("TRAV"):
-                issue = trem != 0
-                addr = Mux(tv, lrd.data, cur)
-                m.d.comb += [krd.addr.eq(addr), krd.en.eq(1), lrd.addr.eq(addr), lrd.en.eq(1)]
-                m.d.sync += [tv.eq(issue), tnode.eq(addr)]
-                with m.If(issue):
-                    m.d.sync += trem.eq(trem - 1)
-                with m.If(tv):
-                    digit = Array([krd.data[lo:hi] for lo, hi in slices])[level - 1][:R]
-                    m.d.comb += [push.eq(1), push_d.eq(digit), push_node.eq(tnode)]
-                with m.If(~issue & ~tv):
-                    m.d.sync += [level.eq(level - 1), bsel.eq(B - 1), above.eq(0)]
+                busy = []
+                for g in range(G):
+                    issue = trem[g] != 0
+                    addr = Mux(tv[g], lrd[g].data, cur[g])
+                    m.d.comb += [krd[g].addr.eq(addr), krd[g].en.eq(1), lrd[g].addr.eq(addr), lrd[g].en.eq(1)]
+                    m.d.sync += [tv[g].eq(issue), tnode[g].eq(addr)]
+                    with m.If(issue):
+                        m.d.sync += trem[g].eq(trem[g] - 1)
+                    with m.If(tv[g]):
+                        digit = Array([krd[g].data[lo:hi] for lo, hi in slices])[level - 1][:R]
+                        m.d.comb += [push[g].eq(1), push_d[g].eq(digit), push_node[g].eq(tnode[g])]
+                    busy.append(issue | tv[g])
+                with m.If(~Cat(*busy).any()):
+                    m.d.sync += [level.eq(level - 1), above.eq(0), avail.eq(any_valid)]
                     m.next = "SELECT"
             with m.State("EMIT"):
                 with m.If(status_free & (~unord | (pending == 0))):
                     m.d.sync += [st_valid.eq(1),
                                  self.status.payload.code.eq(code), self.status.payload.k.eq(keff),
                                  self.status.payload.n.eq(cnt), self.status.payload.overflow.eq(ovf),
-                                 scan_active.eq(keff != 0), sptr.eq(0), sn.eq(cnt), sv.eq(0),
+                                 scan_active.eq(keff != 0), sptr.eq(0), swords.eq((cnt + G - 1) >> GB),
+                                 sn.eq(cnt), sv.eq(0), fresh.eq(0), rem.eq(0),
                                  ties.eq(0), emitted.eq(0), ov.eq(0), cnt.eq(0), ovf.eq(0)]
-                    m.next = "CLEAR"
+                    m.d.sync += [valid[g].eq(0) for g in range(G)]
+                    m.next = "LOAD"
         m.d.comb += self.status.valid.eq(st_valid)
 
-        # ---------------- emission scan ----------------
+        # ---------------- emission scan: one word of G keys per cycle ----------------
         direct = scan_active & unord
         dst_ready = Mux(unord, self.o.ready, sorter.i.ready)
         en = ~ov | dst_ready
         done = emitted == keff
-        s_issue = scan_active & (sptr < sn) & ~done
+        s_issue = scan_active & (sptr < swords) & ~done
+        # selection of the word held at the key RAMs' outputs (its tie ranks continue ``ties``)
+        sel = Signal(G)
+        n_ties = ties
+        eq_count = Const(0, 1)
+        for g in range(G):
+            kg = krd[g].data
+            in_packet = Cat(Const(g, GB), sw) < sn if GB else sw < sn
+            is_tie = in_packet & (kg == thr)
+            m.d.comb += sel[g].eq(in_packet & ((kg > thr) | (is_tie & (n_ties < k_left))))
+            n_ties = n_ties + is_tie
+            eq_count = eq_count + is_tie
+        mask = Mux(fresh, sel, rem) & Mux(sv, (1 << G) - 1, 0)
+        # lowest set bit of the mask: the next key out, in index order
+        pick = Signal(range(max(G, 2)))
+        for g in reversed(range(G)):
+            with m.If(mask[g]):
+                m.d.comb += pick.eq(g)
+        rest = mask & ~(Const(1, G) << pick)[:G]
         with m.If(scan_active):
-            m.d.comb += [krd.addr.eq(sptr), krd.en.eq(en)]
+            m.d.comb += [krd[g].addr.eq(sptr[:WW]) for g in range(G)]
             with m.If(en):
-                skey = krd.data
-                sel = sv & ~done & ((skey > thr) | ((skey == thr) & (ties < k_left)))
-                m.d.sync += [sv.eq(s_issue), sidx.eq(sptr[:IW]), ov.eq(sel), okey.eq(skey), oidx.eq(sidx),
-                             olast.eq(emitted == keff - 1)]
-                with m.If(s_issue):
-                    m.d.sync += sptr.eq(sptr + 1)
-                with m.If(sv & (skey == thr)):
-                    m.d.sync += ties.eq(ties + 1)
-                with m.If(sel):
+                m.d.sync += [ov.eq(mask.any()), okey.eq(Array([krd[g].data for g in range(G)])[pick]),
+                             oidx.eq(Cat(pick[:GB], sw) if GB else sw), olast.eq(emitted == keff - 1)]
+                with m.If(mask.any()):
                     m.d.sync += emitted.eq(emitted + 1)
-                with m.If(done | ((sptr == sn) & ~sv)):
+                with m.If(fresh & sv):
+                    m.d.sync += ties.eq(ties + eq_count)
+                with m.If(rest == 0):  # word done: read the next one
+                    m.d.comb += [krd[g].en.eq(1) for g in range(G)]
+                    m.d.sync += [sv.eq(s_issue), sw.eq(sptr[:WW]), fresh.eq(1)]
+                    with m.If(s_issue):
+                        m.d.sync += sptr.eq(sptr + 1)
+                with m.Else():
+                    m.d.sync += [rem.eq(rest), fresh.eq(0)]
+                with m.If(done | ((sptr == swords) & ~sv)):
                     m.d.sync += [scan_active.eq(0), ov.eq(0), sv.eq(0)]
 
         # ---------------- outputs ----------------
