@@ -21,3 +21,21 @@ CONFIGS = [
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_topk(config, seed):
     run_tb("topk", parse_params("topk", config), "tb.sort.test_topk", seed)
+
+
+@pytest.mark.parametrize("params,name", [
+    ({"key_bits": 0}, "key_bits"),
+    ({"radix_bits": 9}, "radix_bits"),
+    ({"key_bits": 4, "radix_bits": 5}, "radix_bits"),
+    ({"max_len": 1}, "max_len"),
+    ({"lanes": 2}, "lanes"),
+    ({"banks": 0}, "banks"),
+    ({"banks": 3}, "banks"),
+    ({"banks": 16}, "banks"),
+    ({"max_len": 3, "banks": 4}, "banks"),
+    ({"banks": True}, "banks"),
+])
+def test_topk_bad_params(params, name):
+    from hw.sort.topk import TopK
+    with pytest.raises(ValueError, match=name):
+        TopK(**params)

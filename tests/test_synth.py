@@ -45,3 +45,20 @@ def test_overused_resources_from_a_nextpnr_log():
            "Info: \t          TRELLIS_COMB:  2923/  83640     3%\n")
     assert overused_resources(log) == [("TRELLIS_IO", 3431, 365), ("MULT18X18D", 325, 156)]
     assert overused_resources(log.replace("3431", "300").replace("325", "100")) == []
+
+
+def test_bram_probe_verilog_names_its_regmode():
+    from sim.synth_probe import probe_verilog
+    assert 'REGMODE_B("OUTREG")' in probe_verilog("OUTREG")
+    assert 'REGMODE_B("NOREG")' in probe_verilog("NOREG")
+    with pytest.raises(ValueError, match="regmode"):
+        probe_verilog("CASCADE")
+
+
+@pytest.mark.slow
+def test_bram_probe_output_register_shortens_clock_to_out():
+    """The README's Fmax analysis rests on this: DP16KD's output register cuts its clock-to-out."""
+    from sim.synth_probe import probe
+    noreg, outreg = probe("NOREG"), probe("OUTREG")
+    assert outreg["ram_clk_to_q_ns"] < noreg["ram_clk_to_q_ns"]
+    assert outreg["fmax_mhz"] > noreg["fmax_mhz"]

@@ -132,6 +132,7 @@ class TopK(wiring.Component):
         # RAM) so that a push (link[w] = head[d]; head[d] = w; count[d] += 1) takes one cycle,
         # plus a valid bit per bucket that empties all lists at once.
         krd, kwr, lrd, lwr, hist_r, hist_w, head_r, head_w, valid = ([] for _ in range(9))
+        hist_s, head_s = [], []  # the select's own read ports: keeps the push path off its adders
         push, push_d, push_node = [], [], []
         for g in range(G):
             keymem = Memory(shape=unsigned(W), depth=NW, init=[])
@@ -148,6 +149,8 @@ class TopK(wiring.Component):
             hist_w.append(histmem.write_port())
             head_r.append(headmem.read_port(domain="comb"))
             head_w.append(headmem.write_port())
+            hist_s.append(histmem.read_port(domain="comb"))
+            head_s.append(headmem.read_port(domain="comb"))
             valid.append(Signal(B, name=f"valid{g}"))
             push.append(Signal(name=f"push{g}"))
             push_d.append(Signal(R, name=f"push_d{g}"))
@@ -219,7 +222,9 @@ class TopK(wiring.Component):
         _, cand = highest_set(avail)
         bucket = Signal(R)
         m.d.comb += bucket.eq(cand)
-        counts = [Mux(valid[g].bit_select(bucket, 1), hist_r[g].data, 0) for g in range(G)]
+        counts = [Mux(valid[g].bit_select(bucket, 1), hist_s[g].data, 0) for g in range(G)]
+        m.d.comb += [hist_s[g].addr.eq(bucket) for g in range(G)]
+        m.d.comb += [head_s[g].addr.eq(bucket) for g in range(G)]
         total = counts[0]
         for g in range(1, G):
             total = total + counts[g]
@@ -257,12 +262,10 @@ class TopK(wiring.Component):
                         m.next = "SELECT"
             with m.State("SELECT"):
                 # k_left <= keys in the current set, so the chosen bucket comes before avail empties
-                m.d.comb += [hist_r[g].addr.eq(bucket) for g in range(G)]
-                m.d.comb += [head_r[g].addr.eq(bucket) for g in range(G)]
                 with m.If(above + total >= k_left):
                     m.d.sync += k_left.eq(k_left - above)
                     for g in range(G):
-                        m.d.sync += [cur[g].eq(head_r[g].data), trem[g].eq(counts[g]), tv[g].eq(0),
+                        m.d.sync += [cur[g].eq(head_s[g].data), trem[g].eq(counts[g]), tv[g].eq(0),
                                      valid[g].eq(0)]
                     for lv, (lo, hi) in enumerate(slices):
                         with m.If(level == lv):
