@@ -222,7 +222,7 @@ def run_main_job(args):
          + rep.rows_table(sweep, [("density", lambda r: f"{r['density']:.2f}"), ("blocks kept", lambda r: f"{r['kept']}/{r['blocks']}"),
                                   ("cycles", "cycles"), ("floor", "floor"), ("utilization", lambda r: f"{100 * r['util']:.1f} %"),
                                   ("exact rows", "exact")]), [sweep_png]),
-        ("Sort cycles against k", "Top-k core, default parameters (16-bit keys, R = 4, P = 1), 4096 VAR-like "
+        ("Sort cycles against k", "Top-k core, default parameters (16-bit keys, R = 4, P = 1, G = 2 banks), 4096 VAR-like "
          "logits; every output checked against golden.\n\n" + rep.rows_table(ksweep, [
              ("k", "k"), ("mode", lambda r: "unordered" if r["unordered"] else "sorted"), ("cycles", "cycles"),
              ("cycles / N", lambda r: f"{r['cycles'] / 4096:.2f}")]), [k_png]),

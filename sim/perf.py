@@ -45,7 +45,7 @@ Two halves.
      LUTs are split between dot lanes, attention cores and sort cores to minimise the serial
      step time: with work W_i (LUT-cycles) each class gets LUTs proportional to sqrt(W_i).
    * One clock for every core (``clock_mhz``, default 200, the project's Fmax goal; measured ECP5
-     Fmax: LUT multiplier 248 MHz, sort/top-k 57-60 MHz - pipelining it is open work).
+     Fmax: LUT multiplier 248 MHz, sort/top-k and attention far below it - see README).
 """
 
 from __future__ import annotations
@@ -468,6 +468,7 @@ def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_ke
     b = BUDGETS[budget] if isinstance(budget, str) else budget
     att_synth = load_points()["attention"]["synth_xc7"]
     att_luts = att_synth["LUT"] + 4 * sum(att_synth.get("LUTRAM_cells", {}).values())
+    sample_pt = max(load_points()["topk"]["points"], key=lambda p: p["n"])
     lines = [f"### Performance model: {b['name']}, {clock_mhz:g} MHz (`varaccel perf`)", "",
              "Model, not measurement: analytic op counts per VAR step (equal to the golden OpCounter "
              "where the techniques are deterministic) x measured core cycles (sim/perf_points.json). "
@@ -528,7 +529,8 @@ def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_ke
               "per RAM32M / RAM64M). AI Engines unused. Per-core resources from Yosys synth_xilinx (xc7) applied to every "
               "family.",
               f"- One clock, {clock_mhz:g} MHz, for every core (the project's Fmax goal; measured ECP5 Fmax: LUT "
-              "multiplier 248 MHz, sort/top-k 56.5-60.1 MHz, which must be pipelined before this holds).",
+              "multiplier 248 MHz, sort/top-k and attention far below it (README), which must be pipelined before "
+              "this holds).",
               f"- Cores within a step: {kw.get('overlap', _SERIAL)}; steps sequential; one image at a time. "
               "DDR transfers overlap compute (double buffering): a step takes max(compute, DDR).",
               "- DDR traffic per step: all block weights (MXFP4: 4.25 bits/weight; E4M3 + scale: 8.25), head "
@@ -541,7 +543,8 @@ def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_ke
               "in every configuration. Dual-format fc2 streams its input twice.",
               "- Attention: one (query, key) pair per cycle per core + 621 cycles per (row, head, block) job "
               "(measured at Lq=256, Lk=680); the core's tile size assumed equal to the AccelConfig's "
-              "(16 x 16). Sort: every sampled token is a top-900-of-4096 call (13,826 cycles, R=4); FastVAR "
+              f"(16 x 16). Sort: every sampled token is a top-{sample_pt['k']}-of-{sample_pt['n']} call "
+              f"({sample_pt['cycles_per_call']:,g} cycles, R={sample_pt['radix_bits']}); FastVAR "
               "top-k calls interpolated between measured points (16, 64 and 4096 keys).",
               "- LUT split between dot lanes / attention / sort cores minimises the serial step time "
               "(LUTs proportional to sqrt(work x LUT per unit)).", ""]
