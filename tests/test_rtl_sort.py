@@ -12,6 +12,13 @@ CONFIGS = [
     {"key_bits": 7, "radix_bits": 3, "max_len": 40},
     # the full-size core: fewer, longer packets
     {"key_bits": 16, "radix_bits": 4, "max_len": 4096},
+    # P = 2 and 4 lanes, R = 4 and 8; N not a multiple of P (banks of unequal capacity)
+    {"key_bits": 16, "radix_bits": 4, "max_len": 256, "lanes": 2},
+    {"key_bits": 16, "radix_bits": 8, "max_len": 131, "lanes": 2},
+    {"key_bits": 16, "radix_bits": 4, "max_len": 250, "lanes": 4},
+    {"key_bits": 16, "radix_bits": 8, "max_len": 128, "lanes": 4},
+    {"key_bits": 7, "radix_bits": 3, "max_len": 41, "lanes": 4},
+    {"key_bits": 16, "radix_bits": 4, "max_len": 4096, "lanes": 4},
 ]
 
 

@@ -9,7 +9,7 @@ from ..common import check_choice, check_int
 
 __all__ = ["RadixSorter", "digit_slices", "sorter_cycles", "SUPPORTED_LANES"]
 
-#: Lane counts P that RadixSorter and TopK implement (P > 1 is future work, see the docstring).
+#: Lane counts P that RadixSorter implements (TopK checks its own: P = 1 only).
 SUPPORTED_LANES = (1, 2, 4)
 
 
@@ -55,12 +55,36 @@ class RadixSorter(wiring.Component):
 
     Cycles from the first input beat to the last output beat with no stalls:
     ``n + 2 + B + (D - s) * (n + 2) + s + n + 1`` for ``s`` skipped passes
-    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 611 for R = 4, 16 647 for R = 8).
+    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 603 for R = 4, 16 647 for R = 8).
 
     Double buffering: the next packet is loaded while the previous one is emitted, into the
     RAM being read, behind the read pointer (a write to address a waits until a has been read),
     so one packet follows another with the emit phase hidden. Sorting a packet waits until
     the previous packet's emission has finished (the passes use both RAMs).
+
+    **Lanes P = 2, 4** (P keys per input beat, still one (key, index) per output beat). The
+    key in lane ``j`` of input beat ``b`` has arrival position (index) ``b * P + j``. The
+    packet is striped over P independent banks: bank ``l`` holds the keys at the positions
+    ``= l mod P``, in its own ping-pong pair of ``ceil(N / P)``-deep RAMs, with its own ``D``
+    histograms. Load, prefix and passes are the steps above, run in all banks at once on the
+    bank's own keys, so load and every pass take ``m = ceil(n / P)`` cycles (P elements per
+    cycle): each bank ends up holding its stripe stably sorted. A pass is skipped only if
+    its digit is constant within EVERY bank (then it is the identity in all of them, and all
+    banks keep one shared ping-pong phase); the passes of the banks run in step.
+
+    4. **Merge** (instead of Emit; ``n`` beats): a P-way merge of the sorted stripes emits the smallest
+       ``(stored key, index)`` among the P stripe heads each beat. Equal keys thus come out
+       lower index first across stripes, as within a stripe (the passes are stable and a
+       stripe's indices increase with its addresses): the golden stable order. Each stripe
+       keeps its head in a register and the next entry in its RAM's read register, refilled in
+       the cycle its head wins, so one beat per cycle is sustained whichever stripe wins.
+
+    Cycles with no stalls for P > 1: ``m + 2 + B + (D - s) * (m + 2) + s + n + 3`` for ``s``
+    passes skipped in every bank (16-bit keys, n = 4096: R = 4: 14 365 (P = 2), 9 245 (P = 4);
+    R = 8: 10 505 (P = 2), 7 433 (P = 4)). The emission of one key per beat bounds it below
+    by ``n``; double buffering works as for P = 1, per bank (the next packet's lane ``l`` is
+    written behind bank ``l``'s merge read pointer), so back-to-back packets overlap loading
+    with the merge.
 
     Parameters
     ----------
@@ -73,10 +97,12 @@ class RadixSorter(wiring.Component):
         accepted and dropped, the first N are sorted, and every output beat of that packet has
         ``overflow`` set.
     lanes : int
-        Keys per beat P. Only P = 1 is implemented (ValueError otherwise).
+        Keys per input beat P: 1, 2 or 4 (:data:`SUPPORTED_LANES`; ValueError otherwise).
     index_in : bool
         The input carries each key's ``index`` (which is stored and emitted instead of the
-        arrival position; used by :class:`hw.sort.topk.TopK` to sort its selection).
+        arrival position; used by :class:`hw.sort.topk.TopK` to sort its selection). Ties are
+        broken by this index; for P > 1 the result is the stable order only if the indices of
+        each lane increase with arrival (as arrival positions do).
 
     Ports
     -----
@@ -84,6 +110,11 @@ class RadixSorter(wiring.Component):
         ``key``: W bits; ``descending``: sort direction, sampled on the packet's FIRST beat;
         ``last``: the packet's final key (a packet has 1..N keys, more are truncated).
         ``index`` only with ``index_in``.
+        For P > 1: ``key`` (and ``index``) are arrays of P lanes, and ``count`` (``P.bit_length()``
+        bits) is the number of valid keys, in lanes ``0..count-1``, of the packet's LAST beat.
+        Only the last beat may be partial: on any other beat ``count`` is ignored and all P lanes
+        are taken; on the last beat a ``count`` of 0 or above P also means all P lanes. Lanes
+        past ``count`` are ignored. A packet is truncated after its N-th key even mid-beat.
     o : Out(stream)
         ``key`` (the original key), ``index`` (position of the key in its input packet),
         ``overflow`` (the packet was truncated), ``last`` (the packet's final beat). Exactly
@@ -495,11 +526,14 @@ class RadixSorter(wiring.Component):
         # ---- P-way merge of the sorted banks ----
         # Per lane two stages: the RAM read port's data register (rvalid) and the head register
         # (hvalid). A head that wins is replaced by the read data at once while the RAM reads the
-        # next address, so a lane that wins every cycle never bubbles. A winner is only picked
-        # when every lane with keys left shows its head (else a smaller key could still come).
+        # next address, so a lane that wins every cycle never bubbles.
+        # A winner may only be picked while every lane with keys left shows its head. That needs
+        # no check: all lanes read their first address in the same cycle after the handover and
+        # fill their heads together one cycle later (nothing fires before, no head is valid), and
+        # from then on the read data register is refilled whenever it moves into the head, so a
+        # lane's head is empty only once its RAM is drained.
         rdata = [Mux(out_bank, rds[lane][1].data, rds[lane][0].data) for lane in range(P)]
         drained = [(rptr[lane] == out_len[lane]) & ~rvalid[lane] for lane in range(P)]
-        all_shown = Cat(*[hvalid[lane] | drained[lane] for lane in range(P)]).all()
         any_head = Cat(*hvalid).any()
         # Tournament over Cat(head, ~hvalid): an empty head compares above every key.
         cands = [(Const(lane, range(P)), Cat(head[lane], ~hvalid[lane])) for lane in range(P)]
@@ -515,7 +549,7 @@ class RadixSorter(wiring.Component):
         winner, win_entry = cands[0][0], cands[0][1][:EW]
 
         advance = ~ov | self.o.ready
-        fire = out_active & advance & all_shown & any_head
+        fire = out_active & advance & any_head
         with m.If(advance):
             m.d.sync += ov.eq(fire)
             with m.If(fire):
