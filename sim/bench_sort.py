@@ -18,9 +18,10 @@ import torch
 
 from golden.numerics import sort as sortnum
 from hw.emit import parse_params
-from hw.sort.radix import SUPPORTED_LANES
+from hw.sort.radix import SUPPORTED_LANES, sorter_cycles
+from hw.sort.topk import TopK
 from sim.runner import REPO_ROOT, run_cocotb
-from tb.sort.stimulus import logit_keys, random_keys
+from tb.sort.stimulus import logit_keys, packet_beats, random_keys
 
 __all__ = ["main", "measure", "topk_k_sweep"]
 
@@ -39,21 +40,32 @@ def _run(core, params, cases):
             return pickle.load(f)
 
 
-def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0):
-    """Rows ``{case, P, R, cycles, goal}`` for one (P, R); raises if any output is wrong."""
+def topk_lanes_supported(lanes):
+    """Whether the top-k core builds with ``lanes`` (it checks its own lane count)."""
+    try:
+        TopK(lanes=lanes)
+    except ValueError:
+        return False
+    return True
+
+
+def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0, topk=True):
+    """Rows ``{case, P, R, cycles, goal, model}`` for one (P, R) (top-k rows only with ``topk``);
+    raises if any output is wrong. ``model`` is :func:`sorter_cycles` for the sort row."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
     sort_params = parse_params("sort", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n,
                                         "lanes": lanes})
     keys = random_keys(gen, n, key_bits)
-    out = _run("sort", sort_params, [{"inputs": {"i": [{"key": int(x), "last": int(i == n - 1)}
-                                                       for i, x in enumerate(keys.tolist())]},
-                                      "outputs": {"o": n}}])[0]
+    beats = packet_beats(keys.tolist(), False, lanes, key_bits=key_bits)
+    out = _run("sort", sort_params, [{"inputs": {"i": beats}, "outputs": {"o": n}}])[0]
     want = sortnum.sort(keys, key_bits=key_bits, radix_bits=radix_bits).tolist()
     if [b["index"] for b in out["outputs"]["o"]] != want:
-        raise AssertionError(f"sort R={radix_bits}: output differs from golden")
+        raise AssertionError(f"sort P={lanes} R={radix_bits}: output differs from golden")
     rows.append({"case": f"sort {n} uniform", "P": lanes, "R": radix_bits, "cycles": out["cycles"],
-                 "goal": None})
+                 "goal": None, "model": sorter_cycles(n, key_bits, radix_bits, lanes=lanes)})
+    if not topk:
+        return rows
     topk_params = parse_params("topk", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n,
                                         "lanes": lanes})
     inputs = {"logits": logit_keys(gen, n, key_bits, temperature=1.0), "uniform": random_keys(gen, n, key_bits)}
@@ -70,7 +82,7 @@ def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0):
         if [b["index"] for b in res["outputs"]["o"]] != want:
             raise AssertionError(f"topk {name} R={radix_bits}: output differs from golden")
         rows.append({"case": f"top-{k} of {n} {name} {'unordered' if unordered else 'sorted'}",
-                     "P": lanes, "R": radix_bits, "cycles": res["cycles"], "goal": goal})
+                     "P": lanes, "R": radix_bits, "cycles": res["cycles"], "goal": goal, "model": None})
     return rows
 
 
@@ -110,16 +122,22 @@ def main(argv=None):
             if lanes not in SUPPORTED_LANES:
                 unsupported.append(f"P={lanes} R={radix}: not implemented (lanes must be in {SUPPORTED_LANES})")
                 continue
-            rows += measure(radix, args.n, args.k, lanes=lanes)
+            topk = topk_lanes_supported(lanes)
+            if not topk:
+                unsupported.append(f"top-k P={lanes} R={radix}: not implemented (TopK rejects lanes={lanes})")
+            rows += measure(radix, args.n, args.k, lanes=lanes, topk=topk)
     if args.json:
         print(json.dumps({"rows": rows, "unsupported": unsupported}, indent=2))
         return 0
-    print(f"{'case':40s} {'P':>2s} {'R':>2s} {'cycles':>8s} {'elem/cyc':>8s} {'goal':>7s} {'met':>4s}")
+    print(f"{'case':40s} {'P':>2s} {'R':>2s} {'cycles':>8s} {'elem/cyc':>8s} {'model':>7s} {'goal':>7s} {'met':>4s}")
     for r in rows:
         goal = "" if r["goal"] is None else str(r["goal"])
         met = "" if r["goal"] is None else ("yes" if r["cycles"] <= r["goal"] else "no")
+        model = "" if r["model"] is None else str(r["model"])
         print(f"{r['case']:40s} {r['P']:2d} {r['R']:2d} {r['cycles']:8d} {args.n / r['cycles']:8.3f} "
-              f"{goal:>7s} {met:>4s}")
+              f"{model:>7s} {goal:>7s} {met:>4s}")
+    print("sort: each LSD pass moves P keys per cycle (ceil(n / P) + 2 cycles a pass); the P > 1 "
+          "emission merges P sorted banks at one key per beat; model = sorter_cycles(n, 16, R, lanes=P)")
     for line in unsupported:
         print(line)
     return 0
