@@ -82,9 +82,10 @@ class RadixSorter(wiring.Component):
     Cycles with no stalls for P > 1: ``m + 2 + B + (D - s) * (m + 2) + s + n + 3`` for ``s``
     passes skipped in every bank (16-bit keys, n = 4096: R = 4: 14 365 (P = 2), 9 245 (P = 4);
     R = 8: 10 505 (P = 2), 7 433 (P = 4)). The emission of one key per beat bounds it below
-    by ``n``; double buffering works as for P = 1, per bank (the next packet's lane ``l`` is
-    written behind bank ``l``'s merge read pointer), so back-to-back packets overlap loading
-    with the merge.
+    by ``n``. Double buffering works as for P = 1, per bank: the next packet's lane ``l`` is
+    written behind bank ``l``'s merge read pointer (so the load goes at the merge's pace), and
+    its passes wait for the merge to end; back to back, a packet every ``B + D * (m + 2) + n``
+    cycles or so.
 
     Parameters
     ----------
