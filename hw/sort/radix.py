@@ -24,6 +24,7 @@ def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1):
     with no stalls and an idle sorter (the measured figure is this, see the class docstring).
 
     ``skipped`` passes are skipped (for P > 1: skipped in every lane); ``lanes`` is P."""
+    check_choice("lanes", lanes, SUPPORTED_LANES)
     passes = -(-key_bits // radix_bits)
     if lanes == 1:
         return n + 2 + (1 << radix_bits) + (passes - skipped) * (n + 2) + skipped + n + 1
@@ -72,12 +73,13 @@ class RadixSorter(wiring.Component):
     its digit is constant within EVERY bank (then it is the identity in all of them, and all
     banks keep one shared ping-pong phase); the passes of the banks run in step.
 
-    4. **Merge** (instead of Emit; ``n`` beats): a P-way merge of the sorted stripes emits the smallest
-       ``(stored key, index)`` among the P stripe heads each beat. Equal keys thus come out
-       lower index first across stripes, as within a stripe (the passes are stable and a
-       stripe's indices increase with its addresses): the golden stable order. Each stripe
-       keeps its head in a register and the next entry in its RAM's read register, refilled in
-       the cycle its head wins, so one beat per cycle is sustained whichever stripe wins.
+    4. **Merge** (instead of Emit; ``n`` beats): a P-way merge of the sorted stripes emits
+       the smallest ``(stored key, index)`` among the P stripe heads each beat. Equal keys
+       thus come out lower index first across stripes, as within a stripe (the passes are
+       stable and a stripe's indices increase with its addresses): the golden stable order.
+       Each stripe keeps its head in a register and the next entry in its RAM's read
+       register, refilled in the cycle its head wins, so one beat per cycle is sustained
+       whichever stripe wins.
 
     Cycles with no stalls for P > 1: ``m + 2 + B + (D - s) * (m + 2) + s + n + 3`` for ``s``
     passes skipped in every bank (16-bit keys, n = 4096: R = 4: 14 365 (P = 2), 9 245 (P = 4);
