@@ -1,11 +1,14 @@
+# amaranth: UnusedElaboratable=no
 """Cycle benchmark of the radix sort / top-k core (hw/sort) on the emitted RTL, no stalls.
 
 Cycles are counted by the cocotb sink from the first input beat offered to the last output
-beat accepted, with an idle core (load included). Cases: sort 4096 uniform 16-bit keys;
-top-900 of 4096 keys (VAR-like logits, float32 -> float_to_key -> top 16 bits, and uniform
-keys), in sorted (descending) and unordered (ascending index) mode. Every output is checked
-against golden.numerics.sort. Goals from issue 4: sorted top-900-of-4096 <= 3 * 4096 / P + 64,
-unordered <= 2 * 4096 / P + 64. Run: ``python -m sim.bench_sort [--radix 4 8] [--n 4096]``.
+beat accepted, with an idle core (load included). Cases: sort 4096 uniform 16-bit keys, P
+keys per input beat (next to its model, ``sorter_cycles``); top-900 of 4096 keys (VAR-like
+logits, float32 -> float_to_key -> top 16 bits, and uniform keys), in sorted (descending) and
+unordered (ascending index) mode, for the P that TopK builds with (P = 1 so far; the others are
+listed as not implemented). Every output is checked against golden.numerics.sort. Goals from
+issue 4: sorted top-900-of-4096 <= 3 * 4096 / P + 64, unordered <= 2 * 4096 / P + 64.
+Run: ``python -m sim.bench_sort [--lanes 1 2 4] [--radix 4 8] [--n 4096]``.
 """
 
 import argparse
@@ -18,9 +21,10 @@ import torch
 
 from golden.numerics import sort as sortnum
 from hw.emit import parse_params
-from hw.sort.radix import SUPPORTED_LANES
+from hw.sort.radix import SUPPORTED_LANES, sorter_cycles
+from hw.sort.topk import TopK
 from sim.runner import REPO_ROOT, run_cocotb
-from tb.sort.stimulus import logit_keys, random_keys
+from tb.sort.stimulus import logit_keys, packet_beats, random_keys
 
 __all__ = ["main", "measure", "topk_k_sweep"]
 
@@ -39,22 +43,24 @@ def _run(core, params, cases):
             return pickle.load(f)
 
 
-def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0, banks=2):
-    """Rows ``{case, P, R, G, cycles, goal}`` for one (P, R) and top-k banks G; raises if any output
-    is wrong."""
+def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0, banks=0, topk=True):
+    """Rows ``{case, P, R, G, cycles, goal, model}`` for one (P, R) and top-k banks G (0: the
+    core's default; top-k rows only with ``topk``); raises if any output is wrong. ``model`` is
+    :func:`sorter_cycles` for the sort row."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
     sort_params = parse_params("sort", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n,
                                         "lanes": lanes})
     keys = random_keys(gen, n, key_bits)
-    out = _run("sort", sort_params, [{"inputs": {"i": [{"key": int(x), "last": int(i == n - 1)}
-                                                       for i, x in enumerate(keys.tolist())]},
-                                      "outputs": {"o": n}}])[0]
+    beats = packet_beats(keys.tolist(), False, lanes, key_bits=key_bits)
+    out = _run("sort", sort_params, [{"inputs": {"i": beats}, "outputs": {"o": n}}])[0]
     want = sortnum.sort(keys, key_bits=key_bits, radix_bits=radix_bits).tolist()
     if [b["index"] for b in out["outputs"]["o"]] != want:
-        raise AssertionError(f"sort R={radix_bits}: output differs from golden")
+        raise AssertionError(f"sort P={lanes} R={radix_bits}: output differs from golden")
     rows.append({"case": f"sort {n} uniform", "P": lanes, "R": radix_bits, "G": None, "cycles": out["cycles"],
-                 "goal": None})
+                 "goal": None, "model": sorter_cycles(n, key_bits, radix_bits, lanes=lanes)})
+    if not topk:
+        return rows
     topk_params = parse_params("topk", {"key_bits": key_bits, "radix_bits": radix_bits, "max_len": n,
                                         "lanes": lanes, "banks": banks})
     inputs = {"logits": logit_keys(gen, n, key_bits, temperature=1.0), "uniform": random_keys(gen, n, key_bits)}
@@ -71,7 +77,8 @@ def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0, banks=2):
         if [b["index"] for b in res["outputs"]["o"]] != want:
             raise AssertionError(f"topk {name} R={radix_bits}: output differs from golden")
         rows.append({"case": f"top-{k} of {n} {name} {'unordered' if unordered else 'sorted'}",
-                     "P": lanes, "R": radix_bits, "G": banks, "cycles": res["cycles"], "goal": goal})
+                     "P": lanes, "R": radix_bits, "G": TopK(key_bits, radix_bits, n, lanes, banks).banks,
+                     "cycles": res["cycles"], "goal": goal, "model": None})
     return rows
 
 
@@ -112,19 +119,26 @@ def main(argv=None):
             if lanes not in SUPPORTED_LANES:
                 unsupported.append(f"P={lanes} R={radix}: not implemented (lanes must be in {SUPPORTED_LANES})")
                 continue
+            topk = topk_lanes_supported(lanes)
+            if not topk:
+                unsupported.append(f"top-k P={lanes} R={radix}: not implemented (TopK rejects lanes={lanes})")
             for i, banks in enumerate(args.banks):
-                got = measure(radix, args.n, args.k, lanes=lanes, banks=banks)
+                got = measure(radix, args.n, args.k, lanes=lanes, banks=banks, topk=topk)
                 rows += got if i == 0 else [r for r in got if r["G"] is not None]
     if args.json:
         print(json.dumps({"rows": rows, "unsupported": unsupported}, indent=2))
         return 0
-    print(f"{'case':40s} {'P':>2s} {'R':>2s} {'G':>2s} {'cycles':>8s} {'elem/cyc':>8s} {'goal':>7s} {'met':>4s}")
+    print(f"{'case':40s} {'P':>2s} {'R':>2s} {'G':>2s} {'cycles':>8s} {'elem/cyc':>8s} {'model':>7s} {'goal':>7s} "
+          f"{'met':>4s}")
     for r in rows:
         goal = "" if r["goal"] is None else str(r["goal"])
         met = "" if r["goal"] is None else ("yes" if r["cycles"] <= r["goal"] else "no")
+        model = "" if r["model"] is None else str(r["model"])
         banks = "" if r["G"] is None else str(r["G"])
         print(f"{r['case']:40s} {r['P']:2d} {r['R']:2d} {banks:>2s} {r['cycles']:8d} {args.n / r['cycles']:8.3f} "
-              f"{goal:>7s} {met:>4s}")
+              f"{model:>7s} {goal:>7s} {met:>4s}")
+    print("sort: each LSD pass moves P keys per cycle (ceil(n / P) + 2 cycles a pass); the P > 1 "
+          "emission merges P sorted banks at one key per beat; model = sorter_cycles(n, 16, R, lanes=P)")
     for line in unsupported:
         print(line)
     return 0

@@ -5,12 +5,12 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..common import check_int
+from ..common import check_choice, check_int
 
 __all__ = ["RadixSorter", "digit_slices", "sorter_cycles", "SUPPORTED_LANES"]
 
-#: Lane counts P that RadixSorter and TopK implement (P > 1 is future work, see the docstring).
-SUPPORTED_LANES = (1,)
+#: Lane counts P that RadixSorter implements (TopK checks its own: P = 1 only).
+SUPPORTED_LANES = (1, 2, 4)
 
 
 def digit_slices(key_bits, radix_bits):
@@ -19,11 +19,17 @@ def digit_slices(key_bits, radix_bits):
     return [(p * radix_bits, min((p + 1) * radix_bits, key_bits)) for p in range(passes)]
 
 
-def sorter_cycles(n, key_bits, radix_bits, skipped=0):
+def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1):
     """Cycles from the first input beat to the last output beat of one packet of ``n`` keys
-    with no stalls and an idle sorter (the measured figure is this, see the class docstring)."""
+    with no stalls and an idle sorter (the measured figure is this, see the class docstring).
+
+    ``skipped`` passes are skipped (for P > 1: skipped in every lane); ``lanes`` is P."""
+    check_choice("lanes", lanes, SUPPORTED_LANES)
     passes = -(-key_bits // radix_bits)
-    return n + 2 + (1 << radix_bits) + (passes - skipped) * (n + 2) + skipped + n + 1
+    if lanes == 1:
+        return n + 2 + (1 << radix_bits) + (passes - skipped) * (n + 2) + skipped + n + 1
+    beats = -(-n // lanes)
+    return beats + 2 + (1 << radix_bits) + (passes - skipped) * (beats + 2) + skipped + n + 3
 
 
 class RadixSorter(wiring.Component):
@@ -50,12 +56,38 @@ class RadixSorter(wiring.Component):
 
     Cycles from the first input beat to the last output beat with no stalls:
     ``n + 2 + B + (D - s) * (n + 2) + s + n + 1`` for ``s`` skipped passes
-    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 611 for R = 4, 16 647 for R = 8).
+    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 603 for R = 4, 16 647 for R = 8).
 
     Double buffering: the next packet is loaded while the previous one is emitted, into the
     RAM being read, behind the read pointer (a write to address a waits until a has been read),
     so one packet follows another with the emit phase hidden. Sorting a packet waits until
     the previous packet's emission has finished (the passes use both RAMs).
+
+    **Lanes P = 2, 4** (P keys per input beat, still one (key, index) per output beat). The
+    key in lane ``j`` of input beat ``b`` has arrival position (index) ``b * P + j``. The
+    packet is striped over P independent banks: bank ``l`` holds the keys at the positions
+    ``= l mod P``, in its own ping-pong pair of ``ceil(N / P)``-deep RAMs, with its own ``D``
+    histograms. Load, prefix and passes are the steps above, run in all banks at once on the
+    bank's own keys, so load and every pass take ``m = ceil(n / P)`` cycles (P elements per
+    cycle): each bank ends up holding its stripe stably sorted. A pass is skipped only if
+    its digit is constant within EVERY bank (then it is the identity in all of them, and all
+    banks keep one shared ping-pong phase); the passes of the banks run in step.
+
+    4. **Merge** (instead of Emit; ``n`` beats): a P-way merge of the sorted stripes emits
+       the smallest ``(stored key, index)`` among the P stripe heads each beat. Equal keys
+       thus come out lower index first across stripes, as within a stripe (the passes are
+       stable and a stripe's indices increase with its addresses): the golden stable order.
+       Each stripe keeps its head in a register and the next entry in its RAM's read
+       register, refilled in the cycle its head wins, so one beat per cycle is sustained
+       whichever stripe wins.
+
+    Cycles with no stalls for P > 1: ``m + 2 + B + (D - s) * (m + 2) + s + n + 3`` for ``s``
+    passes skipped in every bank (16-bit keys, n = 4096: R = 4: 14 365 (P = 2), 9 245 (P = 4);
+    R = 8: 10 505 (P = 2), 7 433 (P = 4)). The emission of one key per beat bounds it below
+    by ``n``. Double buffering works as for P = 1, per bank: the next packet's lane ``l`` is
+    written behind bank ``l``'s merge read pointer (so the load goes at the merge's pace), and
+    its passes wait for the merge to end; back to back, a packet every ``B + D * (m + 2) + n``
+    cycles or so.
 
     Parameters
     ----------
@@ -68,10 +100,12 @@ class RadixSorter(wiring.Component):
         accepted and dropped, the first N are sorted, and every output beat of that packet has
         ``overflow`` set.
     lanes : int
-        Keys per beat P. Only P = 1 is implemented (ValueError otherwise).
+        Keys per input beat P: 1, 2 or 4 (:data:`SUPPORTED_LANES`; ValueError otherwise).
     index_in : bool
         The input carries each key's ``index`` (which is stored and emitted instead of the
-        arrival position; used by :class:`hw.sort.topk.TopK` to sort its selection).
+        arrival position; used by :class:`hw.sort.topk.TopK` to sort its selection). Ties are
+        broken by this index; for P > 1 the result is the stable order only if the indices of
+        each lane increase with arrival (as arrival positions do).
 
     Ports
     -----
@@ -79,6 +113,11 @@ class RadixSorter(wiring.Component):
         ``key``: W bits; ``descending``: sort direction, sampled on the packet's FIRST beat;
         ``last``: the packet's final key (a packet has 1..N keys, more are truncated).
         ``index`` only with ``index_in``.
+        For P > 1: ``key`` (and ``index``) are arrays of P lanes, and ``count`` (``P.bit_length()``
+        bits) is the number of valid keys, in lanes ``0..count-1``, of the packet's LAST beat.
+        Only the last beat may be partial: on any other beat ``count`` is ignored and all P lanes
+        are taken; on the last beat a ``count`` of 0 or above P also means all P lanes. Lanes
+        past ``count`` are ignored. A packet is truncated after its N-th key even mid-beat.
     o : Out(stream)
         ``key`` (the original key), ``index`` (position of the key in its input packet),
         ``overflow`` (the packet was truncated), ``last`` (the packet's final beat). Exactly
@@ -89,14 +128,23 @@ class RadixSorter(wiring.Component):
         self.key_bits = check_int("key_bits", key_bits, 1, 32)
         self.radix_bits = check_int("radix_bits", radix_bits, 1, min(8, key_bits))
         self.max_len = check_int("max_len", max_len, 2, 65536)
-        self.lanes = check_int("lanes", lanes, min(SUPPORTED_LANES), max(SUPPORTED_LANES))
+        self.lanes = check_choice("lanes", check_int("lanes", lanes), SUPPORTED_LANES)
         self.index_in = bool(index_in)
         self.passes = -(-self.key_bits // self.radix_bits)
         self.index_bits = max(1, (self.max_len - 1).bit_length())
         self.count_bits = self.max_len.bit_length()
-        fields = {"key": unsigned(self.key_bits), "descending": 1}
-        if self.index_in:
-            fields["index"] = unsigned(self.index_bits)
+        #: Depth of each RAM: ceil(N / P) (bank l holds the arrival positions = l mod P).
+        self.bank_depth = -(-self.max_len // self.lanes)
+        P = self.lanes
+        if P == 1:
+            fields = {"key": unsigned(self.key_bits), "descending": 1}
+            if self.index_in:
+                fields["index"] = unsigned(self.index_bits)
+        else:
+            fields = {"key": data.ArrayLayout(unsigned(self.key_bits), P), "descending": 1}
+            if self.index_in:
+                fields["index"] = data.ArrayLayout(unsigned(self.index_bits), P)
+            fields["count"] = unsigned(P.bit_length())
         fields["last"] = 1
         out_layout = data.StructLayout({"key": unsigned(self.key_bits), "index": unsigned(self.index_bits),
                                         "overflow": 1, "last": 1})
@@ -105,6 +153,14 @@ class RadixSorter(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        if self.lanes == 1:
+            self._elaborate_single(m)
+        else:
+            self._elaborate_lanes(m)
+        return m
+
+    def _elaborate_single(self, m):
+        """P = 1: one pair of ping-pong RAMs, emission reads the result RAM in address order."""
         W, R, N, D = self.key_bits, self.radix_bits, self.max_len, self.passes
         B = 1 << R
         IW, CW = self.index_bits, self.count_bits
@@ -275,4 +331,254 @@ class RadixSorter(wiring.Component):
             self.o.payload.overflow.eq(out_ovf),
             self.o.payload.last.eq(olast),
         ]
-        return m
+
+    def _elaborate_lanes(self, m):
+        """P > 1: P banks sorted side by side, then a P-way merge (see the class docstring)."""
+        W, R, N, D, P = self.key_bits, self.radix_bits, self.max_len, self.passes, self.lanes
+        B = 1 << R
+        IW, CW = self.index_bits, self.count_bits
+        M = self.bank_depth
+        LW = M.bit_length()  # a lane's key count 0..M (also its histogram counters)
+        key_mask = (1 << W) - 1
+        slices = digit_slices(W, R)
+        # A stored entry is Cat(index, key): as an unsigned number it orders by key, then by
+        # index, which is exactly the golden stable order, so the merge compares whole entries.
+        EW = W + IW
+
+        def entry_digit(entry, p):
+            lo, hi = slices[p]
+            return entry[IW + lo:IW + hi]
+
+        # Bank l holds the keys at arrival positions l, l + P, l + 2P, ... (ping-pong pair).
+        rds = [[None, None] for _ in range(P)]
+        wrs = [[None, None] for _ in range(P)]
+        for lane in range(P):
+            for b in range(2):
+                mem = Memory(shape=unsigned(EW), depth=M, init=[])
+                m.submodules[f"ram{lane}_{b}"] = mem
+                rds[lane][b] = mem.read_port(transparent_for=())
+                wrs[lane][b] = mem.write_port()
+                m.d.comb += [rds[lane][b].en.eq(0), wrs[lane][b].en.eq(0)]
+
+        # Per lane and digit a histogram RAM with an asynchronous read, as for P = 1.
+        hrd = [[None] * D for _ in range(P)]
+        hwr = [[None] * D for _ in range(P)]
+        for lane in range(P):
+            for p in range(D):
+                mem = Memory(shape=unsigned(LW), depth=B, init=[])
+                m.submodules[f"hist{lane}_{p}"] = mem
+                hwr[lane][p] = mem.write_port()
+                hrd[lane][p] = mem.read_port(domain="comb")
+                m.d.comb += hwr[lane][p].en.eq(0)
+        # one[l][p]: all of lane l's keys have the same digit p. A pass is skipped when that
+        # holds in EVERY lane (the pass is then the identity in every bank), so all banks stay
+        # in step and one bit says which RAM of each pair holds the current data.
+        one = [Signal(D, name=f"one{lane}") for lane in range(P)]
+        skip = Signal(D)
+        for p in range(D):
+            m.d.comb += skip[p].eq(Cat(*[one[lane][p] for lane in range(P)]).all())
+
+        # ---- load side ----
+        lb = Signal()                        # RAM of each pair the packet loads into
+        cnt = [Signal(LW, name=f"cnt{lane}") for lane in range(P)]
+        pos = Signal(range(N + P))           # arrival position of lane 0 of the next beat
+        ovf = Signal()
+        desc = Signal()
+        # ---- merge / output side ----
+        out_active = Signal()                # keys of the emitted packet still in RAM or heads
+        out_bank = Signal()
+        out_len = [Signal(LW, name=f"out_len{lane}") for lane in range(P)]
+        rptr = [Signal(LW, name=f"rptr{lane}") for lane in range(P)]
+        rvalid = [Signal(name=f"rvalid{lane}") for lane in range(P)]  # read port data valid
+        hvalid = [Signal(name=f"hvalid{lane}") for lane in range(P)]
+        head = [Signal(EW, name=f"head{lane}") for lane in range(P)]
+        out_total = Signal(CW)
+        out_seen = Signal(CW)
+        out_desc = Signal()
+        out_ovf = Signal()
+        ov = Signal()
+        o_key = Signal(W)
+        o_index = Signal(IW)
+        o_ovf = Signal()
+        o_last = Signal()
+
+        # ---- load ----
+        loading = Signal()
+        # Double buffering: lane l of the next packet is written at address cnt[l] of the RAM
+        # being merged out, which is free once the merge has read it (or lies past its data).
+        write_ok = Cat(*[(cnt[lane] < rptr[lane]) | (cnt[lane] >= out_len[lane]) for lane in range(P)]).all()
+        m.d.comb += self.i.ready.eq(loading & (~out_active | write_ok))
+        payload = self.i.payload
+        beat_desc = Mux(pos == 0, payload.descending, desc)
+        take = self.i.valid & self.i.ready
+        # Keys taken from this beat: all P, except on the last beat with 1 <= count < P.
+        n_in = Signal(range(P + 1))
+        m.d.comb += n_in.eq(Mux(payload.last & (payload.count >= 1) & (payload.count < P), payload.count, P))
+        lane_in = [take & (n_in > lane) for lane in range(P)]
+        store = [lane_in[lane] & (pos + lane < N) for lane in range(P)]
+        dropped = Cat(*[lane_in[lane] & (pos + lane >= N) for lane in range(P)]).any()
+        stored_key = [payload.key[lane] ^ Mux(beat_desc, key_mask, 0) for lane in range(P)]
+        index = [payload.index[lane] if self.index_in else (pos + lane)[:IW] for lane in range(P)]
+
+        clear_hist = Signal()
+        prefix_active = Signal()
+        pc = Signal(range(B + 1))
+        run = [[Signal(LW, name=f"run{lane}_{p}") for p in range(D)] for lane in range(P)]
+        pass_active = Signal()
+        pp = Signal(range(D + 1))
+        src = Signal()
+        j = Signal(LW)
+        prv = [Signal(name=f"prv{lane}") for lane in range(P)]  # pass read data valid
+        passes_done = Signal()
+
+        with m.FSM(init="CLEAR"):
+            with m.State("CLEAR"):
+                m.d.comb += clear_hist.eq(1)
+                m.d.sync += pc.eq(pc + 1)
+                with m.If(pc == B - 1):
+                    m.d.sync += pc.eq(0)
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += loading.eq(1)
+                with m.If(take):
+                    with m.If(pos == 0):
+                        m.d.sync += desc.eq(payload.descending)
+                    with m.If(pos < N):
+                        m.d.sync += pos.eq(pos + P)
+                    with m.If(dropped):
+                        m.d.sync += ovf.eq(1)
+                    with m.If(payload.last):
+                        m.d.sync += [pc.eq(0)] + [o.eq(0) for o in one] + [r.eq(0) for rr in run for r in rr]
+                        m.next = "PREFIX"
+            with m.State("PREFIX"):
+                m.d.comb += prefix_active.eq(1)
+                m.d.sync += pc.eq(pc + 1)
+                with m.If(pc == B - 1):
+                    m.d.sync += [pp.eq(0), j.eq(0), src.eq(lb)] + [v.eq(0) for v in prv]
+                    m.next = "PASS"
+            with m.State("PASS"):
+                with m.If(~out_active):
+                    m.d.comb += pass_active.eq(1)
+                with m.If(passes_done):
+                    m.next = "HANDOVER"
+            with m.State("HANDOVER"):
+                m.d.sync += [out_active.eq(1), out_bank.eq(src), out_desc.eq(desc), out_ovf.eq(ovf),
+                             out_total.eq(sum(cnt)), out_seen.eq(0), lb.eq(src), pos.eq(0), ovf.eq(0),
+                             pc.eq(0)]
+                for lane in range(P):
+                    m.d.sync += [out_len[lane].eq(cnt[lane]), rptr[lane].eq(0), rvalid[lane].eq(0),
+                                 hvalid[lane].eq(0), cnt[lane].eq(0)]
+                m.next = "CLEAR"
+
+        for lane in range(P):
+            with m.If(store[lane]):
+                m.d.sync += cnt[lane].eq(cnt[lane] + 1)
+                for b in range(2):
+                    with m.If(lb == b):
+                        m.d.comb += [wrs[lane][b].addr.eq(cnt[lane]), wrs[lane][b].en.eq(1),
+                                     wrs[lane][b].data.eq(Cat(index[lane], stored_key[lane]))]
+
+        # ---- scatter passes: every bank runs digit pp at once, address j in step ----
+        cur_skip = Array(skip)[pp]
+        issue = [pass_active & (j < cnt[lane]) & ~cur_skip for lane in range(P)]
+        any_issue = Cat(*issue).any()
+        any_prv = Cat(*prv).any()
+        entry = [Mux(src, rds[lane][1].data, rds[lane][0].data) for lane in range(P)]
+        for lane in range(P):
+            for b in range(2):
+                with m.If(pass_active & (src == b)):
+                    m.d.comb += [rds[lane][b].addr.eq(j), rds[lane][b].en.eq(1)]
+
+        # ---- histogram RAMs: count (load), prefix sums, bucket bases (passes), clear ----
+        for lane in range(P):
+            rv_digit = Signal(R, name=f"rv_digit{lane}")
+            m.d.comb += rv_digit.eq(Array([entry_digit(entry[lane], p) for p in range(D)])[pp])
+            for p, (lo, hi) in enumerate(slices):
+                rd, wr = hrd[lane][p], hwr[lane][p]
+                with m.If(clear_hist):
+                    m.d.comb += [wr.addr.eq(pc), wr.data.eq(0), wr.en.eq(1)]
+                with m.Elif(prefix_active):
+                    m.d.comb += [rd.addr.eq(pc), wr.addr.eq(pc), wr.data.eq(run[lane][p]), wr.en.eq(1)]
+                    m.d.sync += run[lane][p].eq(run[lane][p] + rd.data)
+                    with m.If(rd.data == cnt[lane]):
+                        m.d.sync += one[lane][p].eq(1)
+                with m.Elif(store[lane]):
+                    digit = stored_key[lane][lo:hi]
+                    m.d.comb += [rd.addr.eq(digit), wr.addr.eq(digit), wr.data.eq(rd.data + 1), wr.en.eq(1)]
+                with m.Elif(pass_active & (pp == p)):
+                    m.d.comb += [rd.addr.eq(rv_digit), wr.addr.eq(rv_digit), wr.data.eq(rd.data + 1),
+                                 wr.en.eq(prv[lane])]
+            dest = Array([hrd[lane][p].data for p in range(D)])[pp]
+            with m.If(pass_active):
+                m.d.sync += prv[lane].eq(issue[lane])
+                with m.If(prv[lane]):
+                    for b in range(2):
+                        with m.If(src != b):
+                            m.d.comb += [wrs[lane][b].addr.eq(dest), wrs[lane][b].data.eq(entry[lane]),
+                                         wrs[lane][b].en.eq(1)]
+        with m.If(pass_active):
+            with m.If(any_issue):
+                m.d.sync += j.eq(j + 1)
+            with m.If(~any_issue & ~any_prv):  # pass complete (or skipped)
+                m.d.sync += [j.eq(0), pp.eq(pp + 1)]
+                with m.If(~cur_skip):
+                    m.d.sync += src.eq(~src)
+                with m.If(pp == D - 1):
+                    m.d.comb += passes_done.eq(1)
+
+        # ---- P-way merge of the sorted banks ----
+        # Per lane two stages: the RAM read port's data register (rvalid) and the head register
+        # (hvalid). A head that wins is replaced by the read data at once while the RAM reads the
+        # next address, so a lane that wins every cycle never bubbles.
+        # A winner may only be picked while every lane with keys left shows its head. That needs
+        # no check: all lanes read their first address in the same cycle after the handover and
+        # fill their heads together one cycle later (nothing fires before, no head is valid), and
+        # from then on the read data register is refilled whenever it moves into the head, so a
+        # lane's head is empty only once its RAM is drained.
+        rdata = [Mux(out_bank, rds[lane][1].data, rds[lane][0].data) for lane in range(P)]
+        drained = [(rptr[lane] == out_len[lane]) & ~rvalid[lane] for lane in range(P)]
+        any_head = Cat(*hvalid).any()
+        # Tournament over Cat(head, ~hvalid): an empty head compares above every key.
+        cands = [(Const(lane, range(P)), Cat(head[lane], ~hvalid[lane])) for lane in range(P)]
+        while len(cands) > 1:
+            nxt = []
+            for (ia, ca), (ib, cb) in zip(cands[0::2], cands[1::2]):
+                lt = cb < ca  # distinct indices: two valid heads never tie
+                win_i = Signal(range(P), name=f"win_i{len(nxt)}_{len(cands)}")
+                win_c = Signal(EW + 1, name=f"win_c{len(nxt)}_{len(cands)}")
+                m.d.comb += [win_i.eq(Mux(lt, ib, ia)), win_c.eq(Mux(lt, cb, ca))]
+                nxt.append((win_i, win_c))
+            cands = nxt
+        winner, win_entry = cands[0][0], cands[0][1][:EW]
+
+        advance = ~ov | self.o.ready
+        fire = out_active & advance & any_head
+        with m.If(advance):
+            m.d.sync += ov.eq(fire)
+            with m.If(fire):
+                m.d.sync += [o_key.eq(win_entry[IW:] ^ Mux(out_desc, key_mask, 0)), o_index.eq(win_entry[:IW]),
+                             o_ovf.eq(out_ovf), o_last.eq(out_seen == out_total - 1), out_seen.eq(out_seen + 1)]
+        for lane in range(P):
+            won = fire & (winner == lane)
+            refill = ~hvalid[lane] | won            # the head takes the read data
+            free = ~rvalid[lane] | refill           # the read data register may be overwritten
+            ren = out_active & free & (rptr[lane] < out_len[lane])
+            for b in range(2):
+                with m.If(out_active & (out_bank == b)):
+                    m.d.comb += [rds[lane][b].addr.eq(rptr[lane]), rds[lane][b].en.eq(ren)]
+            with m.If(out_active):
+                with m.If(refill):
+                    m.d.sync += [head[lane].eq(rdata[lane]), hvalid[lane].eq(rvalid[lane])]
+                with m.If(free):
+                    m.d.sync += rvalid[lane].eq(ren)
+                with m.If(ren):
+                    m.d.sync += rptr[lane].eq(rptr[lane] + 1)
+        with m.If(out_active & Cat(*[drained[lane] & ~hvalid[lane] for lane in range(P)]).all()):
+            m.d.sync += out_active.eq(0)
+        m.d.comb += [
+            self.o.valid.eq(ov),
+            self.o.payload.key.eq(o_key),
+            self.o.payload.index.eq(o_index),
+            self.o.payload.overflow.eq(o_ovf),
+            self.o.payload.last.eq(o_last),
+        ]

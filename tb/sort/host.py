@@ -10,6 +10,7 @@ import torch
 
 from golden.numerics import sort as sortnum
 from hw.emit import parse_params
+from tb.sort.stimulus import packet_beats
 
 __all__ = ["float_keys", "rtl_sort", "rtl_topk"]
 
@@ -43,7 +44,10 @@ def float_keys(x, key_bits):
 
 
 def rtl_sort(keys, *, descending=False, waves=False, **params):
-    """Sort each row of ``keys`` (R, N) on the RTL sorter: int32 indices (R, N) + the keys."""
+    """Sort each row of ``keys`` (R, N) on the RTL sorter: int32 indices (R, N) + the keys.
+
+    With ``lanes`` = P > 1 each row goes in as beats of P keys (the last one partial when P
+    does not divide N); the output is one (key, index) per beat either way."""
     from sim.rtl import RTLResult, replay
     params = parse_params("sort", params)
     descending = _truthy(descending)
@@ -51,13 +55,13 @@ def rtl_sort(keys, *, descending=False, waves=False, **params):
     rows, n = k.shape
     if n > params["max_len"]:
         raise ValueError(f"row length {n} exceeds max_len = {params['max_len']}")
-    beats = [{"key": int(v), "descending": int(descending), "last": int(i == n - 1)}
-             for row in k.tolist() for i, v in enumerate(row)]
+    beats = [beat for row in k.tolist()
+             for beat in packet_beats(row, descending, params["lanes"], key_bits=params["key_bits"])]
     out, cycles = replay("sort", params, {"i": beats}, {"o": rows * n}, waves=waves)
     idx = np.array([b["index"] for b in out["o"]], dtype=np.int32).reshape(rows, n)
     skeys = np.array([b["key"] for b in out["o"]], dtype=np.int64).reshape(rows, n)
     return RTLResult({"indices": idx, "sorted_keys": skeys}, cycles, params,
-                     [f"{rows} rows of {n} keys ({params['key_bits']}-bit keys), "
+                     [f"{rows} rows of {n} keys ({params['key_bits']}-bit keys, {params['lanes']} per beat), "
                       f"{'descending' if descending else 'ascending'}, ties to the lower index"])
 
 

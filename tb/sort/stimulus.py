@@ -4,7 +4,7 @@ import torch
 
 from golden.numerics import sort as sortnum
 
-__all__ = ["random_keys", "pattern_keys", "logit_keys", "pivot_keys", "PATTERNS", "lengths_for"]
+__all__ = ["random_keys", "pattern_keys", "logit_keys", "pivot_keys", "PATTERNS", "lengths_for", "packet_beats"]
 
 PATTERNS = ["ties", "constant", "sorted", "reverse", "zeros", "ones", "two_values", "alternating"]
 
@@ -62,3 +62,39 @@ def lengths_for(max_len, gen):
     small = [1, 2, 3, 5, 7, 16, 17, 31]
     mid = [int(torch.randint(8, max_len + 1, (1,), generator=gen)) for _ in range(2)]
     return [x for x in small if x <= max_len] + mid + [max_len - 1, max_len]
+
+
+def packet_beats(keys, descending, lanes=1, rng=None, key_bits=16):
+    """Input beats of one sorter packet (a list of keys) for ``lanes`` keys per beat.
+
+    P = 1: ``{"key", "descending", "last"}`` per key (``rng`` unused). P > 1: the key at arrival position
+    ``b * P + j`` goes to lane ``j`` of beat ``b`` (fields ``key.j``); ``count`` is the number of
+    valid lanes of the last beat. With ``rng`` (a ``random.Random``) everything the core must
+    ignore is random: ``count`` of non-last beats, the keys of the lanes past ``count``, and
+    ``descending`` after the first beat; a full last beat says ``count`` = P, 0 or a value
+    above P at random (all mean P lanes).
+    """
+    keys = [int(k) for k in keys]
+    n = len(keys)
+    if lanes == 1:
+        return [{"key": k, "descending": int(descending), "last": int(i == n - 1)} for i, k in enumerate(keys)]
+    count_max = (1 << lanes.bit_length()) - 1
+    beats = []
+    for start in range(0, n, lanes):
+        last = start + lanes >= n
+        valid = n - start if last else lanes
+        beat = {"descending": int(descending), "last": int(last), "count": valid}
+        if rng is not None:
+            if start:
+                beat["descending"] = rng.randrange(2)
+            if not last:
+                beat["count"] = rng.randrange(count_max + 1)
+            elif valid == lanes:
+                beat["count"] = rng.choice([lanes, 0, rng.randrange(lanes + 1, count_max + 1)])
+        for lane in range(lanes):
+            if lane < valid:
+                beat[f"key.{lane}"] = keys[start + lane]
+            else:
+                beat[f"key.{lane}"] = rng.randrange(1 << key_bits) if rng is not None else 0
+        beats.append(beat)
+    return beats

@@ -11,15 +11,15 @@ from hw.sort.radix import sorter_cycles
 from tb.harness import STALL_SCENARIOS, stream_through, test_params, test_seed
 from tb.scoreboard import Scoreboard
 from tb.stream import TB
-from tb.sort.stimulus import PATTERNS, lengths_for, logit_keys, pattern_keys, pivot_keys, random_keys
+from tb.sort.stimulus import PATTERNS, lengths_for, logit_keys, packet_beats, pattern_keys, pivot_keys, random_keys
 
 
-def to_beats(packets):
+def to_beats(packets, params, rng=None):
+    """Input beats of ``packets``; for P > 1 with ``rng``, what the core must ignore is random
+    (see :func:`tb.sort.stimulus.packet_beats`)."""
     beats = []
     for keys, desc in packets:
-        n = len(keys)
-        for i, key in enumerate(keys.tolist()):
-            beats.append({"key": key, "descending": int(desc), "last": int(i == n - 1)})
+        beats += packet_beats(keys.tolist(), desc, params.get("lanes", 1), rng, params["key_bits"])
     return beats
 
 
@@ -42,7 +42,7 @@ def timeout_for(packets, params):
 
 async def check(tb, board, name, packets, params, src="none", snk="none", rng=None):
     exp = expected(packets, params)
-    out, cycles = await stream_through(tb, "i", "o", to_beats(packets), len(exp), src, snk, rng,
+    out, cycles = await stream_through(tb, "i", "o", to_beats(packets, params, rng), len(exp), src, snk, rng,
                                        timeout_cycles=timeout_for(packets, params))
     board.check(name, [(o["key"], o["index"], o["overflow"], o["last"]) for o in out], exp)
     return cycles
@@ -127,18 +127,20 @@ async def overlong_packet_truncated(dut):
 
 @cocotb.test()
 async def reset_mid_packet(dut):
-    """A reset while loading, and one while emitting, discard the packet; the next ones are exact."""
+    """A reset while loading, while sorting, and while emitting discards the packet; the next
+    ones are exact."""
     params = test_params()
     seed = test_seed() + 4
     rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     tb = TB(dut)
-    W, N = params["key_bits"], params["max_len"]
+    W, N, P = params["key_bits"], params["max_len"], params.get("lanes", 1)
     n = min(N, 300)
-    for phase_cycles in (n // 2, 3 * n + 40, 6 * n):
+    beats = -(-n // P)  # load cycles of a packet (= n for P = 1)
+    for phase_cycles in (beats // 2, 3 * beats + 40, 6 * beats):
         await tb.reset()
         source, sink = tb.source("i"), tb.sink("o")
-        source.send(to_beats([(random_keys(gen, n, W), False), (random_keys(gen, n, W), True)]))
+        source.send(to_beats([(random_keys(gen, n, W), False), (random_keys(gen, n, W), True)], params, rng))
         await ClockCycles(tb.clock, phase_cycles + rng.randrange(5))
         dut.rst.value = 1
         source.clear()
@@ -159,11 +161,59 @@ async def cycles_no_stalls(dut):
     gen = torch.Generator().manual_seed(test_seed() + 5)
     tb = TB(dut)
     await tb.reset()
-    W, R, N = params["key_bits"], params["radix_bits"], params["max_len"]
+    W, R, N, P = params["key_bits"], params["radix_bits"], params["max_len"], params.get("lanes", 1)
     await ClockCycles(tb.clock, (1 << R) + 2)  # histogram RAM clear after reset
     keys = random_keys(gen, N, W)
-    # no pass skipped if every digit has two distinct values
-    keys[0], keys[1] = 0, (1 << W) - 1
+    # no pass skipped if every digit has two distinct values (in lane 0 for P > 1)
+    keys[0], keys[P] = 0, (1 << W) - 1
     cycles = await check(tb, Scoreboard(dut._log), "timing", [(keys, False)], params)
-    dut._log.info("sort of %d keys: %d cycles (formula %d)", N, cycles, sorter_cycles(N, W, R))
-    assert abs(cycles - sorter_cycles(N, W, R)) <= 2, (cycles, sorter_cycles(N, W, R))
+    want = sorter_cycles(N, W, R, lanes=P)
+    dut._log.info("sort of %d keys, P = %d: %d cycles (formula %d)", N, P, cycles, want)
+    assert abs(cycles - want) <= 2, (cycles, want)
+
+
+async def timed_packet(tb, dut, params, name, keys, desc=False):
+    """Cycles of one packet sent into an idle, freshly reset core with no stalls (checked)."""
+    await tb.reset()
+    await ClockCycles(tb.clock, (1 << params["radix_bits"]) + 2)  # histogram RAM clear after reset
+    return await check(tb, Scoreboard(dut._log), name, [(keys, desc)], params)
+
+
+@cocotb.test()
+async def cycles_one_lane_wins(dut):
+    """Keys that make one bank win the merge for a whole stripe before the next does (lane l
+    holds the l-th quarter of the key range): the emission must not bubble when the same lane
+    wins every cycle, so the packet takes the sorter_cycles(...) of any other packet."""
+    params = test_params()
+    gen = torch.Generator().manual_seed(test_seed() + 6)
+    tb = TB(dut)
+    W, R, N, P = params["key_bits"], params["radix_bits"], params["max_len"], params.get("lanes", 1)
+    lane = torch.arange(N) % P
+    span = (1 << W) // P
+    keys = lane * span + torch.randint(0, span, (N,), generator=gen)
+    keys[0], keys[P] = 0, (1 << W) - 1  # no pass skipped (lane 0 has every digit 0 and all-ones)
+    for desc in (False, True):
+        cycles = await timed_packet(tb, dut, params, f"lane-major desc={desc}", keys, desc)
+        want = sorter_cycles(N, W, R, lanes=P)
+        dut._log.info("lane-major packet, descending=%s: %d cycles (formula %d)", desc, cycles, want)
+        assert abs(cycles - want) <= 2, (cycles, want)
+
+
+@cocotb.test()
+async def cycles_skipped_passes(dut):
+    """A pass whose digit is the same for every key (in every lane) costs one cycle: constant
+    keys skip all passes, keys below 2**(W - width of the top digit) skip the top one."""
+    params = test_params()
+    gen = torch.Generator().manual_seed(test_seed() + 7)
+    tb = TB(dut)
+    W, R, N, P = params["key_bits"], params["radix_bits"], params["max_len"], params.get("lanes", 1)
+    D = -(-W // R)
+    top_lo = (D - 1) * R
+    low = random_keys(gen, N, top_lo)
+    low[0], low[P] = 0, (1 << top_lo) - 1  # lane 0 has two values in every digit but the top
+    for name, keys, skipped in (("constant", pattern_keys(gen, "constant", N, W), D),
+                                ("top digit zero", low, 1)):
+        cycles = await timed_packet(tb, dut, params, name, keys)
+        want = sorter_cycles(N, W, R, skipped=skipped, lanes=P)
+        dut._log.info("%s packet: %d cycles (formula %d, %d passes skipped)", name, cycles, want, skipped)
+        assert abs(cycles - want) <= 2, (name, cycles, want)
