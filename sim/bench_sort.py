@@ -5,8 +5,7 @@ Cycles are counted by the cocotb sink from the first input beat offered to the l
 beat accepted, with an idle core (load included). Cases: sort 4096 uniform 16-bit keys, P
 keys per input beat (next to its model, ``sorter_cycles``); top-900 of 4096 keys (VAR-like
 logits, float32 -> float_to_key -> top 16 bits, and uniform keys), in sorted (descending) and
-unordered (ascending index) mode, for the P that TopK builds with (P = 1 so far; the others are
-listed as not implemented). Every output is checked against golden.numerics.sort. Goals from
+unordered (ascending index) mode, for P keys per input beat and G top-k banks. Every output is checked against golden.numerics.sort. Goals from
 issue 4: sorted top-900-of-4096 <= 3 * 4096 / P + 64, unordered <= 2 * 4096 / P + 64.
 Run: ``python -m sim.bench_sort [--lanes 1 2 4] [--radix 4 8] [--n 4096]``.
 """
@@ -22,9 +21,9 @@ import torch
 from golden.numerics import sort as sortnum
 from hw.emit import parse_params
 from hw.sort.radix import SUPPORTED_LANES, sorter_cycles
-from hw.sort.topk import TopK
+from hw.sort.topk import LANES as TOPK_LANES, TopK
 from sim.runner import REPO_ROOT, run_cocotb
-from tb.sort.stimulus import logit_keys, packet_beats, random_keys
+from tb.sort.stimulus import logit_keys, packet_beats, random_keys, topk_beats
 
 __all__ = ["main", "measure", "topk_k_sweep"]
 
@@ -67,7 +66,7 @@ def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0, banks=0, to
     cases, expect = [], []
     for name, keys in inputs.items():
         for unordered in (False, True):
-            beats = [{"key": int(x), "last": int(i == n - 1)} for i, x in enumerate(keys.tolist())]
+            beats = topk_beats(keys.tolist(), lanes, key_bits=key_bits)
             cases.append({"inputs": {"i": beats, "cmd": [{"k": k, "unordered": int(unordered)}]},
                           "outputs": {"o": k, "status": 1}})
             want = sortnum.topk(keys, k, sorted=not unordered, key_bits=key_bits, radix_bits=radix_bits)
@@ -82,7 +81,7 @@ def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0, banks=0, to
     return rows
 
 
-def topk_k_sweep(ks, n=4096, key_bits=16, radix_bits=4, seed=0, banks=2):
+def topk_k_sweep(ks, n=4096, key_bits=16, radix_bits=4, seed=0, banks=0):
     """Cycles of top-k of ``n`` VAR-like logit keys for every k in ``ks``, sorted and unordered, in
     one simulator launch: rows ``{k, unordered, cycles}``; raises if any output is wrong."""
     gen = torch.Generator().manual_seed(seed)
@@ -110,7 +109,8 @@ def main(argv=None):
     parser.add_argument("--lanes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--n", type=int, default=4096)
     parser.add_argument("--k", type=int, default=900)
-    parser.add_argument("--banks", type=int, nargs="+", default=[2], help="top-k banks G (default: the core's 2)")
+    parser.add_argument("--banks", type=int, nargs="+", default=[0],
+                        help="top-k banks G (0: the core's default, min(8, 2 P))")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     rows, unsupported = [], []
@@ -119,9 +119,9 @@ def main(argv=None):
             if lanes not in SUPPORTED_LANES:
                 unsupported.append(f"P={lanes} R={radix}: not implemented (lanes must be in {SUPPORTED_LANES})")
                 continue
-            topk = topk_lanes_supported(lanes)
+            topk = lanes in TOPK_LANES
             if not topk:
-                unsupported.append(f"top-k P={lanes} R={radix}: not implemented (TopK rejects lanes={lanes})")
+                unsupported.append(f"top-k P={lanes} R={radix}: not implemented (lanes must be in {TOPK_LANES})")
             for i, banks in enumerate(args.banks):
                 got = measure(radix, args.n, args.k, lanes=lanes, banks=banks, topk=topk)
                 rows += got if i == 0 else [r for r in got if r["G"] is not None]

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """RTL regression of the top-k core against golden.numerics.sort.topk and clamp_k."""
 
 import pytest
@@ -12,6 +13,9 @@ CONFIGS = [
     {"key_bits": 7, "radix_bits": 3, "max_len": 40, "banks": 1},
     # eight banks, a packet limit that is not a multiple of them
     {"key_bits": 12, "radix_bits": 5, "max_len": 43, "banks": 8},
+    # P keys per beat: packet limits that are not multiples of P
+    {"key_bits": 16, "radix_bits": 4, "max_len": 250, "lanes": 2},
+    {"key_bits": 10, "radix_bits": 3, "max_len": 97, "lanes": 4, "banks": 4},
     # the full-size core: fewer, longer packets
     {"key_bits": 16, "radix_bits": 4, "max_len": 4096, "banks": 2},
 ]
@@ -28,8 +32,10 @@ def test_topk(config, seed):
     ({"radix_bits": 9}, "radix_bits"),
     ({"key_bits": 4, "radix_bits": 5}, "radix_bits"),
     ({"max_len": 1}, "max_len"),
-    ({"lanes": 2}, "lanes"),
-    ({"banks": 0}, "banks"),
+    ({"lanes": 3}, "lanes"),
+    ({"lanes": 8}, "lanes"),
+    ({"lanes": 4, "banks": 2}, "banks"),
+    ({"banks": -1}, "banks"),
     ({"banks": 3}, "banks"),
     ({"banks": 16}, "banks"),
     ({"max_len": 3, "banks": 4}, "banks"),

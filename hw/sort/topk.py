@@ -6,10 +6,13 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.numerics.sort import STATUS_K_CLAMPED, STATUS_K_ZERO, STATUS_OK
-from ..common import check_int
+from ..common import check_choice, check_int
 from .radix import RadixSorter, digit_slices
 
-__all__ = ["TopK", "highest_set"]
+__all__ = ["TopK", "highest_set", "LANES"]
+
+#: Keys per input beat P that TopK accepts.
+LANES = (1, 2, 4)
 
 
 def highest_set(bits):
@@ -29,13 +32,13 @@ class TopK(wiring.Component):
     """Indices of the k largest keys of a packet, bit for bit :func:`golden.numerics.sort.topk`.
 
     Banks. Key ``i`` of a packet lives in bank ``i mod G`` (``G = banks``) at word ``i // G``:
-    every bank has its own key RAM, link RAM and bucket lists. A load still takes one key per
-    cycle, but the list walks of the select run in all banks at once, and the emission scan
+    every bank has its own key RAM, link RAM and bucket lists. A load takes one beat of P keys
+    per cycle (``lanes``, into P different banks), but the list walks of the select run in all banks at once, and the emission scan
     reads one word of ``G`` keys per cycle, so both cost about ``1/G`` of a single-bank core.
 
     Per packet of ``n`` keys and one command ``(k, unordered)``:
 
-    1. **Load** (``n`` cycles): key ``i`` is written to its bank and pushed onto that bank's
+    1. **Load** (``ceil(n / P)`` cycles): key ``i`` is written to its bank and pushed onto that bank's
        linked list of its most significant digit (``link[w] = head[d]; head[d] = w``) while the
        bank's count of the digit is incremented.
     2. **Select** (:func:`golden.numerics.sort.radix_select`, MSD first): per digit, visit the
@@ -57,7 +60,7 @@ class TopK(wiring.Component):
     Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
     of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
     extra cycles of words with more than one selected key): unordered
-    ``n + 1 + sum(v_j) + sum(c_j + 2) + w + x + 3``; sorted adds the sorter after the scan:
+    ``ceil(n / P) + 1 + sum(v_j) + sum(c_j + 2) + w + x + 3``; sorted adds the sorter after the scan:
     ``B + (D - s) * (k + 2) + s + k + ~3``. Measured by ``sim/bench_sort.py``.
 
     Overlap: the next packet is loaded while the previous packet is scanned (behind the scan
@@ -72,16 +75,25 @@ class TopK(wiring.Component):
 
     Parameters
     ----------
-    key_bits, radix_bits, max_len, lanes
-        As for :class:`~hw.sort.radix.RadixSorter` (W 1..32, R 1..8, N 2..65536, P = 1 only).
+    key_bits, radix_bits, max_len
+        As for :class:`~hw.sort.radix.RadixSorter` (W 1..32, R 1..8, N 2..65536).
         A packet longer than N is truncated to its first N keys (``overflow`` in the status).
+    lanes : int
+        Keys per input beat P: 1, 2 or 4. The load takes ``ceil(n / P)`` cycles; everything
+        after it is as above (the output stays one key per beat, and the internal sorter of the
+        sorted mode is fed one key per cycle by the scan).
     banks : int
-        G, 1, 2, 4 or 8 (at most N): keys scanned and list nodes walked per cycle.
+        G, 1, 2, 4 or 8 (at least P, at most N): keys scanned and list nodes walked per cycle.
+        0 (default) = ``min(8, 2 P)``.
 
     Ports
     -----
     i : In(stream)
-        ``key``: W bits; ``last``: the packet's final key.
+        ``key``: W bits; ``last``: the packet's final key. For P > 1, as the sorter's P-lane
+        input: ``key`` is an array of P keys (lane ``j`` of beat ``b`` is position ``b P + j``)
+        and ``count`` the valid keys (lanes ``0..count-1``) of the LAST beat; on other beats
+        ``count`` is ignored and all P lanes are taken, and a last-beat ``count`` of 0 or above
+        P also means P.
     cmd : In(stream)
         ``k`` (``max(16, bits(N) + 1)`` bits) and ``unordered`` (0: descending key order,
         1: ascending index order): one beat per packet, in packet order; it is taken after
@@ -94,18 +106,27 @@ class TopK(wiring.Component):
         ``n`` (keys stored), ``overflow`` (the packet was truncated): one beat per packet.
     """
 
-    def __init__(self, key_bits=16, radix_bits=4, max_len=4096, lanes=1, banks=2):
+    def __init__(self, key_bits=16, radix_bits=4, max_len=4096, lanes=1, banks=0):
         self.key_bits = check_int("key_bits", key_bits, 1, 32)
         self.radix_bits = check_int("radix_bits", radix_bits, 1, min(8, key_bits))
         self.max_len = check_int("max_len", max_len, 2, 65536)
-        self.lanes = check_int("lanes", lanes, 1, 1)
-        self.banks = check_int("banks", banks, 1, min(8, self.max_len), power_of_two=True)
+        self.lanes = check_choice("lanes", check_int("lanes", lanes), LANES)
+        check_int("banks", banks, 0, 8)
+        # A beat's P keys go to P different banks of one word: G >= P, both powers of two.
+        self.banks = check_int("banks", banks or min(8, 2 * self.lanes), self.lanes, 8, power_of_two=True)
+        if self.banks > self.max_len:
+            raise ValueError(f"banks must be at most max_len ({self.max_len}), not {self.banks}")
         self.passes = -(-self.key_bits // self.radix_bits)
         self.index_bits = max(1, (self.max_len - 1).bit_length())
         self.count_bits = self.max_len.bit_length()
         self.k_bits = max(16, self.count_bits + 1)
+        if self.lanes == 1:
+            in_fields = {"key": unsigned(self.key_bits), "last": 1}
+        else:
+            in_fields = {"key": data.ArrayLayout(unsigned(self.key_bits), self.lanes),
+                         "count": unsigned(self.lanes.bit_length()), "last": 1}
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({"key": unsigned(self.key_bits), "last": 1}))),
+            "i": In(stream.Signature(data.StructLayout(in_fields))),
             "cmd": In(stream.Signature(data.StructLayout({"k": unsigned(self.k_bits), "unordered": 1}))),
             "o": Out(stream.Signature(data.StructLayout({
                 "key": unsigned(self.key_bits), "index": unsigned(self.index_bits), "last": 1}))),
@@ -209,10 +230,21 @@ class TopK(wiring.Component):
         write_ok = ~scan_active | (cnt < (sptr << GB)) | (cnt >= N)
         m.d.comb += self.i.ready.eq(loading & write_ok)
         take = self.i.valid & self.i.ready
-        store = take & (cnt < N)
-        key_in = self.i.payload.key
-        load_bank = cnt[:GB] if GB else Const(0, 1)
+        # Lane j of a beat is the key at position cnt + j. cnt is a multiple of P until the
+        # packet's last beat and G a multiple of P, so a beat's keys share one word and land in
+        # P different banks (bank cnt mod G + j).
+        P = self.lanes
+        if P == 1:
+            keys_in, n_in = [self.i.payload.key], 1
+        else:
+            keys_in = [self.i.payload.key[j] for j in range(P)]
+            count = self.i.payload.count
+            n_in = Mux(self.i.payload.last & (count >= 1) & (count < P), count, P)
+        lane_in = [take & (n_in > j) for j in range(P)]
+        lane_store = [lane_in[j] & (cnt + j < N) for j in range(P)]
+        n_stored = sum(lane_store[1:], lane_store[0])
         load_word = cnt[GB:GB + WW]
+        load_bank = cnt[:GB] if GB else Const(0, 1)
 
         status_free = ~st_valid | self.status.ready
         with m.If(self.status.ready):
@@ -232,14 +264,14 @@ class TopK(wiring.Component):
         with m.FSM(init="LOAD"):
             with m.State("LOAD"):
                 m.d.comb += loading.eq(1)
-                with m.If(store):
+                for j in range(P):
                     for g in range(G):
-                        with m.If(load_bank == g):
-                            m.d.comb += [kwr[g].addr.eq(load_word), kwr[g].data.eq(key_in), kwr[g].en.eq(1),
-                                         push[g].eq(1), push_d[g].eq(key_in[top_lo:top_hi]),
+                        with m.If(lane_store[j] & (load_bank + j == g)):
+                            m.d.comb += [kwr[g].addr.eq(load_word), kwr[g].data.eq(keys_in[j]), kwr[g].en.eq(1),
+                                         push[g].eq(1), push_d[g].eq(keys_in[j][top_lo:top_hi]),
                                          push_node[g].eq(load_word)]
-                    m.d.sync += cnt.eq(cnt + 1)
-                with m.If(take & ~store):
+                m.d.sync += cnt.eq(cnt + n_stored)
+                with m.If(Cat(*[lane_in[j] & ~lane_store[j] for j in range(P)]).any()):
                     m.d.sync += ovf.eq(1)
                 with m.If(take & self.i.payload.last):
                     m.next = "CMD"

@@ -4,7 +4,8 @@ import torch
 
 from golden.numerics import sort as sortnum
 
-__all__ = ["random_keys", "pattern_keys", "logit_keys", "pivot_keys", "PATTERNS", "lengths_for", "packet_beats"]
+__all__ = ["random_keys", "pattern_keys", "logit_keys", "pivot_keys", "PATTERNS", "lengths_for", "packet_beats",
+           "topk_beats"]
 
 PATTERNS = ["ties", "constant", "sorted", "reverse", "zeros", "ones", "two_values", "alternating"]
 
@@ -97,4 +98,13 @@ def packet_beats(keys, descending, lanes=1, rng=None, key_bits=16):
             else:
                 beat[f"key.{lane}"] = rng.randrange(1 << key_bits) if rng is not None else 0
         beats.append(beat)
+    return beats
+
+
+def topk_beats(keys, lanes=1, rng=None, key_bits=16):
+    """Input beats of one top-k packet: :func:`packet_beats` without the sort direction (the top-k
+    core's ``i`` has no ``descending``), with the same lane packing and ignored-field noise."""
+    beats = packet_beats(keys, False, lanes, rng, key_bits)
+    for beat in beats:
+        del beat["descending"]
     return beats

@@ -10,15 +10,14 @@ from golden.numerics import sort as sortnum
 from tb.harness import STALL_SCENARIOS, test_params, test_seed
 from tb.scoreboard import Scoreboard
 from tb.stream import TB, pause_patterns
-from tb.sort.stimulus import PATTERNS, lengths_for, logit_keys, pattern_keys, pivot_keys, random_keys
+from tb.sort.stimulus import PATTERNS, lengths_for, logit_keys, pattern_keys, pivot_keys, random_keys, topk_beats
 
 
-def key_beats(packets):
-    beats = []
-    for keys, _, _ in packets:
-        n = len(keys)
-        beats += [{"key": key, "last": int(i == n - 1)} for i, key in enumerate(keys.tolist())]
-    return beats
+def key_beats(packets, params, rng=None):
+    """The packets' key beats, ``params["lanes"]`` keys a beat; with ``rng`` the fields the core
+    must ignore (count of non-last beats, lanes past count) are random."""
+    return [beat for keys, _, _ in packets
+            for beat in topk_beats(keys.tolist(), params["lanes"], rng, params["key_bits"])]
 
 
 def expected(packets, params):
@@ -49,7 +48,7 @@ async def run_topk(tb, packets, params, src="none", snk="none", rng=None):
     k_o, k_st = tb.sink("o", pats[snk]()), tb.sink("status", pats[snk]())
     exp_data, exp_status = expected(packets, params)
     start = k_o.cycle
-    s_keys.send(key_beats(packets))
+    s_keys.send(key_beats(packets, params, rng))
     s_cmd.send([{"k": k, "unordered": int(u)} for _, k, u in packets])
     timeout = timeout_for(packets, params)
     await k_st.wait_for(len(exp_status), timeout)
@@ -187,7 +186,7 @@ async def reset_mid_packet(dut):
         pats = pause_patterns(rng)
         s_keys, s_cmd = tb.source("i"), tb.source("cmd")
         k_o, k_st = tb.sink("o", pats["random_30"]()), tb.sink("status")
-        s_keys.send(key_beats([(random_keys(gen, n, W), 0, 0)] * 2))
+        s_keys.send(key_beats([(random_keys(gen, n, W), 0, 0)] * 2, params, rng))
         s_cmd.send([{"k": n // 3, "unordered": 0}, {"k": n // 2, "unordered": 1}])
         await ClockCycles(tb.clock, at + rng.randrange(5))
         dut.rst.value = 1
