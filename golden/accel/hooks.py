@@ -42,6 +42,9 @@ Block-sparse attention (attend hook). The mask of :mod:`golden.accel.sparse` (ti
 dense layout of the step, expanded to tokens) is gathered at the positions of the queries and
 keys actually present, and intersected with the key validity (pads) and the block-causal rule.
 A query row left with no key (only possible for pad rows) falls back to the sink keys.
+On a GPU the fast path computes it with flex_attention and a block mask that keeps exactly
+these pairs (:mod:`golden.accel.flex`), so empty tiles cost nothing; the general path, the
+reference, passes the boolean mask to SDPA, which computes every tile.
 
 Low-bit FP (linear hook): ``y = mx_matmul(x, W, fmt, fmt, block) + bias`` (float64 exact result,
 then float32). Dual format for ``ffn.fc2``: ``mx_matmul(x-, W, e1m2, fmt) + mx_matmul(x+, W,
@@ -73,6 +76,7 @@ from golden.numerics import sort as hsort
 
 from .backend import CoreBackend, core_tile_mask
 from .config import AccelConfig
+from . import flex as flexattn
 from .sparse import step_mask, tile_mask, token_tables
 
 __all__ = ["AcceleratedHooks", "OpCounter", "StepStats", "pivot_scores", "select_pivots",
@@ -197,16 +201,35 @@ class AcceleratedHooks(VARHooks):
     attention mask, when it depends only on the step, is built and counted once per step
     instead of once per block; pivots come from a stable sort instead of the radix model; and
     no host sync is made where the answer is known from the schedule. On a GPU these host syncs
-    and small kernels, not the arithmetic, made the accelerated runs slower than dense."""
+    and small kernels, not the arithmetic, made the accelerated runs slower than dense.
+
+    ``attn_kernel`` picks the kernel of the fast path's masked attention: "sdpa" (a boolean
+    mask through ``F.scaled_dot_product_attention``, every tile computed: bit for bit the
+    general path), "flex" (block-sparse ``flex_attention``, :mod:`golden.accel.flex`; same kept
+    pairs, other rounding; eager and dense on a CPU, for tests) or "auto" (default: flex where
+    the tensors are on a GPU, else sdpa). ``flex_block``: flex's tile side in tokens (128, or
+    64 for finer skipping at a smaller kernel tile)."""
 
     def __init__(self, cfg_var, accel=None, counter: Optional[OpCounter] = None, tap=None, backend=None,
-                 fast: bool = True):
+                 fast: bool = True, attn_kernel: str = "auto", flex_block: int = 128):
         self.vcfg = cfg_var
         self.backend = backend if backend is not None else CoreBackend()
         self.acfg = AccelConfig.parse(accel, cfg_var)
         self.counter = counter if counter is not None else OpCounter(cfg_var.depth)
         self.tap = tap
         self.fast = bool(fast)
+        if attn_kernel not in ("auto", "sdpa", "flex"):
+            raise ValueError(f"attn_kernel={attn_kernel!r} must be one of 'auto', 'sdpa', 'flex'")
+        if not isinstance(flex_block, int) or isinstance(flex_block, bool) or flex_block < 16 \
+                or flex_block > 128 or flex_block % 16:
+            raise ValueError(f"flex_block={flex_block!r} must be a multiple of 16 in [16, 128]")
+        self.attn_kernel = attn_kernel
+        self.flex_block = flex_block
+        # flex picks its own kernel tile for the default 128-token blocks; a smaller block needs
+        # a kernel tile no larger than itself
+        self._flex_options = None if flex_block == 128 else {"BLOCK_M": flex_block, "BLOCK_N": flex_block}
+        # number of masked attention calls per kernel in the fast path, for the benchmark
+        self.kernel_calls = {"sdpa": 0, "flex": 0}
         self.patch_nums = tuple(cfg_var.patch_nums)
         self.SN = len(self.patch_nums)
         self.depth = cfg_var.depth
@@ -215,6 +238,7 @@ class AcceleratedHooks(VARHooks):
         self._folded: Dict[str, torch.Tensor] = {}
         # per-step attention data of the fast path; depends only on the config and the step
         self._step_attn_cache: Dict[tuple, tuple] = {}
+        self._step_flex_cache: Dict[tuple, object] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -583,8 +607,14 @@ class AcceleratedHooks(VARHooks):
             st.attn_tiles_total += R * total
             if all_true:
                 return attn.dense_attend(q, k, v, None)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=M.expand(R, 1, n, m), dropout_p=0.0,
-                                                  scale=attn.scale)
+            if self._use_flex(q):
+                key = (ctx.q_begin, ctx.q_end, str(q.device))
+                bm = self._step_flex_cache.get(key)
+                if bm is None:      # one block mask per step, shared by every block and row
+                    bm = self._step_flex_cache[key] = flexattn.block_mask(M.unsqueeze(0), self.flex_block,
+                                                                          self.flex_block)
+                return self._flex(q, k, v, bm, attn)
+            return self._sdpa(q, k, v, M.expand(R, 1, n, m), attn)
         single_scale = len(self._segments(ctx.q_begin, ctx.q_end)) == 1
         if not a.sparse and single_scale:
             # one scale per step: every cached key is of this scale or an earlier one, so the
@@ -607,8 +637,21 @@ class AcceleratedHooks(VARHooks):
         self._count_attention_rows(allowed, H, c)
         if bool(allowed.all()):
             return attn.dense_attend(q, k, v, None)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=0.0,
-                                              scale=attn.scale)
+        if self._use_flex(q):
+            # rows keep different tokens (pruning is per row): one block mask per block and row
+            return self._flex(q, k, v, flexattn.block_mask(allowed, self.flex_block, self.flex_block), attn)
+        return self._sdpa(q, k, v, allowed.unsqueeze(1), attn)
+
+    def _use_flex(self, q) -> bool:
+        return self.attn_kernel == "flex" or (self.attn_kernel == "auto" and q.is_cuda)
+
+    def _flex(self, q, k, v, bm, attn):
+        self.kernel_calls["flex"] += 1
+        return flexattn.flex_attend(q, k, v, bm, attn.scale, self._flex_options)
+
+    def _sdpa(self, q, k, v, mask, attn):
+        self.kernel_calls["sdpa"] += 1
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=attn.scale)
 
     def _core_attend(self, attn, q, k, v, allowed, ctx):
         """Every (row, head) through the backend's attention core (tiles block_q x block_k)."""
