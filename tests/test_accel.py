@@ -20,6 +20,7 @@ from golden.numerics import sort as hsort
 from golden.accel import hooks as hooks_mod
 from golden.accel import flex
 from golden.accel.sparse import step_mask as sparse_step_mask
+from golden.accel.sparse import tile_mask
 
 KW = dict(B=2, label_B=torch.tensor([1, 3]), g_seed=7, cfg=4.0, top_k=900, top_p=0.95)
 
@@ -507,6 +508,32 @@ def test_flex_block_layout_keeps_exactly_the_mask(seed):
             assert torch.equal(flex.effective_mask(bm, *mask.shape[1:]), mask)
 
 
+def test_flex_tile_form_keeps_exactly_the_mask(seed):
+    """The tile form of the mask function (tile table + tile of each query and key) gives the
+    token mask too: for a step mask, and for it gathered at per-row subsets of queries and keys
+    in ascending order (what pruned rows see)."""
+    g = torch.Generator().manual_seed(seed)
+    pns = PNS[1]
+    begin = np.cumsum((0,) + tuple(p * p for p in pns))
+    for si in (7, 9):
+        M = sparse_step_mask(pns, int(begin[si]), int(begin[si + 1]), 16, 16, 1, 2)
+        n, m = M.shape
+        tiles = tile_mask(M, 16, 16)
+        bm = flex.block_mask(M[None], 32, 32, tiles, torch.arange(n)[None] // 16, torch.arange(m)[None] // 16)
+        assert torch.equal(flex.effective_mask(bm, n, m), M[None])
+        nk, mk = n // 2, m // 3
+        qsel = torch.stack([torch.sort(torch.randperm(n, generator=g)[:nk]).values for _ in range(2)])
+        ksel = torch.stack([torch.sort(torch.randperm(m, generator=g)[:mk]).values for _ in range(2)])
+        sub = M[qsel.unsqueeze(-1), ksel.unsqueeze(-2)]
+        bm = flex.block_mask(sub, 16, 32, tiles, qsel // 16, ksel // 16)
+        assert torch.equal(flex.effective_mask(bm, nk, mk), sub)
+        # a wrong tile table shows
+        bm = flex.block_mask(sub, 16, 32, ~tiles, qsel // 16, ksel // 16)
+        assert not torch.equal(flex.effective_mask(bm, nk, mk), sub)
+    with pytest.raises(ValueError, match="q_tile"):
+        flex.block_mask(M[None], 32, 32, tiles)
+
+
 def test_flex_block_layout_rejects_bad_parameters():
     mask = torch.ones(1, 8, 8, dtype=torch.bool)
     for kw, name in ((dict(flex_q=24), "flex_q"), (dict(flex_k=0), "flex_k"), (dict(flex_q=True), "flex_q")):
@@ -541,7 +568,7 @@ def test_hooks_flex_kernel_matches_sdpa():
     rounding and the same op counts, in steps with one mask for all rows (sparse) and with a
     mask per row (pruned key caches), and really runs flex there."""
     cfg, var = _small_model()
-    for spec in ("sparse", "fastvar,sparse"):
+    for spec in ("sparse", "fastvar,sparse", "parallel,sparse"):
         runs = []
         for kernel in ("sdpa", "flex"):
             hooks = AcceleratedHooks(cfg, spec, attn_kernel=kernel, flex_block=16)
@@ -551,6 +578,9 @@ def test_hooks_flex_kernel_matches_sdpa():
         (a, ha), (b, hb) = runs
         assert ha.kernel_calls["flex"] == 0 and ha.kernel_calls["sdpa"] > 0
         assert hb.kernel_calls["sdpa"] == 0 and hb.kernel_calls["flex"] == ha.kernel_calls["sdpa"]
+        # one scale per step: the tile form; two scales in one step (parallel decoding): the
+        # block-causal rule cuts tiles, so the token mask
+        assert (hb.kernel_calls["flex_token_fn"] > 0) == spec.startswith("parallel"), spec
         assert ha.counter.steps == hb.counter.steps, spec
         assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids)), spec
         for x, y in zip(a.logits, b.logits):

@@ -77,7 +77,7 @@ from golden.numerics import sort as hsort
 from .backend import CoreBackend, core_tile_mask
 from .config import AccelConfig
 from . import flex as flexattn
-from .sparse import step_mask, tile_mask, token_tables
+from .sparse import expand_tiles, step_mask, tile_mask, token_tables
 
 __all__ = ["AcceleratedHooks", "OpCounter", "StepStats", "pivot_scores", "select_pivots",
            "select_pivots_reference"]
@@ -229,7 +229,8 @@ class AcceleratedHooks(VARHooks):
         # a kernel tile no larger than itself
         self._flex_options = None if flex_block == 128 else {"BLOCK_M": flex_block, "BLOCK_N": flex_block}
         # number of masked attention calls per kernel in the fast path, for the benchmark
-        self.kernel_calls = {"sdpa": 0, "flex": 0}
+        # ("flex_token_fn": flex calls whose mask function reads the token mask, not the tiles)
+        self.kernel_calls = {"sdpa": 0, "flex": 0, "flex_token_fn": 0}
         self.patch_nums = tuple(cfg_var.patch_nums)
         self.SN = len(self.patch_nums)
         self.depth = cfg_var.depth
@@ -570,17 +571,42 @@ class AcceleratedHooks(VARHooks):
         key = (ctx.q_begin, ctx.q_end, str(device))
         hit = self._step_attn_cache.get(key)
         if hit is None:
-            a = self.acfg
-            if a.sparse:
-                M = step_mask(self.patch_nums, ctx.q_begin, ctx.q_end, a.block_q, a.block_k, a.window,
-                              a.sink_scales)
-            else:
-                lvl = self.lvl_L
-                M = lvl[:ctx.q_end].unsqueeze(0) <= lvl[ctx.q_begin:ctx.q_end].unsqueeze(1)
-            M = M.to(device)
+            M = self._step_mask_cpu(ctx).to(device)
             hit = (M, bool(M.all()), bool((~M.any(-1)).any())) + self._tile_pairs(M)
             self._step_attn_cache[key] = hit
         return hit
+
+    def _step_mask_cpu(self, ctx):
+        a = self.acfg
+        if a.sparse:
+            return step_mask(self.patch_nums, ctx.q_begin, ctx.q_end, a.block_q, a.block_k, a.window,
+                             a.sink_scales)
+        lvl = self.lvl_L
+        return lvl[:ctx.q_end].unsqueeze(0) <= lvl[ctx.q_begin:ctx.q_end].unsqueeze(1)
+
+    def _flex_step(self, ctx, device):
+        """Per step, for flex: the step's tile table on ``device`` when the step mask is exactly
+        its tiles expanded (one scale per step: the block-causal rule keeps every key), else
+        None (the mask function then reads the token mask); and the step's BlockMask once built."""
+        key = (ctx.q_begin, ctx.q_end, str(device))
+        hit = self._step_flex_cache.get(key)
+        if hit is None:
+            a = self.acfg
+            M = self._step_mask_cpu(ctx)
+            tiles = tile_mask(M, a.block_q, a.block_k)
+            exact = torch.equal(expand_tiles(tiles, M.shape[0], M.shape[1], a.block_q, a.block_k), M)
+            hit = self._step_flex_cache[key] = {"tiles": tiles.to(device) if exact else None, "bm": None}
+        return hit
+
+    def _flex_mask(self, allowed, tiles, qpos_in_step, kpos):
+        """BlockMask of ``allowed`` (B, n, m); in tile form when the step has a tile table
+        (``allowed[b, i, j] = tiles[qpos_in_step[b, i] // block_q, kpos[b, j] // block_k]``)."""
+        a, fb = self.acfg, self.flex_block
+        if tiles is None:
+            self.kernel_calls["flex_token_fn"] += 1
+            return flexattn.block_mask(allowed, fb, fb)
+        return flexattn.block_mask(allowed, fb, fb, tiles, torch.div(qpos_in_step, a.block_q, rounding_mode="floor")
+                                   .to(torch.int32), torch.div(kpos, a.block_k, rounding_mode="floor").to(torch.int32))
 
     def _attend_fast(self, attn, q, k, v, ctx):
         """The general attend's result without building (rows, queries, keys) masks per block
@@ -608,12 +634,11 @@ class AcceleratedHooks(VARHooks):
             if all_true:
                 return attn.dense_attend(q, k, v, None)
             if self._use_flex(q):
-                key = (ctx.q_begin, ctx.q_end, str(q.device))
-                bm = self._step_flex_cache.get(key)
-                if bm is None:      # one block mask per step, shared by every block and row
-                    bm = self._step_flex_cache[key] = flexattn.block_mask(M.unsqueeze(0), self.flex_block,
-                                                                          self.flex_block)
-                return self._flex(q, k, v, bm, attn)
+                fs = self._flex_step(ctx, q.device)
+                if fs["bm"] is None:      # one block mask per step, shared by every block and row
+                    fs["bm"] = self._flex_mask(M.unsqueeze(0), fs["tiles"], torch.arange(n, device=q.device)[None],
+                                               torch.arange(m, device=q.device)[None])
+                return self._flex(q, k, v, fs["bm"], attn)
             return self._sdpa(q, k, v, M.expand(R, 1, n, m), attn)
         single_scale = len(self._segments(ctx.q_begin, ctx.q_end)) == 1
         if not a.sparse and single_scale:
@@ -639,7 +664,8 @@ class AcceleratedHooks(VARHooks):
             return attn.dense_attend(q, k, v, None)
         if self._use_flex(q):
             # rows keep different tokens (pruning is per row): one block mask per block and row
-            return self._flex(q, k, v, flexattn.block_mask(allowed, self.flex_block, self.flex_block), attn)
+            bm = self._flex_mask(allowed, self._flex_step(ctx, q.device)["tiles"], qpos - ctx.q_begin, kpos)
+            return self._flex(q, k, v, bm, attn)
         return self._sdpa(q, k, v, allowed.unsqueeze(1), attn)
 
     def _use_flex(self, q) -> bool:

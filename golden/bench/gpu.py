@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from golden.accel import AccelConfig, AcceleratedHooks
 from golden.accel import flex as flexattn
-from golden.accel.sparse import step_mask
+from golden.accel.sparse import step_mask, tile_mask
 from golden.model import VARConfig, build
 
 __all__ = ["ARCHS", "time_generation", "main"]
@@ -144,11 +144,14 @@ def _median_ms(fn, reps=10):
     return statistics.median(times)
 
 
-def kernel_check(cfg_var, accel="sparse", flex_blocks=(128, 64), rows=2, seed=0):
-    """Per step of ``cfg_var`` whose ``accel`` sparse mask is not all True: relative errors of
-    flex and of SDPA (bool mask), both bf16, against float32 SDPA with the same mask, and
-    median kernel times (ms) of unmasked SDPA, SDPA with the bool mask and flex at each block
-    size. Fresh random q, k, v per step (unit-norm q and k, as VAR's l2-normalised attention)."""
+def kernel_check(cfg_var, accel="sparse", variants=(("tile", 128), ("tile", 64), ("token", 128)), rows=2, seed=0,
+                 min_queries=1024):
+    """Per step of ``cfg_var`` with at least ``min_queries`` queries whose ``accel`` sparse mask
+    is not all True: relative errors of flex and of SDPA (bool mask), both bf16, against
+    float32 SDPA with the same mask, and median kernel times (ms) of unmasked SDPA, SDPA with
+    the bool mask and flex in each (mask function form, block size) of ``variants`` (every one
+    compiles per shape: a few seconds each). Fresh random q, k, v per step (unit-norm q and k,
+    as VAR's l2-normalised attention)."""
     a = AccelConfig.parse(accel, cfg_var)
     pn = tuple(cfg_var.patch_nums)
     H, c = cfg_var.num_heads, cfg_var.embed_dim // cfg_var.num_heads
@@ -159,7 +162,7 @@ def kernel_check(cfg_var, accel="sparse", flex_blocks=(128, 64), rows=2, seed=0)
         M = step_mask(pn, begin, end, a.block_q, a.block_k, a.window, a.sink_scales).cuda()
         n, m = M.shape
         begin = end
-        if bool(M.all()):
+        if bool(M.all()) or n < min_queries:
             continue
         q, k, v = (torch.randn(rows, H, L, c, device="cuda", generator=g) for L in (n, m, m))
         q, k = F.normalize(q, dim=-1) * 8, F.normalize(k, dim=-1)   # scores of a few units, as after VAR's gain
@@ -172,14 +175,20 @@ def kernel_check(cfg_var, accel="sparse", flex_blocks=(128, 64), rows=2, seed=0)
         row["ms_sdpa_dense"] = _median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, scale=1.0))
         row["ms_sdpa_mask"] = _median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
                                                                                 scale=1.0))
-        for fb in flex_blocks:
-            bm = flexattn.block_mask(M.unsqueeze(0), fb, fb)
+        tiles = tile_mask(M, a.block_q, a.block_k)
+        for form, fb in variants:
+            if form == "tile":
+                bm = flexattn.block_mask(M.unsqueeze(0), fb, fb, tiles, torch.arange(n, device="cuda")[None] // a.block_q,
+                                         torch.arange(m, device="cuda")[None] // a.block_k)
+            else:
+                bm = flexattn.block_mask(M.unsqueeze(0), fb, fb)
             opts = None if fb == 128 else {"BLOCK_M": fb, "BLOCK_N": fb}
-            row[f"flex{fb}_rel_err"] = rel(flexattn.flex_attend(qb, kb, vb, bm, 1.0, opts))
+            name = f"flex_{form}{fb}"
+            row[f"{name}_rel_err"] = rel(flexattn.flex_attend(qb, kb, vb, bm, 1.0, opts))
             layout = flexattn.block_layout(M.unsqueeze(0), fb, fb)
             blocks = layout[1].shape[-1] * layout[1].shape[-2]
-            row[f"flex{fb}_partial_full_of"] = [int(layout[0].sum()), int(layout[2].sum()), blocks]
-            row[f"ms_flex{fb}"] = _median_ms(lambda: flexattn.flex_attend(qb, kb, vb, bm, 1.0, opts))
+            row[f"{name}_partial_full_of"] = [int(layout[0].sum()), int(layout[2].sum()), blocks]
+            row[f"ms_{name}"] = _median_ms(lambda: flexattn.flex_attend(qb, kb, vb, bm, 1.0, opts))
         out.append(row)
     return out
 
@@ -267,6 +276,10 @@ def main(argv=None):
                         help="compare and time the attention kernels alone on each sparse step")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="write torch.profiler tables of one generation per (arch, accel) to DIR")
+    parser.add_argument("--bf16-linear-weights", action="store_true",
+                        help="store every nn.Linear's weight and bias in bf16 once (autocast otherwise casts "
+                             "them at every call: same matmul inputs, fewer kernels); not for the low-bit "
+                             "quantized linears, which read the float32 weights")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -276,7 +289,10 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; bf16 autocast; batch {args.batch} (+CFG); "
-          f"hooks {args.hooks}; attn kernel {args.attn_kernel}, flex block {args.flex_block}", flush=True)
+          f"hooks {args.hooks}; attn kernel {args.attn_kernel}, flex block {args.flex_block}; "
+          f"linear weights {'bf16' if args.bf16_linear_weights else 'float32 (autocast casts)'}", flush=True)
+    if args.bf16_linear_weights and device.type != "cuda":
+        raise ValueError("--bf16-linear-weights needs a CUDA device: the CPU runs without autocast, in float32")
     rows, checks, profiles = [], [], []
     if args.kernel_check:
         if device.type != "cuda":
@@ -295,6 +311,10 @@ def main(argv=None):
         with torch.device(device):
             _, var = build(cfg_var, seed=0)
         var.eval()
+        if args.bf16_linear_weights:
+            for mod in var.modules():
+                if isinstance(mod, torch.nn.Linear):
+                    mod.to(torch.bfloat16)
         dense_ms = None
         for accel in args.accel.split(","):
             spec = accel.replace("+", ",")
@@ -340,7 +360,8 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "hooks": args.hooks,
-                       "attn_kernel": args.attn_kernel, "flex_block": args.flex_block, "rows": rows,
+                       "attn_kernel": args.attn_kernel, "flex_block": args.flex_block,
+                       "bf16_linear_weights": args.bf16_linear_weights, "rows": rows,
                        "kernel_check": checks, "profiles": profiles}, f, indent=2)
     return 0
 
