@@ -571,7 +571,8 @@ def test_hooks_flex_kernel_matches_sdpa():
     for spec in ("sparse", "fastvar,sparse", "parallel,sparse"):
         runs = []
         for kernel in ("sdpa", "flex"):
-            hooks = AcceleratedHooks(cfg, spec, attn_kernel=kernel, flex_block=16)
+            hooks = AcceleratedHooks(cfg, spec, attn_kernel=kernel, flex_block=16, flex_min_queries=0,
+                                     flex_rows=True)
             rec = RunRecord()
             accelerated_infer(var, **KW, hooks=hooks, record=rec)
             runs.append((rec, hooks))
@@ -589,3 +590,25 @@ def test_hooks_flex_kernel_matches_sdpa():
         AcceleratedHooks(cfg, "sparse", attn_kernel="triton")
     with pytest.raises(ValueError, match="flex_block"):
         AcceleratedHooks(cfg, "sparse", flex_block=256)
+    with pytest.raises(ValueError, match="flex_min_queries"):
+        AcceleratedHooks(cfg, "sparse", flex_min_queries=-1)
+
+
+def test_hooks_flex_policy():
+    """Which masked attention calls go to flex: none in steps under flex_min_queries queries, and
+    per-row masks (pruned key caches) only with flex_rows; the rest through SDPA."""
+    cfg, var = _small_model()
+
+    def calls(spec, **kw):
+        hooks = AcceleratedHooks(cfg, spec, attn_kernel="flex", flex_block=16, **kw)
+        accelerated_infer(var, **KW, hooks=hooks, record=RunRecord())
+        return hooks.kernel_calls["flex"], hooks.kernel_calls["sdpa"]
+
+    # sparse masks at the 4x4, 6x6 and 8x8 steps (16, 36, 64 queries), one call per block
+    D = cfg.depth
+    assert calls("sparse", flex_min_queries=0) == (3 * D, 0)
+    assert calls("sparse", flex_min_queries=36) == (2 * D, D)
+    assert calls("sparse", flex_min_queries=65) == (0, 3 * D)
+    # fastvar prunes the 6x6 and 8x8 steps in every block here: their masks differ per row
+    assert calls("fastvar,sparse", flex_min_queries=0, flex_rows=True) == (3 * D, 0)
+    assert calls("fastvar,sparse", flex_min_queries=0, flex_rows=False) == (D, 2 * D)

@@ -207,11 +207,22 @@ class AcceleratedHooks(VARHooks):
     mask through ``F.scaled_dot_product_attention``, every tile computed: bit for bit the
     general path), "flex" (block-sparse ``flex_attention``, :mod:`golden.accel.flex`; same kept
     pairs, other rounding; eager and dense on a CPU, for tests) or "auto" (default: flex where
-    the tensors are on a GPU, else sdpa). ``flex_block``: flex's tile side in tokens (128, or
-    64 for finer skipping at a smaller kernel tile)."""
+    the tensors are on a GPU, else sdpa). Where flex is chosen it still serves only steps with
+    at least ``flex_min_queries`` queries, and masks that differ between rows (pruned key
+    caches) only with ``flex_rows``. ``flex_block``: flex's block side in tokens (kernel tiles
+    of that size below 128).
+
+    The defaults are measured (H200, d30 at 1024 px, ``python -m golden.bench.gpu
+    --kernel-check``): with 64-token blocks flex beats unmasked flash SDPA at the last step
+    (0.86 against 1.54 ms) and the boolean-mask SDPA from 1296 queries on (0.39 against 0.52
+    ms), while 128-token blocks lose (3.5 ms at the last step: the mask function's cost grows
+    with the tile); below about a thousand queries a step is bound by host time, where flex's
+    call costs more than SDPA's. A per-row mask needs a BlockMask per block, which made
+    fastvar+sparse slower end to end (800 against 700 ms with SDPA)."""
 
     def __init__(self, cfg_var, accel=None, counter: Optional[OpCounter] = None, tap=None, backend=None,
-                 fast: bool = True, attn_kernel: str = "auto", flex_block: int = 128):
+                 fast: bool = True, attn_kernel: str = "auto", flex_block: int = 64, flex_min_queries: int = 1024,
+                 flex_rows: bool = False):
         self.vcfg = cfg_var
         self.backend = backend if backend is not None else CoreBackend()
         self.acfg = AccelConfig.parse(accel, cfg_var)
@@ -223,8 +234,12 @@ class AcceleratedHooks(VARHooks):
         if not isinstance(flex_block, int) or isinstance(flex_block, bool) or flex_block < 16 \
                 or flex_block > 128 or flex_block % 16:
             raise ValueError(f"flex_block={flex_block!r} must be a multiple of 16 in [16, 128]")
+        if not isinstance(flex_min_queries, int) or isinstance(flex_min_queries, bool) or flex_min_queries < 0:
+            raise ValueError(f"flex_min_queries={flex_min_queries!r} must be an integer >= 0")
         self.attn_kernel = attn_kernel
         self.flex_block = flex_block
+        self.flex_min_queries = flex_min_queries
+        self.flex_rows = bool(flex_rows)
         # flex picks its own kernel tile for the default 128-token blocks; a smaller block needs
         # a kernel tile no larger than itself
         self._flex_options = None if flex_block == 128 else {"BLOCK_M": flex_block, "BLOCK_N": flex_block}
@@ -633,7 +648,7 @@ class AcceleratedHooks(VARHooks):
             st.attn_tiles_total += R * total
             if all_true:
                 return attn.dense_attend(q, k, v, None)
-            if self._use_flex(q):
+            if self._use_flex(q, n):
                 fs = self._flex_step(ctx, q.device)
                 if fs["bm"] is None:      # one block mask per step, shared by every block and row
                     fs["bm"] = self._flex_mask(M.unsqueeze(0), fs["tiles"], torch.arange(n, device=q.device)[None],
@@ -662,14 +677,14 @@ class AcceleratedHooks(VARHooks):
         self._count_attention_rows(allowed, H, c)
         if bool(allowed.all()):
             return attn.dense_attend(q, k, v, None)
-        if self._use_flex(q):
+        if self.flex_rows and self._use_flex(q, n):
             # rows keep different tokens (pruning is per row): one block mask per block and row
             bm = self._flex_mask(allowed, self._flex_step(ctx, q.device)["tiles"], qpos - ctx.q_begin, kpos)
             return self._flex(q, k, v, bm, attn)
         return self._sdpa(q, k, v, allowed.unsqueeze(1), attn)
 
-    def _use_flex(self, q) -> bool:
-        return self.attn_kernel == "flex" or (self.attn_kernel == "auto" and q.is_cuda)
+    def _use_flex(self, q, n) -> bool:
+        return n >= self.flex_min_queries and (self.attn_kernel == "flex" or (self.attn_kernel == "auto" and q.is_cuda))
 
     def _flex(self, q, k, v, bm, attn):
         self.kernel_calls["flex"] += 1

@@ -80,13 +80,12 @@ def _generator(var, cfg_var, hooks, *, seed=0, dtype=torch.bfloat16, batch=1):
 
 
 def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch.bfloat16, batch=1, fast=True,
-                    attn_kernel="auto", flex_block=128):
+                    **flex_kw):
     """Median latency (ms), peak memory (GiB), op counts and attention kernel calls per
     generation of a batch of ``batch`` images with ``accel`` hooks ("dense": none); ``fast``:
-    the hooks' fast paths (False: their general path); ``attn_kernel``, ``flex_block``: see
-    AcceleratedHooks."""
-    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, fast=fast, attn_kernel=attn_kernel,
-                                                           flex_block=flex_block)
+    the hooks' fast paths (False: their general path); ``flex_kw``: the kernel choice
+    (``attn_kernel``, ``flex_block``, ...) of AcceleratedHooks."""
+    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, fast=fast, **flex_kw)
     device = next(var.parameters()).device
     once = _generator(var, cfg_var, hooks, seed=seed, dtype=dtype, batch=batch)
 
@@ -116,13 +115,15 @@ def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch
     return statistics.median(times), peak, saved, calls
 
 
-def verify_paths(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1, flex_block=128):
+def verify_paths(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1, **flex_kw):
     """One generation through the general hooks path, one through the fast path with the SDPA
     kernel and one with the flex kernel: (fast-sdpa image identical to general?, max abs
-    difference of those two, max abs and mean abs difference of the flex image to the sdpa one)."""
+    difference of those two, max abs and mean abs difference of the flex image to the sdpa one).
+    ``flex_kw``: AcceleratedHooks' flex settings (its ``attn_kernel`` is set here)."""
+    flex_kw.pop("attn_kernel", None)
     imgs = []
     for fast, kernel in ((False, "sdpa"), (True, "sdpa"), (True, "flex")):
-        hooks = AcceleratedHooks(cfg_var, accel, fast=fast, attn_kernel=kernel, flex_block=flex_block)
+        hooks = AcceleratedHooks(cfg_var, accel, fast=fast, attn_kernel=kernel, **flex_kw)
         imgs.append(_generator(var, cfg_var, hooks, seed=seed, dtype=dtype, batch=batch)().float())
     general, sdpa, flx = imgs
     return (bool(torch.equal(general, sdpa)), float((general - sdpa).abs().max()),
@@ -207,13 +208,12 @@ class _StepClock:
         self.host.append(time.perf_counter())
 
 
-def profile_generation(var, cfg_var, accel, path, *, batch=1, attn_kernel="auto", flex_block=128):
+def profile_generation(var, cfg_var, accel, path, *, batch=1, **flex_kw):
     """Write to ``path`` (a text file) torch.profiler tables of one generation (after a warm-up)
     sorted by GPU and by CPU self time, the GPU busy time against the wall time, and for dense
     the GPU and host time per step. Returns a summary dict."""
     from torch.profiler import ProfilerActivity, profile
-    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, attn_kernel=attn_kernel,
-                                                           flex_block=flex_block)
+    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, **flex_kw)
     once = _generator(var, cfg_var, hooks, batch=batch)
     once()
     torch.cuda.synchronize()
@@ -271,7 +271,11 @@ def main(argv=None):
                         help="also compare one image per accelerated config through both hooks paths")
     parser.add_argument("--attn-kernel", choices=("auto", "sdpa", "flex"), default="auto",
                         help="masked attention kernel of the fast path (auto: flex on a GPU)")
-    parser.add_argument("--flex-block", type=int, default=128, help="flex_attention block side in tokens")
+    parser.add_argument("--flex-block", type=int, default=64, help="flex_attention block side in tokens")
+    parser.add_argument("--flex-min-queries", type=int, default=1024,
+                        help="flex only in steps with at least this many queries")
+    parser.add_argument("--flex-rows", action="store_true",
+                        help="flex also for masks that differ between rows (pruned key caches)")
     parser.add_argument("--kernel-check", action="store_true",
                         help="compare and time the attention kernels alone on each sparse step")
     parser.add_argument("--profile", default=None, metavar="DIR",
@@ -289,10 +293,13 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; bf16 autocast; batch {args.batch} (+CFG); "
-          f"hooks {args.hooks}; attn kernel {args.attn_kernel}, flex block {args.flex_block}; "
+          f"hooks {args.hooks}; attn kernel {args.attn_kernel}, flex block {args.flex_block}, from "
+          f"{args.flex_min_queries} queries{', per-row masks too' if args.flex_rows else ''}; "
           f"linear weights {'bf16' if args.bf16_linear_weights else 'float32 (autocast casts)'}", flush=True)
     if args.bf16_linear_weights and device.type != "cuda":
         raise ValueError("--bf16-linear-weights needs a CUDA device: the CPU runs without autocast, in float32")
+    flex_kw = dict(attn_kernel=args.attn_kernel, flex_block=args.flex_block, flex_min_queries=args.flex_min_queries,
+                   flex_rows=args.flex_rows)
     rows, checks, profiles = [], [], []
     if args.kernel_check:
         if device.type != "cuda":
@@ -321,8 +328,7 @@ def main(argv=None):
             try:
                 ms, peak, saved, calls = time_generation(var, cfg_var, spec if accel != "dense" else "dense",
                                                          warmup=args.warmup, repeats=args.repeats,
-                                                         batch=args.batch, fast=args.hooks == "fast",
-                                                         attn_kernel=args.attn_kernel, flex_block=args.flex_block)
+                                                         batch=args.batch, fast=args.hooks == "fast", **flex_kw)
             except torch.cuda.OutOfMemoryError as error:
                 print(f"{arch} {accel}: out of memory ({error})", flush=True)
                 torch.cuda.empty_cache()
@@ -338,13 +344,11 @@ def main(argv=None):
                 row["masked_attn_calls"] = calls
             if args.verify and accel != "dense":
                 (row["paths_identical"], row["paths_max_abs_diff"], row["flex_vs_sdpa_image_max_abs"],
-                 row["flex_vs_sdpa_image_mean_abs"]) = verify_paths(var, cfg_var, spec, batch=args.batch,
-                                                                    flex_block=args.flex_block)
+                 row["flex_vs_sdpa_image_mean_abs"]) = verify_paths(var, cfg_var, spec, batch=args.batch, **flex_kw)
             if args.profile and accel in ("dense", "sparse"):
                 path = os.path.join(args.profile, f"profile_{arch}_{accel.replace('+', '-')}.txt")
                 p = profile_generation(var, cfg_var, spec if accel != "dense" else "dense", path,
-                                       batch=args.batch, attn_kernel=args.attn_kernel,
-                                       flex_block=args.flex_block)
+                                       batch=args.batch, **flex_kw)
                 p["arch"] = arch
                 profiles.append(p)
                 print(json.dumps({k: v for k, v in p.items() if k != "steps"}), flush=True)
@@ -360,7 +364,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "hooks": args.hooks,
-                       "attn_kernel": args.attn_kernel, "flex_block": args.flex_block,
+                       **flex_kw,
                        "bf16_linear_weights": args.bf16_linear_weights, "rows": rows,
                        "kernel_check": checks, "profiles": profiles}, f, indent=2)
     return 0
