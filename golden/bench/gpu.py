@@ -5,7 +5,9 @@ Usage (repository root, a CUDA machine with torch):
     python -m golden.bench.gpu --arch d16-256,d30-256,d36-512,d30-1024 --accel dense,fastvar
 
 Random weights (timing needs no training), batch 1 image (2 rows with classifier-free
-guidance), cfg 4, top-k 900, top-p 0.95, bf16 autocast, SDPA attention. Latency per image is
+guidance), cfg 4, top-k 900, top-p 0.95, bf16 autocast, SDPA attention (masked steps of the
+sparse technique: block-sparse flex_attention where the hooks choose it, see ``--attn-kernel``;
+its compilations fall in the warm-up runs). Latency per image is
 the median of ``--repeats`` timed runs after ``--warmup`` runs, measured with CUDA events
 around the whole ``autoregressive_infer_cfg`` call (VAE decode included). Speed-ups are
 ratios to the dense run of the same architecture in the same process. Peak memory is
