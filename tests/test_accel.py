@@ -18,6 +18,9 @@ from golden.model.hooks import StepContext
 from golden.numerics import fp
 from golden.numerics import sort as hsort
 from golden.accel import hooks as hooks_mod
+from golden.accel import flex
+from golden.accel.sparse import step_mask as sparse_step_mask
+from golden.accel.sparse import tile_mask
 
 KW = dict(B=2, label_B=torch.tensor([1, 3]), g_seed=7, cfg=4.0, top_k=900, top_p=0.95)
 
@@ -446,3 +449,166 @@ def test_fast_paths_equal_general_path(model, which):
         assert all(torch.equal(x, y) for x, y in zip(a.logits, b.logits)), spec
         assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids)), spec
         assert ca.steps == cb.steps, spec
+
+
+# ------------------------------------------------------------------------------- flex_attention
+def _flex_brute_blocks(mask, fq, fk):
+    """(kept, full) per (row, query block, key block) by looping over the blocks."""
+    B, n, m = mask.shape
+    nqb, nkb = -(-n // fq), -(-m // fk)
+    kept = torch.zeros(B, nqb, nkb, dtype=torch.bool)
+    full = torch.zeros(B, nqb, nkb, dtype=torch.bool)
+    for b in range(B):
+        for i in range(nqb):
+            for j in range(nkb):
+                blk = mask[b, i * fq:(i + 1) * fq, j * fk:(j + 1) * fk]
+                kept[b, i, j] = bool(blk.any())
+                full[b, i, j] = blk.shape == (fq, fk) and bool(blk.all())
+    return kept, full
+
+
+def _flex_masks(seed):
+    """Token masks with empty, full, partial and ragged blocks: random, the sparse step masks
+    of a 10-scale schedule, and one row all True."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for B in (1, 3):
+        n, m = (int(v) for v in torch.randint(1, 90, (2,), generator=g))
+        rnd = torch.rand(B, n, m, generator=g) < 0.3
+        rnd[:, :, : m // 3] = True                     # whole blocks allowed
+        rnd[:, n // 2:, m // 2:] = False               # whole blocks skipped
+        out.append(rnd)
+    pns = PNS[1]
+    begin = np.cumsum((0,) + tuple(p * p for p in pns))
+    for si in (6, 9):
+        out.append(sparse_step_mask(pns, int(begin[si]), int(begin[si + 1]), 16, 16, 1, 2).unsqueeze(0))
+    out.append(torch.ones(1, 40, 70, dtype=torch.bool))
+    return out
+
+
+def test_flex_block_layout_keeps_exactly_the_mask(seed):
+    """The BlockMask built from a token mask lists every block with an allowed pair (full blocks
+    only where every pair, ragged edges excluded, is allowed), and full blocks plus the mask
+    function on partial ones give back the token mask itself."""
+    for mask in _flex_masks(seed):
+        for fq, fk in ((16, 16), (32, 16), (16, 48)):
+            num, idx, fnum, fidx = flex.block_layout(mask, fq, fk)
+            kept, full = _flex_brute_blocks(mask, fq, fk)
+            B, nqb, nkb = kept.shape
+            assert num.shape == fnum.shape == (B, 1, nqb) and idx.shape == fidx.shape == (B, 1, nqb, nkb)
+            assert num.dtype == idx.dtype == torch.int32
+            for b in range(B):
+                for a in range(nqb):
+                    part = idx[b, 0, a, :num[b, 0, a]].tolist()
+                    whole = fidx[b, 0, a, :fnum[b, 0, a]].tolist()
+                    assert part == sorted(part) and whole == sorted(whole)
+                    assert whole == torch.nonzero(full[b, a]).flatten().tolist()
+                    assert part == torch.nonzero(kept[b, a] & ~full[b, a]).flatten().tolist()
+            bm = flex.block_mask(mask, fq, fk)
+            assert torch.equal(flex.effective_mask(bm, *mask.shape[1:]), mask)
+
+
+def test_flex_tile_form_keeps_exactly_the_mask(seed):
+    """The tile form of the mask function (tile table + tile of each query and key) gives the
+    token mask too: for a step mask, and for it gathered at per-row subsets of queries and keys
+    in ascending order (what pruned rows see)."""
+    g = torch.Generator().manual_seed(seed)
+    pns = PNS[1]
+    begin = np.cumsum((0,) + tuple(p * p for p in pns))
+    for si in (7, 9):
+        M = sparse_step_mask(pns, int(begin[si]), int(begin[si + 1]), 16, 16, 1, 2)
+        n, m = M.shape
+        tiles = tile_mask(M, 16, 16)
+        bm = flex.block_mask(M[None], 32, 32, tiles, torch.arange(n)[None] // 16, torch.arange(m)[None] // 16)
+        assert torch.equal(flex.effective_mask(bm, n, m), M[None])
+        nk, mk = n // 2, m // 3
+        qsel = torch.stack([torch.sort(torch.randperm(n, generator=g)[:nk]).values for _ in range(2)])
+        ksel = torch.stack([torch.sort(torch.randperm(m, generator=g)[:mk]).values for _ in range(2)])
+        sub = M[qsel.unsqueeze(-1), ksel.unsqueeze(-2)]
+        bm = flex.block_mask(sub, 16, 32, tiles, qsel // 16, ksel // 16)
+        assert torch.equal(flex.effective_mask(bm, nk, mk), sub)
+        # a wrong tile table shows
+        bm = flex.block_mask(sub, 16, 32, ~tiles, qsel // 16, ksel // 16)
+        assert not torch.equal(flex.effective_mask(bm, nk, mk), sub)
+    with pytest.raises(ValueError, match="q_tile"):
+        flex.block_mask(M[None], 32, 32, tiles)
+
+
+def test_flex_block_layout_rejects_bad_parameters():
+    mask = torch.ones(1, 8, 8, dtype=torch.bool)
+    for kw, name in ((dict(flex_q=24), "flex_q"), (dict(flex_k=0), "flex_k"), (dict(flex_q=True), "flex_q")):
+        with pytest.raises(ValueError, match=name):
+            flex.block_layout(mask, **kw)
+    with pytest.raises(ValueError, match="mask"):
+        flex.block_layout(mask.float())
+    with pytest.raises(ValueError, match="mask"):
+        flex.block_layout(mask[0])
+
+
+def test_flex_attend_equals_sdpa_with_the_mask(seed):
+    """flex_attend with the BlockMask of a token mask computes SDPA with that boolean mask (CPU:
+    flex's eager reference, float64), for a mask shared by the rows and one per row."""
+    g = torch.Generator().manual_seed(seed)
+    for mask in _flex_masks(seed):
+        B = 2 if mask.shape[0] == 1 else mask.shape[0]
+        n, m = mask.shape[1:]
+        mask = mask.clone()
+        mask[..., 0] = True                            # no empty row (SDPA gives NaN there)
+        q, k, v = (torch.randn(B, 3, L, 8, generator=g, dtype=torch.float64) for L in (n, m, m))
+        got = flex.flex_attend(q, k, v, flex.block_mask(mask, 16, 32), 0.3)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.unsqueeze(1), scale=0.3)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)
+        # a different mask gives a different result: the mask is really applied
+        other = flex.flex_attend(q, k, v, flex.block_mask(torch.ones_like(mask), 16, 32), 0.3)
+        assert mask.all() or not torch.allclose(other, ref)
+
+
+def test_hooks_flex_kernel_matches_sdpa():
+    """The fast path with the flex kernel (CPU: eager flex) gives the SDPA kernel's logits up to
+    rounding and the same op counts, in steps with one mask for all rows (sparse) and with a
+    mask per row (pruned key caches), and really runs flex there."""
+    cfg, var = _small_model()
+    for spec in ("sparse", "fastvar,sparse", "parallel,sparse"):
+        runs = []
+        for kernel in ("sdpa", "flex"):
+            hooks = AcceleratedHooks(cfg, spec, attn_kernel=kernel, flex_block=16, flex_min_queries=0,
+                                     flex_rows=True)
+            rec = RunRecord()
+            accelerated_infer(var, **KW, hooks=hooks, record=rec)
+            runs.append((rec, hooks))
+        (a, ha), (b, hb) = runs
+        assert ha.kernel_calls["flex"] == 0 and ha.kernel_calls["sdpa"] > 0
+        assert hb.kernel_calls["sdpa"] == 0 and hb.kernel_calls["flex"] == ha.kernel_calls["sdpa"]
+        # one scale per step: the tile form; two scales in one step (parallel decoding): the
+        # block-causal rule cuts tiles, so the token mask
+        assert (hb.kernel_calls["flex_token_fn"] > 0) == spec.startswith("parallel"), spec
+        assert ha.counter.steps == hb.counter.steps, spec
+        assert all(torch.equal(x, y) for x, y in zip(a.ids, b.ids)), spec
+        for x, y in zip(a.logits, b.logits):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="attn_kernel"):
+        AcceleratedHooks(cfg, "sparse", attn_kernel="triton")
+    with pytest.raises(ValueError, match="flex_block"):
+        AcceleratedHooks(cfg, "sparse", flex_block=256)
+    with pytest.raises(ValueError, match="flex_min_queries"):
+        AcceleratedHooks(cfg, "sparse", flex_min_queries=-1)
+
+
+def test_hooks_flex_policy():
+    """Which masked attention calls go to flex: none in steps under flex_min_queries queries, and
+    per-row masks (pruned key caches) only with flex_rows; the rest through SDPA."""
+    cfg, var = _small_model()
+
+    def calls(spec, **kw):
+        hooks = AcceleratedHooks(cfg, spec, attn_kernel="flex", flex_block=16, **kw)
+        accelerated_infer(var, **KW, hooks=hooks, record=RunRecord())
+        return hooks.kernel_calls["flex"], hooks.kernel_calls["sdpa"]
+
+    # sparse masks at the 4x4, 6x6 and 8x8 steps (16, 36, 64 queries), one call per block
+    D = cfg.depth
+    assert calls("sparse", flex_min_queries=0) == (3 * D, 0)
+    assert calls("sparse", flex_min_queries=36) == (2 * D, D)
+    assert calls("sparse", flex_min_queries=65) == (0, 3 * D)
+    # fastvar prunes the 6x6 and 8x8 steps in every block here: their masks differ per row
+    assert calls("fastvar,sparse", flex_min_queries=0, flex_rows=True) == (3 * D, 0)
+    assert calls("fastvar,sparse", flex_min_queries=0, flex_rows=False) == (D, 2 * D)

@@ -42,6 +42,9 @@ Block-sparse attention (attend hook). The mask of :mod:`golden.accel.sparse` (ti
 dense layout of the step, expanded to tokens) is gathered at the positions of the queries and
 keys actually present, and intersected with the key validity (pads) and the block-causal rule.
 A query row left with no key (only possible for pad rows) falls back to the sink keys.
+On a GPU the fast path computes it with flex_attention and a block mask that keeps exactly
+these pairs (:mod:`golden.accel.flex`), so empty tiles cost nothing; the general path, the
+reference, passes the boolean mask to SDPA, which computes every tile.
 
 Low-bit FP (linear hook): ``y = mx_matmul(x, W, fmt, fmt, block) + bias`` (float64 exact result,
 then float32). Dual format for ``ffn.fc2``: ``mx_matmul(x-, W, e1m2, fmt) + mx_matmul(x+, W,
@@ -73,7 +76,8 @@ from golden.numerics import sort as hsort
 
 from .backend import CoreBackend, core_tile_mask
 from .config import AccelConfig
-from .sparse import step_mask, tile_mask, token_tables
+from . import flex as flexattn
+from .sparse import expand_tiles, step_mask, tile_mask, token_tables
 
 __all__ = ["AcceleratedHooks", "OpCounter", "StepStats", "pivot_scores", "select_pivots",
            "select_pivots_reference"]
@@ -197,16 +201,51 @@ class AcceleratedHooks(VARHooks):
     attention mask, when it depends only on the step, is built and counted once per step
     instead of once per block; pivots come from a stable sort instead of the radix model; and
     no host sync is made where the answer is known from the schedule. On a GPU these host syncs
-    and small kernels, not the arithmetic, made the accelerated runs slower than dense."""
+    and small kernels, not the arithmetic, made the accelerated runs slower than dense.
+
+    ``attn_kernel`` picks the kernel of the fast path's masked attention: "sdpa" (a boolean
+    mask through ``F.scaled_dot_product_attention``, every tile computed: bit for bit the
+    general path), "flex" (block-sparse ``flex_attention``, :mod:`golden.accel.flex`; same kept
+    pairs, other rounding; eager and dense on a CPU, for tests) or "auto" (default: flex where
+    the tensors are on a GPU, else sdpa). Where flex is chosen it still serves only steps with
+    at least ``flex_min_queries`` queries, and masks that differ between rows (pruned key
+    caches) only with ``flex_rows``. ``flex_block``: flex's block side in tokens (kernel tiles
+    of that size below 128).
+
+    The defaults are measured (H200, d30 at 1024 px, ``python -m golden.bench.gpu
+    --kernel-check``): with 64-token blocks flex beats unmasked flash SDPA at the last step
+    (0.86 against 1.54 ms) and the boolean-mask SDPA from 1296 queries on (0.39 against 0.52
+    ms), while 128-token blocks lose (3.5 ms at the last step: the mask function's cost grows
+    with the tile); below about a thousand queries a step is bound by host time, where flex's
+    call costs more than SDPA's. A per-row mask needs a BlockMask per block, which made
+    fastvar+sparse slower end to end (0.71x of dense with it, 0.83x to 0.89x with SDPA)."""
 
     def __init__(self, cfg_var, accel=None, counter: Optional[OpCounter] = None, tap=None, backend=None,
-                 fast: bool = True):
+                 fast: bool = True, attn_kernel: str = "auto", flex_block: int = 64, flex_min_queries: int = 1024,
+                 flex_rows: bool = False):
         self.vcfg = cfg_var
         self.backend = backend if backend is not None else CoreBackend()
         self.acfg = AccelConfig.parse(accel, cfg_var)
         self.counter = counter if counter is not None else OpCounter(cfg_var.depth)
         self.tap = tap
         self.fast = bool(fast)
+        if attn_kernel not in ("auto", "sdpa", "flex"):
+            raise ValueError(f"attn_kernel={attn_kernel!r} must be one of 'auto', 'sdpa', 'flex'")
+        if not isinstance(flex_block, int) or isinstance(flex_block, bool) or flex_block < 16 \
+                or flex_block > 128 or flex_block % 16:
+            raise ValueError(f"flex_block={flex_block!r} must be a multiple of 16 in [16, 128]")
+        if not isinstance(flex_min_queries, int) or isinstance(flex_min_queries, bool) or flex_min_queries < 0:
+            raise ValueError(f"flex_min_queries={flex_min_queries!r} must be an integer >= 0")
+        self.attn_kernel = attn_kernel
+        self.flex_block = flex_block
+        self.flex_min_queries = flex_min_queries
+        self.flex_rows = bool(flex_rows)
+        # flex picks its own kernel tile for the default 128-token blocks; a smaller block needs
+        # a kernel tile no larger than itself
+        self._flex_options = None if flex_block == 128 else {"BLOCK_M": flex_block, "BLOCK_N": flex_block}
+        # number of masked attention calls per kernel in the fast path, for the benchmark
+        # ("flex_token_fn": flex calls whose mask function reads the token mask, not the tiles)
+        self.kernel_calls = {"sdpa": 0, "flex": 0, "flex_token_fn": 0}
         self.patch_nums = tuple(cfg_var.patch_nums)
         self.SN = len(self.patch_nums)
         self.depth = cfg_var.depth
@@ -215,6 +254,7 @@ class AcceleratedHooks(VARHooks):
         self._folded: Dict[str, torch.Tensor] = {}
         # per-step attention data of the fast path; depends only on the config and the step
         self._step_attn_cache: Dict[tuple, tuple] = {}
+        self._step_flex_cache: Dict[tuple, object] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -546,17 +586,42 @@ class AcceleratedHooks(VARHooks):
         key = (ctx.q_begin, ctx.q_end, str(device))
         hit = self._step_attn_cache.get(key)
         if hit is None:
-            a = self.acfg
-            if a.sparse:
-                M = step_mask(self.patch_nums, ctx.q_begin, ctx.q_end, a.block_q, a.block_k, a.window,
-                              a.sink_scales)
-            else:
-                lvl = self.lvl_L
-                M = lvl[:ctx.q_end].unsqueeze(0) <= lvl[ctx.q_begin:ctx.q_end].unsqueeze(1)
-            M = M.to(device)
+            M = self._step_mask_cpu(ctx).to(device)
             hit = (M, bool(M.all()), bool((~M.any(-1)).any())) + self._tile_pairs(M)
             self._step_attn_cache[key] = hit
         return hit
+
+    def _step_mask_cpu(self, ctx):
+        a = self.acfg
+        if a.sparse:
+            return step_mask(self.patch_nums, ctx.q_begin, ctx.q_end, a.block_q, a.block_k, a.window,
+                             a.sink_scales)
+        lvl = self.lvl_L
+        return lvl[:ctx.q_end].unsqueeze(0) <= lvl[ctx.q_begin:ctx.q_end].unsqueeze(1)
+
+    def _flex_step(self, ctx, device):
+        """Per step, for flex: the step's tile table on ``device`` when the step mask is exactly
+        its tiles expanded (one scale per step: the block-causal rule keeps every key), else
+        None (the mask function then reads the token mask); and the step's BlockMask once built."""
+        key = (ctx.q_begin, ctx.q_end, str(device))
+        hit = self._step_flex_cache.get(key)
+        if hit is None:
+            a = self.acfg
+            M = self._step_mask_cpu(ctx)
+            tiles = tile_mask(M, a.block_q, a.block_k)
+            exact = torch.equal(expand_tiles(tiles, M.shape[0], M.shape[1], a.block_q, a.block_k), M)
+            hit = self._step_flex_cache[key] = {"tiles": tiles.to(device) if exact else None, "bm": None}
+        return hit
+
+    def _flex_mask(self, allowed, tiles, qpos_in_step, kpos):
+        """BlockMask of ``allowed`` (B, n, m); in tile form when the step has a tile table
+        (``allowed[b, i, j] = tiles[qpos_in_step[b, i] // block_q, kpos[b, j] // block_k]``)."""
+        a, fb = self.acfg, self.flex_block
+        if tiles is None:
+            self.kernel_calls["flex_token_fn"] += 1
+            return flexattn.block_mask(allowed, fb, fb)
+        return flexattn.block_mask(allowed, fb, fb, tiles, torch.div(qpos_in_step, a.block_q, rounding_mode="floor")
+                                   .to(torch.int32), torch.div(kpos, a.block_k, rounding_mode="floor").to(torch.int32))
 
     def _attend_fast(self, attn, q, k, v, ctx):
         """The general attend's result without building (rows, queries, keys) masks per block
@@ -583,8 +648,13 @@ class AcceleratedHooks(VARHooks):
             st.attn_tiles_total += R * total
             if all_true:
                 return attn.dense_attend(q, k, v, None)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=M.expand(R, 1, n, m), dropout_p=0.0,
-                                                  scale=attn.scale)
+            if self._use_flex(q, n):
+                fs = self._flex_step(ctx, q.device)
+                if fs["bm"] is None:      # one block mask per step, shared by every block and row
+                    fs["bm"] = self._flex_mask(M.unsqueeze(0), fs["tiles"], torch.arange(n, device=q.device)[None],
+                                               torch.arange(m, device=q.device)[None])
+                return self._flex(q, k, v, fs["bm"], attn)
+            return self._sdpa(q, k, v, M.expand(R, 1, n, m), attn)
         single_scale = len(self._segments(ctx.q_begin, ctx.q_end)) == 1
         if not a.sparse and single_scale:
             # one scale per step: every cached key is of this scale or an earlier one, so the
@@ -607,8 +677,22 @@ class AcceleratedHooks(VARHooks):
         self._count_attention_rows(allowed, H, c)
         if bool(allowed.all()):
             return attn.dense_attend(q, k, v, None)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=0.0,
-                                              scale=attn.scale)
+        if self.flex_rows and self._use_flex(q, n):
+            # rows keep different tokens (pruning is per row): one block mask per block and row
+            bm = self._flex_mask(allowed, self._flex_step(ctx, q.device)["tiles"], qpos - ctx.q_begin, kpos)
+            return self._flex(q, k, v, bm, attn)
+        return self._sdpa(q, k, v, allowed.unsqueeze(1), attn)
+
+    def _use_flex(self, q, n) -> bool:
+        return n >= self.flex_min_queries and (self.attn_kernel == "flex" or (self.attn_kernel == "auto" and q.is_cuda))
+
+    def _flex(self, q, k, v, bm, attn):
+        self.kernel_calls["flex"] += 1
+        return flexattn.flex_attend(q, k, v, bm, attn.scale, self._flex_options)
+
+    def _sdpa(self, q, k, v, mask, attn):
+        self.kernel_calls["sdpa"] += 1
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=attn.scale)
 
     def _core_attend(self, attn, q, k, v, allowed, ctx):
         """Every (row, head) through the backend's attention core (tiles block_q x block_k)."""

@@ -63,7 +63,7 @@ def tile_mask(allowed: torch.Tensor, block_q: int, block_k: int) -> torch.Tensor
     [b*bk, (b+1)*bk) of ``allowed`` (n, m) is True (the last tiles may be partial)."""
     n, m = allowed.shape[-2:]
     nqb, nkb = -(-n // block_q), -(-m // block_k)
-    padded = torch.zeros(*allowed.shape[:-2], nqb * block_q, nkb * block_k, dtype=torch.bool)
+    padded = torch.zeros(*allowed.shape[:-2], nqb * block_q, nkb * block_k, dtype=torch.bool, device=allowed.device)
     padded[..., :n, :m] = allowed
     return padded.reshape(*allowed.shape[:-2], nqb, block_q, nkb, block_k).any(-1).any(-2)
 

@@ -5,7 +5,9 @@ Usage (repository root, a CUDA machine with torch):
     python -m golden.bench.gpu --arch d16-256,d30-256,d36-512,d30-1024 --accel dense,fastvar
 
 Random weights (timing needs no training), batch 1 image (2 rows with classifier-free
-guidance), cfg 4, top-k 900, top-p 0.95, bf16 autocast, SDPA attention. Latency per image is
+guidance), cfg 4, top-k 900, top-p 0.95, bf16 autocast, SDPA attention (masked steps of the
+sparse technique: block-sparse flex_attention where the hooks choose it, see ``--attn-kernel``;
+its compilations fall in the warm-up runs). Latency per image is
 the median of ``--repeats`` timed runs after ``--warmup`` runs, measured with CUDA events
 around the whole ``autoregressive_infer_cfg`` call (VAE decode included). Speed-ups are
 ratios to the dense run of the same architecture in the same process. Peak memory is
@@ -13,19 +15,32 @@ ratios to the dense run of the same architecture in the same process. Peak memor
 
 ``--hooks general`` times the hooks' general path (``AcceleratedHooks(fast=False)``, the
 reference the fast paths are tested against); ``--verify`` also generates each accelerated
-configuration once through both paths and reports whether the images are identical.
+configuration once through both paths (the fast one with the SDPA kernel, which must give the
+same image bit for bit) and, where the timed run used the block-sparse flex_attention kernel
+(``--attn-kernel``, on a GPU by default), reports how far its image is from the SDPA one
+(other rounding; a changed sample anywhere changes the rest of the image).
+
+``--kernel-check`` compares the attention kernels alone on every step of each architecture
+whose sparse mask is not all True: random bf16 q, k, v, errors of flex and of SDPA with the
+boolean mask against float32 SDPA, and their median times next to unmasked SDPA.
+``--profile DIR`` writes torch.profiler tables of one generation per (arch, accel) and the
+GPU time per step (CUDA events at each step's end) to DIR.
 """
 
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 from golden.accel import AccelConfig, AcceleratedHooks
+from golden.accel import flex as flexattn
+from golden.accel.sparse import step_mask, tile_mask
 from golden.model import VARConfig, build
 
 __all__ = ["ARCHS", "time_generation", "main"]
@@ -52,19 +67,29 @@ def arch_config(name):
     return cfg
 
 
-def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch.bfloat16, batch=1, fast=True):
-    """Median latency (ms) and peak memory (GiB) of a batch of ``batch`` images with ``accel``
-    hooks ("dense": none); ``fast``: the hooks' fast paths (False: their general path)."""
-    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, fast=fast)
+def _generator(var, cfg_var, hooks, *, seed=0, dtype=torch.bfloat16, batch=1):
+    """A function generating one batch through ``hooks`` (None: dense) with the benchmark's settings."""
     device = next(var.parameters()).device
     label = torch.full((batch,), 7, device=device, dtype=torch.long)
 
     def once():
-        if hooks is not None:
+        if hooks is not None and hasattr(hooks, "counter"):
             hooks.counter = type(hooks.counter)(cfg_var.depth)
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             return var.autoregressive_infer_cfg(B=batch, label_B=label, g_seed=seed, cfg=4.0, top_k=900,
                                                 top_p=0.95, hooks=hooks)
+    return once
+
+
+def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch.bfloat16, batch=1, fast=True,
+                    **flex_kw):
+    """Median latency (ms), peak memory (GiB), op counts and attention kernel calls per
+    generation of a batch of ``batch`` images with ``accel`` hooks ("dense": none); ``fast``:
+    the hooks' fast paths (False: their general path); ``flex_kw``: the kernel choice
+    (``attn_kernel``, ``flex_block``, ...) of AcceleratedHooks."""
+    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, fast=fast, **flex_kw)
+    device = next(var.parameters()).device
+    once = _generator(var, cfg_var, hooks, seed=seed, dtype=dtype, batch=batch)
 
     for _ in range(warmup):
         once()
@@ -86,21 +111,153 @@ def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch
             times.append(1000 * (time.perf_counter() - t0))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     saved = hooks.counter.totals() if hooks is not None else None
-    return statistics.median(times), peak, saved
+    calls = None
+    if hooks is not None:   # per generation: warm-up and timed runs went through the same hooks
+        calls = {k: v // (warmup + repeats) for k, v in hooks.kernel_calls.items()}
+    return statistics.median(times), peak, saved, calls
 
 
-def verify_paths(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1):
-    """One generation through the fast and one through the general hooks path: (identical?,
-    max abs difference of the images)."""
-    device = next(var.parameters()).device
-    label = torch.full((batch,), 7, device=device, dtype=torch.long)
+def verify_paths(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1, **flex_kw):
+    """One generation through the general hooks path, one through the fast path with the SDPA
+    kernel and one with the flex kernel: (fast-sdpa image identical to general?, max abs
+    difference of those two, max abs and mean abs difference of the flex image to the sdpa one).
+    ``flex_kw``: AcceleratedHooks' flex settings (its ``attn_kernel`` is set here)."""
+    flex_kw.pop("attn_kernel", None)
     imgs = []
-    for fast in (True, False):
-        hooks = AcceleratedHooks(cfg_var, accel, fast=fast)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            imgs.append(var.autoregressive_infer_cfg(B=batch, label_B=label, g_seed=seed, cfg=4.0, top_k=900,
-                                                     top_p=0.95, hooks=hooks).float())
-    return bool(torch.equal(imgs[0], imgs[1])), float((imgs[0] - imgs[1]).abs().max())
+    for fast, kernel in ((False, "sdpa"), (True, "sdpa"), (True, "flex")):
+        hooks = AcceleratedHooks(cfg_var, accel, fast=fast, attn_kernel=kernel, **flex_kw)
+        imgs.append(_generator(var, cfg_var, hooks, seed=seed, dtype=dtype, batch=batch)().float())
+    general, sdpa, flx = imgs
+    return (bool(torch.equal(general, sdpa)), float((general - sdpa).abs().max()),
+            float((flx - sdpa).abs().max()), float((flx - sdpa).abs().mean()))
+
+
+def _median_ms(fn, reps=10):
+    """Median of ``reps`` CUDA-event timings of ``fn`` after two warm-up calls."""
+    fn()
+    fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def kernel_check(cfg_var, accel="sparse", variants=(("tile", 128), ("tile", 64), ("token", 128)), rows=2, seed=0,
+                 min_queries=1024):
+    """Per step of ``cfg_var`` with at least ``min_queries`` queries whose ``accel`` sparse mask
+    is not all True: relative errors of flex and of SDPA (bool mask), both bf16, against
+    float32 SDPA with the same mask, and median kernel times (ms) of unmasked SDPA, SDPA with
+    the bool mask and flex in each (mask function form, block size) of ``variants`` (every one
+    compiles per shape: a few seconds each). Fresh random q, k, v per step (unit-norm q and k,
+    as VAR's l2-normalised attention)."""
+    a = AccelConfig.parse(accel, cfg_var)
+    pn = tuple(cfg_var.patch_nums)
+    H, c = cfg_var.num_heads, cfg_var.embed_dim // cfg_var.num_heads
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    out, begin = [], 0
+    for si, p in enumerate(pn):
+        end = begin + p * p
+        M = step_mask(pn, begin, end, a.block_q, a.block_k, a.window, a.sink_scales).cuda()
+        n, m = M.shape
+        begin = end
+        if bool(M.all()) or n < min_queries:
+            continue
+        q, k, v = (torch.randn(rows, H, L, c, device="cuda", generator=g) for L in (n, m, m))
+        q, k = F.normalize(q, dim=-1) * 8, F.normalize(k, dim=-1)   # scores of a few units, as after VAR's gain
+        mask = M.expand(rows, 1, n, m)
+        ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0)
+        qb, kb, vb = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        rel = lambda o: float((o.float() - ref).norm() / ref.norm())   # noqa: E731
+        row = {"scale": si, "queries": n, "keys": m, "token_density": round(float(M.float().mean()), 4)}
+        row["sdpa_mask_rel_err"] = rel(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=1.0))
+        row["ms_sdpa_dense"] = _median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, scale=1.0))
+        row["ms_sdpa_mask"] = _median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
+                                                                                scale=1.0))
+        tiles = tile_mask(M, a.block_q, a.block_k)
+        for form, fb in variants:
+            if form == "tile":
+                bm = flexattn.block_mask(M.unsqueeze(0), fb, fb, tiles, torch.arange(n, device="cuda")[None] // a.block_q,
+                                         torch.arange(m, device="cuda")[None] // a.block_k)
+            else:
+                bm = flexattn.block_mask(M.unsqueeze(0), fb, fb)
+            opts = None if fb == 128 else {"BLOCK_M": fb, "BLOCK_N": fb}
+            name = f"flex_{form}{fb}"
+            row[f"{name}_rel_err"] = rel(flexattn.flex_attend(qb, kb, vb, bm, 1.0, opts))
+            layout = flexattn.block_layout(M.unsqueeze(0), fb, fb)
+            blocks = layout[1].shape[-1] * layout[1].shape[-2]
+            row[f"{name}_partial_full_of"] = [int(layout[0].sum()), int(layout[2].sum()), blocks]
+            row[f"ms_{name}"] = _median_ms(lambda: flexattn.flex_attend(qb, kb, vb, bm, 1.0, opts))
+        out.append(row)
+    return out
+
+
+class _StepClock:
+    """Hooks object with only ``on_scale_end`` (the model stays dense): a CUDA event and a host
+    clock reading at the end of every step."""
+
+    def __init__(self):
+        self.events, self.host = [], []
+
+    def on_scale_end(self, ctx, out):
+        e = torch.cuda.Event(enable_timing=True)
+        e.record()
+        self.events.append(e)
+        self.host.append(time.perf_counter())
+
+
+def profile_generation(var, cfg_var, accel, path, *, batch=1, **flex_kw):
+    """Write to ``path`` (a text file) torch.profiler tables of one generation (after a warm-up)
+    sorted by GPU and by CPU self time, the GPU busy time against the wall time, and for dense
+    the GPU and host time per step. Returns a summary dict."""
+    from torch.profiler import ProfilerActivity, profile
+    hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, **flex_kw)
+    once = _generator(var, cfg_var, hooks, batch=batch)
+    once()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        once()
+        torch.cuda.synchronize()
+        wall = 1000 * (time.perf_counter() - t0)
+    avg = prof.key_averages()
+    cuda_type = torch.autograd.DeviceType.CUDA
+    kernels = [e for e in avg if e.device_type == cuda_type]
+    busy = sum(e.self_device_time_total for e in kernels) / 1000
+    launches = sum(e.count for e in kernels)
+    summary = {"arch_accel": accel, "wall_ms_profiled": round(wall, 1), "gpu_busy_ms": round(busy, 1),
+               "gpu_ops": launches}
+    lines = [json.dumps(summary), "", "== by GPU self time ==",
+             avg.table(sort_by="self_device_time_total", row_limit=40, max_name_column_width=70), "",
+             "== by CPU self time ==", avg.table(sort_by="self_cpu_time_total", row_limit=30,
+                                                  max_name_column_width=70)]
+    if hooks is None:
+        clock = _StepClock()
+        start = torch.cuda.Event(enable_timing=True)
+        once_clock = _generator(var, cfg_var, clock, batch=batch)
+        torch.cuda.synchronize()
+        h0 = time.perf_counter()
+        start.record()
+        once_clock()
+        done = torch.cuda.Event(enable_timing=True)
+        done.record()
+        torch.cuda.synchronize()
+        prev_e, prev_h, steps = start, h0, []
+        for si, (e, h) in enumerate(zip(clock.events, clock.host)):
+            steps.append({"scale": si, "gpu_ms": round(prev_e.elapsed_time(e), 2),
+                          "host_ms": round(1000 * (h - prev_h), 2)})
+            prev_e, prev_h = e, h
+        steps.append({"scale": "vae decode + rest", "gpu_ms": round(prev_e.elapsed_time(done), 2)})
+        summary["steps"] = steps
+        lines += ["", "== per step (dense, no profiler): GPU ms between step ends, host ms to enqueue ==",
+                  *(json.dumps(s) for s in steps)]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return summary
 
 
 def main(argv=None):
@@ -114,6 +271,21 @@ def main(argv=None):
                         help="AcceleratedHooks path: fast (default) or the general reference path")
     parser.add_argument("--verify", action="store_true",
                         help="also compare one image per accelerated config through both hooks paths")
+    parser.add_argument("--attn-kernel", choices=("auto", "sdpa", "flex"), default="auto",
+                        help="masked attention kernel of the fast path (auto: flex on a GPU)")
+    parser.add_argument("--flex-block", type=int, default=64, help="flex_attention block side in tokens")
+    parser.add_argument("--flex-min-queries", type=int, default=1024,
+                        help="flex only in steps with at least this many queries")
+    parser.add_argument("--flex-rows", action="store_true",
+                        help="flex also for masks that differ between rows (pruned key caches)")
+    parser.add_argument("--kernel-check", action="store_true",
+                        help="compare and time the attention kernels alone on each sparse step")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="write torch.profiler tables of one generation per (arch, accel) to DIR")
+    parser.add_argument("--bf16-linear-weights", action="store_true",
+                        help="store every nn.Linear's weight and bias in bf16 once (autocast otherwise casts "
+                             "them at every call: same matmul inputs, fewer kernels); not for the low-bit "
+                             "quantized linears, which read the float32 weights")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -123,20 +295,42 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = True
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}; bf16 autocast; batch {args.batch} (+CFG); "
-          f"hooks {args.hooks}", flush=True)
-    rows = []
+          f"hooks {args.hooks}; attn kernel {args.attn_kernel}, flex block {args.flex_block}, from "
+          f"{args.flex_min_queries} queries{', per-row masks too' if args.flex_rows else ''}; "
+          f"linear weights {'bf16' if args.bf16_linear_weights else 'float32 (autocast casts)'}", flush=True)
+    if args.bf16_linear_weights and device.type != "cuda":
+        raise ValueError("--bf16-linear-weights needs a CUDA device: the CPU runs without autocast, in float32")
+    flex_kw = dict(attn_kernel=args.attn_kernel, flex_block=args.flex_block, flex_min_queries=args.flex_min_queries,
+                   flex_rows=args.flex_rows)
+    rows, checks, profiles = [], [], []
+    if args.kernel_check:
+        if device.type != "cuda":
+            raise ValueError("--kernel-check needs a CUDA device")
+        for arch in args.arch.split(","):
+            for r in kernel_check(arch_config(arch)):
+                r["arch"] = arch
+                checks.append(r)
+                print(json.dumps(r), flush=True)
+    if args.profile:
+        if device.type != "cuda":
+            raise ValueError("--profile needs a CUDA device")
+        os.makedirs(args.profile, exist_ok=True)
     for arch in args.arch.split(","):
         cfg_var = arch_config(arch)
         with torch.device(device):
             _, var = build(cfg_var, seed=0)
         var.eval()
+        if args.bf16_linear_weights:
+            for mod in var.modules():
+                if isinstance(mod, torch.nn.Linear):
+                    mod.to(torch.bfloat16)
         dense_ms = None
         for accel in args.accel.split(","):
             spec = accel.replace("+", ",")
             try:
-                ms, peak, saved = time_generation(var, cfg_var, spec if accel != "dense" else "dense",
-                                                  warmup=args.warmup, repeats=args.repeats,
-                                                  batch=args.batch, fast=args.hooks == "fast")
+                ms, peak, saved, calls = time_generation(var, cfg_var, spec if accel != "dense" else "dense",
+                                                         warmup=args.warmup, repeats=args.repeats,
+                                                         batch=args.batch, fast=args.hooks == "fast", **flex_kw)
             except torch.cuda.OutOfMemoryError as error:
                 print(f"{arch} {accel}: out of memory ({error})", flush=True)
                 torch.cuda.empty_cache()
@@ -148,9 +342,18 @@ def main(argv=None):
                    "peak_gib": round(peak, 2)}
             if saved:
                 row["counted_macs"] = saved["macs"]
+            if calls:
+                row["masked_attn_calls"] = calls
             if args.verify and accel != "dense":
-                row["paths_identical"], row["paths_max_abs_diff"] = verify_paths(var, cfg_var, spec,
-                                                                                 batch=args.batch)
+                (row["paths_identical"], row["paths_max_abs_diff"], row["flex_vs_sdpa_image_max_abs"],
+                 row["flex_vs_sdpa_image_mean_abs"]) = verify_paths(var, cfg_var, spec, batch=args.batch, **flex_kw)
+            if args.profile and accel in ("dense", "sparse"):
+                path = os.path.join(args.profile, f"profile_{arch}_{accel.replace('+', '-')}.txt")
+                p = profile_generation(var, cfg_var, spec if accel != "dense" else "dense", path,
+                                       batch=args.batch, **flex_kw)
+                p["arch"] = arch
+                profiles.append(p)
+                print(json.dumps({k: v for k, v in p.items() if k != "steps"}), flush=True)
             rows.append(row)
             print(json.dumps(row), flush=True)
         del var
@@ -162,7 +365,10 @@ def main(argv=None):
         print(f"| {r['arch']} | {r['batch']} | {r['accel']} | {r['ms']} | {r['speedup']} | {r['peak_gib']} |")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": name, "torch": torch.__version__, "hooks": args.hooks, "rows": rows}, f, indent=2)
+            json.dump({"device": name, "torch": torch.__version__, "hooks": args.hooks,
+                       **flex_kw,
+                       "bf16_linear_weights": args.bf16_linear_weights, "rows": rows,
+                       "kernel_check": checks, "profiles": profiles}, f, indent=2)
     return 0
 
 
