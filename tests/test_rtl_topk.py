@@ -45,3 +45,23 @@ def test_topk_bad_params(params, name):
     from hw.sort.topk import TopK
     with pytest.raises(ValueError, match=name):
         TopK(**params)
+
+
+@rtl
+@pytest.mark.parametrize("unordered", [False, True])
+def test_rtl_topk_host_lanes(unordered, seed):
+    """``varaccel rtl topk --param lanes=2``: float rows of a length that P does not divide (one
+    with ties across the k-th key, one constant) packed into 2-key beats give golden's indices."""
+    import numpy as np
+    from golden.numerics import sort as sortnum
+    from sim.rtl import rtl_topk
+    from tb.sort.host import float_keys
+
+    config = {"key_bits": 16, "radix_bits": 4, "max_len": 64, "lanes": 2}
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 63)).astype(np.float32)
+    x[0, :20] = x[0, 20:40]
+    x[1] = -1.5
+    res = rtl_topk(x, k=17, unordered=unordered, **config)
+    want = sortnum.topk(float_keys(x, 16), 17, sorted=not unordered, key_bits=16, radix_bits=4).numpy()
+    np.testing.assert_array_equal(res.outputs["indices"], want)

@@ -10,7 +10,7 @@ import torch
 
 from golden.numerics import sort as sortnum
 from hw.emit import parse_params
-from tb.sort.stimulus import packet_beats
+from tb.sort.stimulus import packet_beats, topk_beats
 
 __all__ = ["float_keys", "rtl_sort", "rtl_topk"]
 
@@ -79,12 +79,14 @@ def rtl_topk(keys, *, k, unordered=False, waves=False, **params):
     if n > params["max_len"]:
         raise ValueError(f"row length {n} exceeds max_len = {params['max_len']}")
     k_eff, code = sortnum.clamp_k(k, n)
-    beats = [{"key": int(v), "last": int(i == n - 1)} for row in keys_t.tolist() for i, v in enumerate(row)]
+    beats = [beat for row in keys_t.tolist()
+             for beat in topk_beats(row, params["lanes"], key_bits=params["key_bits"])]
     cmds = [{"k": k, "unordered": int(unordered)}] * rows
     out, cycles = replay("topk", params, {"i": beats, "cmd": cmds}, {"o": rows * k_eff, "status": rows},
                          waves=waves)
     idx = np.array([b["index"] for b in out["o"]], dtype=np.int32).reshape(rows, k_eff)
-    notes = [f"top-{k_eff} of {n} per row, {'ascending index' if unordered else 'descending key'} order"]
+    notes = [f"top-{k_eff} of {n} per row, {'ascending index' if unordered else 'descending key'} order, "
+             f"{params['lanes']} keys per input beat"]
     if code == sortnum.STATUS_K_CLAMPED:
         notes.append(f"k = {k} > N = {n}: clamped to N (status K_CLAMPED)")
     elif code == sortnum.STATUS_K_ZERO:
