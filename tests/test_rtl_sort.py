@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """RTL regression of the LSD radix sorter against golden.numerics.sort.sort."""
 
 import pytest
