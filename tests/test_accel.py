@@ -545,6 +545,8 @@ def test_flex_block_layout_rejects_bad_parameters():
         flex.block_layout(mask[0])
 
 
+# On CPU flex_attention runs its eager reference (the point of the comparison), which warns.
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_flex_attend_equals_sdpa_with_the_mask(seed):
     """flex_attend with the BlockMask of a token mask computes SDPA with that boolean mask (CPU:
     flex's eager reference, float64), for a mask shared by the rows and one per row."""
