@@ -61,11 +61,14 @@ def test_lanes_checked(bad):
         RadixSorter(16, 4, 64, bad)
 
 
+@pytest.mark.parametrize("partial", [False, True], ids=["full_beats", "partial_beats"])
 @pytest.mark.parametrize("lanes", [2, 4])
-def test_index_in_lanes_pysim(lanes, seed):
+def test_index_in_lanes_pysim(lanes, partial, seed):
     """``index_in`` with P > 1 (no emitted top has it, so Amaranth's simulator runs the core):
     the given indices (increasing with arrival, with gaps) are stored and emitted, ties go to
-    the lower index, random valid/ready stalls on both streams, two packets back to back."""
+    the lower index, random valid/ready stalls on both streams, two packets back to back.
+    ``partial_beats`` (how the top-k core feeds its selection): every beat carries a random
+    1..P keys; packets longer than N are cut at N."""
     import random
 
     import torch
@@ -76,33 +79,35 @@ def test_index_in_lanes_pysim(lanes, seed):
 
     W, R, N = 6, 3, 23
     rng = random.Random(seed)
-    dut = RadixSorter(W, R, N, lanes, index_in=True)
+    dut = RadixSorter(W, R, N, lanes, index_in=True, partial_beats=partial)
     packets = []
-    for n in (N, rng.randint(1, N)):
+    for n in (N + 3 if partial else N, rng.randint(1, N)):
         keys = [rng.randrange(4) if rng.random() < 0.5 else rng.randrange(1 << W) for _ in range(n)]
         index = sorted(rng.sample(range(1 << dut.index_bits), n))
         packets.append((keys, index, rng.random() < 0.5))
     expected = []
     for keys, index, desc in packets:
-        order = sortnum.sort(torch.tensor(keys), descending=desc, key_bits=W, radix_bits=R).tolist()
+        order = sortnum.sort(torch.tensor(keys[:N]), descending=desc, key_bits=W, radix_bits=R).tolist()
         expected += [(keys[i], index[i], int(j == len(order) - 1)) for j, i in enumerate(order)]
     got = []
 
     async def source(ctx):
         for keys, index, desc in packets:
-            for start in range(0, len(keys), lanes):
+            start = 0
+            while start < len(keys):
                 while rng.random() < 0.3:
                     ctx.set(dut.i.valid, 0)
                     await ctx.tick()
-                valid = min(lanes, len(keys) - start)
+                valid = min(rng.randint(1, lanes) if partial else lanes, len(keys) - start)
                 for lane in range(lanes):
                     ctx.set(dut.i.payload.key[lane], keys[start + lane] if lane < valid else rng.randrange(1 << W))
                     ctx.set(dut.i.payload.index[lane], index[start + lane] if lane < valid else 0)
                 ctx.set(dut.i.payload.count, valid)
                 ctx.set(dut.i.payload.descending, int(desc))
-                ctx.set(dut.i.payload.last, int(start + lanes >= len(keys)))
+                ctx.set(dut.i.payload.last, int(start + valid >= len(keys)))
                 ctx.set(dut.i.valid, 1)
                 await ctx.tick().until(dut.i.ready)
+                start += valid
         ctx.set(dut.i.valid, 0)
 
     async def sink(ctx):

@@ -124,12 +124,15 @@ class RadixSorter(wiring.Component):
         one beat per stored key.
     """
 
-    def __init__(self, key_bits=16, radix_bits=4, max_len=4096, lanes=1, index_in=False):
+    def __init__(self, key_bits=16, radix_bits=4, max_len=4096, lanes=1, index_in=False, partial_beats=False):
         self.key_bits = check_int("key_bits", key_bits, 1, 32)
         self.radix_bits = check_int("radix_bits", radix_bits, 1, min(8, key_bits))
         self.max_len = check_int("max_len", max_len, 2, 65536)
         self.lanes = check_choice("lanes", check_int("lanes", lanes), SUPPORTED_LANES)
         self.index_in = bool(index_in)
+        if partial_beats not in (False, True) or (partial_beats and self.lanes == 1):
+            raise ValueError(f"partial_beats must be a bool, and True only with lanes > 1, not {partial_beats!r}")
+        self.partial_beats = partial_beats
         self.passes = -(-self.key_bits // self.radix_bits)
         self.index_bits = max(1, (self.max_len - 1).bit_length())
         self.count_bits = self.max_len.bit_length()
@@ -411,14 +414,28 @@ class RadixSorter(wiring.Component):
         payload = self.i.payload
         beat_desc = Mux(pos == 0, payload.descending, desc)
         take = self.i.valid & self.i.ready
-        # Keys taken from this beat: all P, except on the last beat with 1 <= count < P.
+        # Keys taken from this beat: all P, except on the last beat with 1 <= count < P (with
+        # partial_beats: on every beat). Bank l takes the key of arrival position = l mod P,
+        # i.e. lane (l - pos) mod P of the beat; without partial_beats pos is a multiple of P
+        # and that is lane l.
         n_in = Signal(range(P + 1))
-        m.d.comb += n_in.eq(Mux(payload.last & (payload.count >= 1) & (payload.count < P), payload.count, P))
-        lane_in = [take & (n_in > lane) for lane in range(P)]
-        store = [lane_in[lane] & (pos + lane < N) for lane in range(P)]
-        dropped = Cat(*[lane_in[lane] & (pos + lane >= N) for lane in range(P)]).any()
-        stored_key = [payload.key[lane] ^ Mux(beat_desc, key_mask, 0) for lane in range(P)]
-        index = [payload.index[lane] if self.index_in else (pos + lane)[:IW] for lane in range(P)]
+        partial_ok = payload.last if not self.partial_beats else 1
+        m.d.comb += n_in.eq(Mux(partial_ok & (payload.count >= 1) & (payload.count < P), payload.count, P))
+        if self.partial_beats:
+            lane_of = [Signal(range(P), name=f"lane_of{bank}") for bank in range(P)]
+            m.d.comb += [lane_of[bank].eq(bank - pos) for bank in range(P)]  # mod P: truncated
+            keys_of = [Array(payload.key[j] for j in range(P))[lane_of[bank]] for bank in range(P)]
+            given = [Array(payload.index[j] for j in range(P))[lane_of[bank]] if self.index_in else None
+                     for bank in range(P)]
+        else:
+            lane_of = list(range(P))
+            keys_of = [payload.key[lane] for lane in range(P)]
+            given = [payload.index[lane] if self.index_in else None for lane in range(P)]
+        lane_in = [take & (n_in > lane_of[bank]) for bank in range(P)]
+        store = [lane_in[bank] & (pos + lane_of[bank] < N) for bank in range(P)]
+        dropped = Cat(*[lane_in[bank] & (pos + lane_of[bank] >= N) for bank in range(P)]).any()
+        stored_key = [keys_of[bank] ^ Mux(beat_desc, key_mask, 0) for bank in range(P)]
+        index = [given[bank] if self.index_in else (pos + lane_of[bank])[:IW] for bank in range(P)]
 
         clear_hist = Signal()
         prefix_active = Signal()
@@ -444,7 +461,7 @@ class RadixSorter(wiring.Component):
                     with m.If(pos == 0):
                         m.d.sync += desc.eq(payload.descending)
                     with m.If(pos < N):
-                        m.d.sync += pos.eq(pos + P)
+                        m.d.sync += pos.eq(pos + (n_in if self.partial_beats else P))
                     with m.If(dropped):
                         m.d.sync += ovf.eq(1)
                     with m.If(payload.last):

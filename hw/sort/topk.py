@@ -79,9 +79,10 @@ class TopK(wiring.Component):
         As for :class:`~hw.sort.radix.RadixSorter` (W 1..32, R 1..8, N 2..65536).
         A packet longer than N is truncated to its first N keys (``overflow`` in the status).
     lanes : int
-        Keys per input beat P: 1, 2 or 4. The load takes ``ceil(n / P)`` cycles; everything
-        after it is as above (the output stays one key per beat, and the internal sorter of the
-        sorted mode is fed one key per cycle by the scan).
+        Keys per input beat P: 1, 2 or 4. The load takes ``ceil(n / P)`` cycles. The output
+        stays one key per beat; in sorted mode the scan hands the selected keys of a word to a
+        P-lane internal sorter, up to P a beat (``RadixSorter(..., partial_beats=True)``), so
+        its passes take about ``k / P`` cycles each; its merge still emits one key per beat.
     banks : int
         G, 1, 2, 4 or 8 (at least P, at most N): keys scanned and list nodes walked per cycle.
         0 (default) = ``min(8, 2 P)``.
@@ -146,7 +147,10 @@ class TopK(wiring.Component):
         slices = digit_slices(W, R)
         top_lo, top_hi = slices[-1]
 
-        m.submodules.sorter = sorter = RadixSorter(W, R, N, 1, index_in=True)
+        P = self.lanes
+        # The sorted mode's sorter takes P keys a beat too; the scan hands it 1..P selected keys
+        # per beat (whatever a word holds), so beats may be partial anywhere.
+        m.submodules.sorter = sorter = RadixSorter(W, R, N, P, index_in=True, partial_beats=P > 1)
 
         # Per bank: key RAM and link RAM (block RAM, synchronous read), and the bucket lists: a
         # counter and a head pointer per bucket in RAMs with an asynchronous read (distributed
@@ -218,8 +222,9 @@ class TopK(wiring.Component):
         ties = Signal(CW)
         emitted = Signal(CW)
         ov = Signal()
-        okey = Signal(W)
-        oidx = Signal(IW)
+        okey = [Signal(W, name=f"okey{t}") for t in range(P)]     # output beat: P lanes, ocount valid
+        oidx = [Signal(IW, name=f"oidx{t}") for t in range(P)]
+        ocount = Signal(range(P + 1))
         olast = Signal()
         # status slot
         st_valid = Signal()
@@ -233,7 +238,6 @@ class TopK(wiring.Component):
         # Lane j of a beat is the key at position cnt + j. cnt is a multiple of P until the
         # packet's last beat and G a multiple of P, so a beat's keys share one word and land in
         # P different banks (bank cnt mod G + j).
-        P = self.lanes
         if P == 1:
             keys_in, n_in = [self.i.payload.key], 1
         else:
@@ -354,19 +358,33 @@ class TopK(wiring.Component):
             n_ties = n_ties + is_tie
             eq_count = eq_count + is_tie
         mask = Mux(fresh, sel, rem) & Mux(sv, (1 << G) - 1, 0)
-        # lowest set bit of the mask: the next key out, in index order
-        pick = Signal(range(max(G, 2)))
-        for g in reversed(range(G)):
-            with m.If(mask[g]):
-                m.d.comb += pick.eq(g)
-        rest = mask & ~(Const(1, G) << pick)[:G]
+        # The lowest ``width`` set bits of the mask leave this cycle, in index order: one key a
+        # beat to the output (unordered), up to P a beat to the sorter (sorted).
+        width = Mux(unord, 1, P)
+        rank = Const(0, 1)
+        taken = []
+        for g in range(G):
+            taken.append(Signal(name=f"taken{g}"))
+            m.d.comb += taken[g].eq(mask[g] & (rank < width))
+            rank = rank + mask[g]
+        n_taken = sum(taken[1:], taken[0])
+        rest = mask & ~Cat(*taken)
+        # output lane t gets the taken key of rank t
+        beat_keys = [Signal(W, name=f"beat_key{t}") for t in range(P)]
+        beat_idx = [Signal(IW, name=f"beat_idx{t}") for t in range(P)]
+        rank = Const(0, 1)
+        for g in range(G):
+            for t in range(P):
+                with m.If(taken[g] & (rank == t)):
+                    m.d.comb += [beat_keys[t].eq(krd[g].data), beat_idx[t].eq(Cat(Const(g, GB), sw) if GB else sw)]
+            rank = rank + taken[g]
         with m.If(scan_active):
             m.d.comb += [krd[g].addr.eq(sptr[:WW]) for g in range(G)]
             with m.If(en):
-                m.d.sync += [ov.eq(mask.any()), okey.eq(Array([krd[g].data for g in range(G)])[pick]),
-                             oidx.eq(Cat(pick[:GB], sw) if GB else sw), olast.eq(emitted == keff - 1)]
-                with m.If(mask.any()):
-                    m.d.sync += emitted.eq(emitted + 1)
+                m.d.sync += [ov.eq(mask.any()), ocount.eq(n_taken), olast.eq(emitted + n_taken == keff)]
+                m.d.sync += [okey[t].eq(beat_keys[t]) for t in range(P)]
+                m.d.sync += [oidx[t].eq(beat_idx[t]) for t in range(P)]
+                m.d.sync += emitted.eq(emitted + n_taken)
                 with m.If(fresh & sv):
                     m.d.sync += ties.eq(ties + eq_count)
                 with m.If(rest == 0):  # word done: read the next one
@@ -382,17 +400,22 @@ class TopK(wiring.Component):
         # ---------------- outputs ----------------
         m.d.comb += [
             sorter.i.valid.eq(ov & ~unord & scan_active),
-            sorter.i.payload.key.eq(okey), sorter.i.payload.index.eq(oidx),
             sorter.i.payload.descending.eq(1), sorter.i.payload.last.eq(olast),
             sorter.o.ready.eq(~direct & self.o.ready),
         ]
         with m.If(direct):
-            m.d.comb += [self.o.valid.eq(ov), self.o.payload.key.eq(okey), self.o.payload.index.eq(oidx),
+            m.d.comb += [self.o.valid.eq(ov), self.o.payload.key.eq(okey[0]), self.o.payload.index.eq(oidx[0]),
                          self.o.payload.last.eq(olast)]
         with m.Else():
             m.d.comb += [self.o.valid.eq(sorter.o.valid), self.o.payload.key.eq(sorter.o.payload.key),
                          self.o.payload.index.eq(sorter.o.payload.index),
                          self.o.payload.last.eq(sorter.o.payload.last)]
+        if P == 1:
+            m.d.comb += [sorter.i.payload.key.eq(okey[0]), sorter.i.payload.index.eq(oidx[0])]
+        else:
+            m.d.comb += [sorter.i.payload.key[t].eq(okey[t]) for t in range(P)]
+            m.d.comb += [sorter.i.payload.index[t].eq(oidx[t]) for t in range(P)]
+            m.d.comb += sorter.i.payload.count.eq(ocount)
         into = sorter.i.valid & sorter.i.ready & sorter.i.payload.last
         out_of = sorter.o.valid & sorter.o.ready & sorter.o.payload.last
         m.d.sync += pending.eq(pending + into - out_of)
