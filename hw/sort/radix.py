@@ -106,6 +106,12 @@ class RadixSorter(wiring.Component):
         arrival position; used by :class:`hw.sort.topk.TopK` to sort its selection). Ties are
         broken by this index; for P > 1 the result is the stable order only if the indices of
         each lane increase with arrival (as arrival positions do).
+    partial_beats : bool
+        P > 1 only: ``count`` is honoured on EVERY beat, not just the last (1..P keys in lanes
+        0..count-1; 0 or above P still means P). The key of arrival position p goes to bank
+        p mod P, i.e. lane j of a beat whose first key is at position ``pos`` goes to bank
+        ``(pos + j) mod P``: one rotation mux per bank in front of the load. The top-k core
+        feeds its selection this way (a word of its scan holds 1..P selected keys).
 
     Ports
     -----
