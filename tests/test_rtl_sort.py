@@ -149,3 +149,11 @@ def test_sorter_cycles_lanes_checked():
     assert sorter_cycles(4096, 16, 4, lanes=4) == 9245
     with pytest.raises(ValueError, match="lanes"):
         sorter_cycles(4096, 16, 4, lanes=3)
+
+
+@pytest.mark.parametrize("lanes,bad", [(1, True), (2, "yes"), (4, 2)])
+def test_partial_beats_checked(lanes, bad):
+    """partial_beats is a bool, and only means something with P > 1: ValueError naming it."""
+    from hw.sort.radix import RadixSorter
+    with pytest.raises(ValueError, match="partial_beats"):
+        RadixSorter(16, 4, 64, lanes, partial_beats=bad)
