@@ -32,6 +32,30 @@ def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1):
     return beats + 2 + (1 << radix_bits) + (passes - skipped) * (beats + 2) + skipped + n + 3
 
 
+def _digit_histograms(m, rd, wr, slices, *, clear, prefix, pc, run, stored, constant, store, key, pass_on,
+                      pp, pass_digit, pass_valid):
+    """The D histogram RAMs of one bank (read ports ``rd``, write ports ``wr``, one per digit), in
+    the four uses of a packet: ``clear`` zeroes bucket ``pc``; ``prefix`` turns bucket ``pc``
+    into its base address (``run[p]`` is the running sum) and sets ``constant[p]`` when one
+    bucket holds all ``stored`` keys (that pass is the identity); ``store`` counts the digits of
+    ``key``; pass ``pp`` increments the base of ``pass_digit`` when ``pass_valid``. Every RAM
+    does one read-modify-write per cycle through its asynchronous read port."""
+    for p, (lo, hi) in enumerate(slices):
+        with m.If(clear):
+            m.d.comb += [wr[p].addr.eq(pc), wr[p].data.eq(0), wr[p].en.eq(1)]
+        with m.Elif(prefix):
+            m.d.comb += [rd[p].addr.eq(pc), wr[p].addr.eq(pc), wr[p].data.eq(run[p]), wr[p].en.eq(1)]
+            m.d.sync += run[p].eq(run[p] + rd[p].data)
+            with m.If(rd[p].data == stored):
+                m.d.sync += constant[p].eq(1)
+        with m.Elif(store):
+            digit = key[lo:hi]
+            m.d.comb += [rd[p].addr.eq(digit), wr[p].addr.eq(digit), wr[p].data.eq(rd[p].data + 1), wr[p].en.eq(1)]
+        with m.Elif(pass_on & (pp == p)):
+            m.d.comb += [rd[p].addr.eq(pass_digit), wr[p].addr.eq(pass_digit), wr[p].data.eq(rd[p].data + 1),
+                         wr[p].en.eq(pass_valid)]
+
+
 class RadixSorter(wiring.Component):
     """Stable LSD radix sort of a packet of unsigned keys; emits (key, index) in key order.
 
@@ -278,22 +302,9 @@ class RadixSorter(wiring.Component):
 
         # ---- histogram RAMs: count (load), prefix sums, bucket bases (passes), clear ----
         rv_digit = Signal(R)
-        for p, (lo, hi) in enumerate(slices):
-            digit = stored_key[lo:hi]
-            with m.If(clear_hist):
-                m.d.comb += [hwr[p].addr.eq(pc), hwr[p].data.eq(0), hwr[p].en.eq(1)]
-            with m.Elif(prefix_active):
-                count = hrd[p].data
-                m.d.comb += [hrd[p].addr.eq(pc), hwr[p].addr.eq(pc), hwr[p].data.eq(run[p]), hwr[p].en.eq(1)]
-                m.d.sync += run[p].eq(run[p] + count)
-                with m.If(count == cnt):
-                    m.d.sync += skip[p].eq(1)
-            with m.Elif(store):
-                m.d.comb += [hrd[p].addr.eq(digit), hwr[p].addr.eq(digit),
-                             hwr[p].data.eq(hrd[p].data + 1), hwr[p].en.eq(1)]
-            with m.Elif(pass_active & (pp == p)):
-                m.d.comb += [hrd[p].addr.eq(rv_digit), hwr[p].addr.eq(rv_digit),
-                             hwr[p].data.eq(hrd[p].data + 1), hwr[p].en.eq(rv)]
+        _digit_histograms(m, hrd, hwr, slices, clear=clear_hist, prefix=prefix_active, pc=pc, run=run,
+                          stored=cnt, constant=skip, store=store, key=stored_key, pass_on=pass_active, pp=pp,
+                          pass_digit=rv_digit, pass_valid=rv)
 
         # ---- scatter passes (digit pp) ----
         cur_skip = Array(skip)[pp]
@@ -516,21 +527,10 @@ class RadixSorter(wiring.Component):
         for lane in range(P):
             rv_digit = Signal(R, name=f"rv_digit{lane}")
             m.d.comb += rv_digit.eq(Array([entry_digit(entry[lane], p) for p in range(D)])[pp])
-            for p, (lo, hi) in enumerate(slices):
-                rd, wr = hrd[lane][p], hwr[lane][p]
-                with m.If(clear_hist):
-                    m.d.comb += [wr.addr.eq(pc), wr.data.eq(0), wr.en.eq(1)]
-                with m.Elif(prefix_active):
-                    m.d.comb += [rd.addr.eq(pc), wr.addr.eq(pc), wr.data.eq(run[lane][p]), wr.en.eq(1)]
-                    m.d.sync += run[lane][p].eq(run[lane][p] + rd.data)
-                    with m.If(rd.data == cnt[lane]):
-                        m.d.sync += one[lane][p].eq(1)
-                with m.Elif(store[lane]):
-                    digit = stored_key[lane][lo:hi]
-                    m.d.comb += [rd.addr.eq(digit), wr.addr.eq(digit), wr.data.eq(rd.data + 1), wr.en.eq(1)]
-                with m.Elif(pass_active & (pp == p)):
-                    m.d.comb += [rd.addr.eq(rv_digit), wr.addr.eq(rv_digit), wr.data.eq(rd.data + 1),
-                                 wr.en.eq(prv[lane])]
+            _digit_histograms(m, hrd[lane], hwr[lane], slices, clear=clear_hist, prefix=prefix_active, pc=pc,
+                              run=run[lane], stored=cnt[lane], constant=one[lane], store=store[lane],
+                              key=stored_key[lane], pass_on=pass_active, pp=pp, pass_digit=rv_digit,
+                              pass_valid=prv[lane])
             dest = Array([hrd[lane][p].data for p in range(D)])[pp]
             with m.If(pass_active):
                 m.d.sync += prv[lane].eq(issue[lane])
