@@ -8,7 +8,6 @@ whole: a bound, not our mask), and the host cost of one call at a small step.
 
 import argparse
 import json
-import statistics
 import sys
 import time
 
@@ -19,21 +18,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from golden.accel import AccelConfig
 from golden.accel import flex as fx
 from golden.accel.sparse import step_mask, tile_mask
-from golden.bench.gpu import arch_config
-
-
-def _ms(fn, reps=10):
-    fn()
-    fn()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+from golden.bench.gpu import arch_config, median_ms
 
 
 def _bm(M, fb, mode, bq=16, bk=16):
@@ -84,7 +69,7 @@ def weights_probe(reps=3):
                 if isinstance(mod, torch.nn.Linear):
                     mod.to(torch.bfloat16)
         imgs.append(once())
-        out[label + "_ms"] = _ms(once, reps)
+        out[label + "_ms"] = median_ms(once, reps)
     out["images_equal"] = bool(torch.equal(imgs[0], imgs[1]))
     out["images_max_abs"] = float((imgs[0].float() - imgs[1].float()).abs().max())
     return out
@@ -117,8 +102,8 @@ def main(argv=None):
         k = F.normalize(k.float(), dim=-1).bfloat16()
         ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=M, scale=1.0)
         row = {"scale": si, "n": n, "m": m,
-               "ms_sdpa_dense": _ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=1.0)),
-               "ms_sdpa_mask": _ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=M, scale=1.0))}
+               "ms_sdpa_dense": median_ms(lambda: F.scaled_dot_product_attention(q, k, v, scale=1.0)),
+               "ms_sdpa_mask": median_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=M, scale=1.0))}
         variants = [("static", "token", 128), ("static", "tile", 128), ("static", "none", 128),
                     ("dynamic", "tile", 128), ("static", "tile", 64), ("dynamic", "token", 128)]
         for dyn, mode, fb in variants:
@@ -132,7 +117,7 @@ def main(argv=None):
                 torch.cuda.synchronize()
                 row[name + "_first_s"] = round(time.perf_counter() - t0, 1)
                 row[name + "_rel_err"] = float((o.float() - ref).norm() / ref.norm())
-                row[name + "_ms"] = _ms(fn)
+                row[name + "_ms"] = median_ms(fn)
                 # host time of one call, GPU left to finish: what a host-bound step pays
                 torch.cuda.synchronize()
                 t0 = time.perf_counter()

@@ -43,7 +43,7 @@ from golden.accel import flex as flexattn
 from golden.accel.sparse import step_mask, tile_mask
 from golden.model import VARConfig, build
 
-__all__ = ["ARCHS", "time_generation", "main"]
+__all__ = ["ARCHS", "time_generation", "cuda_ms", "median_ms", "main"]
 
 PATCH_NUMS_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 
@@ -99,12 +99,7 @@ def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            once()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
+            times.append(cuda_ms(once))
         else:
             t0 = time.perf_counter()
             once()
@@ -132,19 +127,21 @@ def verify_paths(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1, 
             float((flx - sdpa).abs().max()), float((flx - sdpa).abs().mean()))
 
 
-def _median_ms(fn, reps=10):
+def cuda_ms(fn):
+    """Milliseconds of one call of ``fn`` between two CUDA events (the GPU work it queued)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end)
+
+
+def median_ms(fn, reps=10):
     """Median of ``reps`` CUDA-event timings of ``fn`` after two warm-up calls."""
     fn()
     fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return statistics.median(cuda_ms(fn) for _ in range(reps))
 
 
 def kernel_check(cfg_var, accel="sparse", variants=(("tile", 128), ("tile", 64), ("token", 128)), rows=2, seed=0,
@@ -175,8 +172,8 @@ def kernel_check(cfg_var, accel="sparse", variants=(("tile", 128), ("tile", 64),
         rel = lambda o: float((o.float() - ref).norm() / ref.norm())   # noqa: E731
         row = {"scale": si, "queries": n, "keys": m, "token_density": round(float(M.float().mean()), 4)}
         row["sdpa_mask_rel_err"] = rel(F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, scale=1.0))
-        row["ms_sdpa_dense"] = _median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, scale=1.0))
-        row["ms_sdpa_mask"] = _median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
+        row["ms_sdpa_dense"] = median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, scale=1.0))
+        row["ms_sdpa_mask"] = median_ms(lambda: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
                                                                                 scale=1.0))
         tiles = tile_mask(M, a.block_q, a.block_k)
         for form, fb in variants:
@@ -191,7 +188,7 @@ def kernel_check(cfg_var, accel="sparse", variants=(("tile", 128), ("tile", 64),
             layout = flexattn.block_layout(M.unsqueeze(0), fb, fb)
             blocks = layout[1].shape[-1] * layout[1].shape[-2]
             row[f"{name}_partial_full_of"] = [int(layout[0].sum()), int(layout[2].sum()), blocks]
-            row[f"ms_{name}"] = _median_ms(lambda: flexattn.flex_attend(qb, kb, vb, bm, 1.0, opts))
+            row[f"ms_{name}"] = median_ms(lambda: flexattn.flex_attend(qb, kb, vb, bm, 1.0, opts))
         out.append(row)
     return out
 
