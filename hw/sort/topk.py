@@ -51,17 +51,19 @@ class TopK(wiring.Component):
        Bucket lists are emptied in one cycle by a valid bit per bucket and bank (no clear pass).
     3. **Emit**: one scan of the key words in index order; in each word the keys > T and the
        keys == T whose rank among the ties so far is < ``k_left`` are selected, and the selected
-       keys of a word leave one per cycle (a word costs ``max(1, selected)`` cycles). The scan
+       keys of a word leave one per cycle in unordered mode and up to P per cycle in sorted mode
+       (a word costs ``max(1, ceil(selected / width))`` cycles). The scan
        stops once ``k`` are out. ``unordered=1`` streams them straight out (ascending index,
        ``topk(..., sorted=False)``); ``unordered=0`` streams them into an internal
-       :class:`~hw.sort.radix.RadixSorter` (descending, stable: ties keep the lower index
-       first), whose output is the core's output (``topk(..., sorted=True)``).
+       :class:`~hw.sort.radix.RadixSorter` of P lanes (descending, stable: ties keep the lower
+       index first), whose output is the core's output (``topk(..., sorted=True)``).
 
     Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
     of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
     extra cycles of words with more than one selected key): unordered
     ``ceil(n / P) + 1 + sum(v_j) + sum(c_j + 2) + w + x + 3``; sorted adds the sorter after the scan:
-    ``B + (D - s) * (k + 2) + s + k + ~3``. Measured by ``sim/bench_sort.py``.
+    ``B + (D - s) * (m + 2) + s + k + ~3`` with ``m = k`` at P = 1 and ``m = ceil(k / P)`` lanes'
+    worth at P > 1 (:func:`~hw.sort.radix.sorter_cycles`). Measured by ``sim/bench_sort.py``.
 
     Overlap: the next packet is loaded while the previous packet is scanned (behind the scan
     pointer) and sorted; its select waits for the previous scan to end. An unordered packet's
