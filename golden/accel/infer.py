@@ -105,8 +105,7 @@ def accelerated_infer(var, B: int, label_B: Optional[Union[int, torch.Tensor]], 
                 lvl = var.lvl_1L[0, :q_end]
                 vis = lvl.view(1, -1) <= lvl[q_begin:].view(-1, 1)
                 attn_bias = torch.where(vis, 0.0, -torch.inf).view(1, 1, q_end - q_begin, q_end)
-            x = var._run_blocks(next_BlC, var.shared_ada_lin(cond_BD), attn_bias, ctx)
-            logits_2BlV = var.get_logits(x, cond_BD, ctx)
+            logits_2BlV = var.step_logits(next_BlC, cond_BD, attn_bias, ctx)
             for si in grp:
                 pn = pns[si]
                 if len(grp) > 1:

@@ -26,6 +26,12 @@ So a hook object implements only what it changes, and the state_dict is never to
     of the tokens through ``run`` and rebuild the rest. Note the KV cache then holds only what
     ``run`` saw.
 
+``step(var, x_BlC, cond_BD, attn_bias, ctx, run) -> logits_2BlV``
+    Wraps the transformer pass of one KV-cached step (every block and the head);
+    ``run(x_BlC, cond_BD, attn_bias, ctx)`` computes it, and the blocks see the hooks of the
+    ``ctx`` given to ``run``. For running a step differently, not for changing its result:
+    :class:`golden.accel.graphs.StepGraphs` replays it from a CUDA graph.
+
 ``on_scale_end(ctx, out)``
     Called once per autoregressive step with a :class:`ScaleOutput` (raw 2B-batch logits before
     guidance, sampled ids, f_hat): for tapping tensors out of a golden run.
@@ -104,6 +110,9 @@ class VARHooks:
 
     def block(self, block, x_BLC, cond_BD, attn_bias, ctx: StepContext, run):
         return run(x_BLC, attn_bias)
+
+    def step(self, var, x_BlC, cond_BD, attn_bias, ctx: StepContext, run):
+        return run(x_BlC, cond_BD, attn_bias, ctx)
 
     def on_scale_end(self, ctx: StepContext, out: ScaleOutput):
         pass

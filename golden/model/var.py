@@ -275,6 +275,18 @@ class VAR(nn.Module):
             x_BLC = b(x_BLC, cond_BD_or_gss, attn_bias, ctx.with_block(b.block_idx))
         return x_BLC
 
+    def _transformer_logits(self, x_BlC, cond_BD, attn_bias, ctx: StepContext) -> torch.Tensor:
+        return self.get_logits(self._run_blocks(x_BlC, self.shared_ada_lin(cond_BD), attn_bias, ctx), cond_BD, ctx)
+
+    def step_logits(self, x_BlC, cond_BD, attn_bias, ctx: StepContext) -> torch.Tensor:
+        """Raw logits (2B, l, V) of one KV-cached step: every block, then the head. The one place
+        a step's transformer pass runs; ``ctx.hooks.step`` wraps it when present (CUDA graphs,
+        :mod:`golden.accel.graphs`)."""
+        fn = get_hook(ctx, "step")
+        if fn is not None:
+            return fn(self, x_BlC, cond_BD, attn_bias, ctx, self._transformer_logits)
+        return self._transformer_logits(x_BlC, cond_BD, attn_bias, ctx)
+
     # ------------------------------------------------------------------ teacher forcing
     def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor, hooks=None) -> torch.Tensor:
         """Teacher-forcing logits (B, L', V) for all scales at once, block-causal by scale.
@@ -334,8 +346,7 @@ class VAR(nn.Module):
                 ratio = si / self.num_stages_minus_1
                 q_begin, cur_L = cur_L, cur_L + pn * pn
                 ctx = self._ctx(hooks, mode="ar", si=si, q_begin=q_begin, q_end=cur_L, batch_cfg=True)
-                x = self._run_blocks(next_BlC, self.shared_ada_lin(cond_BD), None, ctx)
-                logits_2BlV = self.get_logits(x, cond_BD, ctx)
+                logits_2BlV = self.step_logits(next_BlC, cond_BD, None, ctx)
 
                 t = cfg * ratio
                 logits_BlV = (1 + t) * logits_2BlV[:B] - t * logits_2BlV[B:]
