@@ -40,10 +40,11 @@ import torch.nn.functional as F
 
 from golden.accel import AccelConfig, AcceleratedHooks
 from golden.accel import flex as flexattn
+from golden.accel.graphs import StepGraphs, graphable
 from golden.accel.sparse import step_mask, tile_mask
 from golden.model import VARConfig, build
 
-__all__ = ["ARCHS", "time_generation", "cuda_ms", "median_ms", "main"]
+__all__ = ["ARCHS", "make_hooks", "time_generation", "verify_graphs", "cuda_ms", "median_ms", "main"]
 
 PATCH_NUMS_1024 = (1, 2, 3, 4, 5, 7, 9, 12, 16, 21, 27, 36, 48, 64)
 
@@ -71,28 +72,55 @@ def _generator(var, cfg_var, hooks, *, seed=0, dtype=torch.bfloat16, batch=1):
     """A function generating one batch through ``hooks`` (None: dense) with the benchmark's settings."""
     device = next(var.parameters()).device
     label = torch.full((batch,), 7, device=device, dtype=torch.long)
+    counted = _innermost(hooks)
 
     def once():
-        if hooks is not None and hasattr(hooks, "counter"):
-            hooks.counter = type(hooks.counter)(cfg_var.depth)
+        if counted is not None and hasattr(counted, "counter"):
+            counted.counter = type(counted.counter)(cfg_var.depth)
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             return var.autoregressive_infer_cfg(B=batch, label_B=label, g_seed=seed, cfg=4.0, top_k=900,
                                                 top_p=0.95, hooks=hooks)
     return once
 
 
-def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch.bfloat16, batch=1, fast=True,
-                    **flex_kw):
-    """Median latency (ms), peak memory (GiB), op counts and attention kernel calls per
-    generation of a batch of ``batch`` images with ``accel`` hooks ("dense": none); ``fast``:
-    the hooks' fast paths (False: their general path); ``flex_kw``: the kernel choice
-    (``attn_kernel``, ``flex_block``, ...) of AcceleratedHooks."""
+def make_hooks(cfg_var, accel, *, fast=True, graphs=False, **flex_kw):
+    """The benchmark's hooks for ``accel`` ("dense": None), wrapped in StepGraphs when
+    ``graphs`` and the configuration allows it (:func:`golden.accel.graphs.graphable`).
+    Returns (hooks, reason the graphs were not used or "")."""
     hooks = None if accel == "dense" else AcceleratedHooks(cfg_var, accel, fast=fast, **flex_kw)
-    device = next(var.parameters()).device
-    once = _generator(var, cfg_var, hooks, seed=seed, dtype=dtype, batch=batch)
+    if not graphs:
+        return hooks, ""
+    ok, why = graphable(hooks)
+    return (StepGraphs(hooks), "") if ok else (hooks, why)
 
-    for _ in range(warmup):
+
+def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch.bfloat16, batch=1, fast=True,
+                    graphs=False, steps=False, **flex_kw):
+    """Timing of a batch of ``batch`` images with ``accel`` hooks ("dense": none), a dict:
+    ``ms`` median latency, ``peak_gib`` peak memory, ``saved`` op counts and ``calls`` attention
+    kernel calls per generation (of the first generation: a replay runs no Python; None for
+    dense), ``no_graphs`` why CUDA graphs were not used ("" when they were or were not asked
+    for) and, with ``steps`` on a GPU, ``steps``: :func:`step_times` of one more generation.
+    ``fast``: the hooks' fast paths (False: their general path); ``graphs``: every step
+    replayed from a CUDA graph where the configuration allows
+    (:class:`golden.accel.graphs.StepGraphs`; the first two warm-up generations run eagerly and
+    capture, so ``warmup`` is raised to 2); ``flex_kw``: the kernel choice (``attn_kernel``,
+    ``flex_block``, ...) of AcceleratedHooks."""
+    device = next(var.parameters()).device
+    hooks, no_graphs = make_hooks(cfg_var, accel, fast=fast, graphs=graphs and device.type == "cuda", **flex_kw)
+    if graphs and device.type != "cuda":
+        no_graphs = "CUDA graphs need a CUDA device"
+    counted = _innermost(hooks)
+    once = _generator(var, cfg_var, hooks, seed=seed, dtype=dtype, batch=batch)
+    if isinstance(hooks, StepGraphs):
+        warmup = max(warmup, 2)
+
+    saved = calls = None
+    for i in range(max(warmup, 1) if counted is not None else warmup):
         once()
+        if i == 0 and counted is not None:
+            saved = counted.counter.totals()
+            calls = dict(counted.kernel_calls)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -105,11 +133,10 @@ def time_generation(var, cfg_var, accel, *, warmup, repeats, seed=0, dtype=torch
             once()
             times.append(1000 * (time.perf_counter() - t0))
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    saved = hooks.counter.totals() if hooks is not None else None
-    calls = None
-    if hooks is not None:   # per generation: warm-up and timed runs went through the same hooks
-        calls = {k: v // (warmup + repeats) for k, v in hooks.kernel_calls.items()}
-    return statistics.median(times), peak, saved, calls
+    out = {"ms": statistics.median(times), "peak_gib": peak, "saved": saved, "calls": calls, "no_graphs": no_graphs}
+    if steps and device.type == "cuda":
+        out["steps"] = step_times(var, cfg_var, hooks, batch=batch)
+    return out
 
 
 def verify_paths(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1, **flex_kw):
@@ -125,6 +152,26 @@ def verify_paths(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1, 
     general, sdpa, flx = imgs
     return (bool(torch.equal(general, sdpa)), float((general - sdpa).abs().max()),
             float((flx - sdpa).abs().max()), float((flx - sdpa).abs().mean()))
+
+
+def verify_graphs(var, cfg_var, accel, *, seed=0, dtype=torch.bfloat16, batch=1, fast=True, **flex_kw):
+    """Whether the images of StepGraphs' three phases (eager on the side stream, capture, replay)
+    equal an eager generation through the same hooks bit for bit: a dict with one bool per
+    phase and the largest absolute difference; None when ``accel`` is not graphable."""
+    plain, _ = make_hooks(cfg_var, accel, fast=fast, **flex_kw)
+    graphed, why = make_hooks(cfg_var, accel, fast=fast, graphs=True, **flex_kw)
+    if why:
+        return None
+    ref = _generator(var, cfg_var, plain, seed=seed, dtype=dtype, batch=batch)().float()
+    gen = _generator(var, cfg_var, graphed, seed=seed, dtype=dtype, batch=batch)
+    out = {}
+    worst = 0.0
+    for phase in ("eager", "capture", "replay"):
+        img = gen().float()
+        out[f"graphs_{phase}_identical"] = bool(torch.equal(img, ref))
+        worst = max(worst, float((img - ref).abs().max()))
+    out["graphs_max_abs_diff"] = worst
+    return out
 
 
 def cuda_ms(fn):
@@ -194,17 +241,76 @@ def kernel_check(cfg_var, accel="sparse", variants=(("tile", 128), ("tile", 64),
 
 
 class _StepClock:
-    """Hooks object with only ``on_scale_end`` (the model stays dense): a CUDA event and a host
-    clock reading at the end of every step."""
+    """Hooks wrapper taking a CUDA event and a host clock reading at the end of every step;
+    every other hook and attribute is ``inner``'s (None: the model stays dense)."""
 
-    def __init__(self):
+    def __init__(self, inner=None):
+        self.inner = inner
         self.events, self.host = [], []
+
+    def __getattr__(self, name):
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
     def on_scale_end(self, ctx, out):
         e = torch.cuda.Event(enable_timing=True)
         e.record()
         self.events.append(e)
         self.host.append(time.perf_counter())
+        fn = getattr(self.inner, "on_scale_end", None)
+        if fn is not None:
+            fn(ctx, out)
+
+
+def _innermost(hooks):
+    """The hooks that do the work (the AcceleratedHooks or None) under the timing wrappers."""
+    while isinstance(hooks, (StepGraphs, _StepClock)):
+        hooks = hooks.inner
+    return hooks
+
+
+def step_times(var, cfg_var, hooks, *, batch=1):
+    """One more generation through ``hooks`` (already warmed up: with StepGraphs, a replay):
+    GPU ms between the ends of consecutive steps (the first from the call's start; each covers
+    the step's transformer pass and the previous step's sampling and f_hat update), then the
+    rest (the last sampling and the VAE decode)."""
+    clock = _StepClock(hooks)
+    once = _generator(var, cfg_var, clock, batch=batch)
+    torch.cuda.synchronize()
+    start, done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    once()
+    done.record()
+    torch.cuda.synchronize()
+    out, prev = [], start
+    for e in clock.events:
+        out.append(round(prev.elapsed_time(e), 2))
+        prev = e
+    out.append(round(prev.elapsed_time(done), 2))
+    return out
+
+
+def vae_decode_ms(var, cfg_var, *, batch=1, dtype=torch.bfloat16):
+    """Median GPU ms of the VAE decode alone (``fhat_to_img`` of a random f_hat of the last
+    scale's size, under the benchmark's autocast): the part of a generation that no technique
+    changes. Timed as replays of a CUDA graph of the decode, so that the host's launches,
+    which a generation overlaps with the GPU's work, do not count."""
+    pn = cfg_var.patch_nums[-1]
+    f_hat = torch.randn(batch, cfg_var.z_channels, pn, pn, device="cuda")
+
+    def decode():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+            return var.vae.fhat_to_img(f_hat)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        decode()                     # warm-up on the capturing stream
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=side):
+        decode()
+    return median_ms(graph.replay, reps=5)
 
 
 def profile_generation(var, cfg_var, accel, path, *, batch=1, **flex_kw):
@@ -283,6 +389,12 @@ def main(argv=None):
                         help="store every nn.Linear's weight and bias in bf16 once (autocast otherwise casts "
                              "them at every call: same matmul inputs, fewer kernels); not for the low-bit "
                              "quantized linears, which read the float32 weights")
+    parser.add_argument("--graphs", action="store_true",
+                        help="replay every step from a CUDA graph (golden.accel.graphs.StepGraphs) where the "
+                             "configuration allows; the others run eagerly and say why")
+    parser.add_argument("--steps", action="store_true",
+                        help="also time one generation per step (CUDA events) and the VAE decode alone, and "
+                             "report latency and speed-up without the decode")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -294,7 +406,8 @@ def main(argv=None):
     print(f"device: {name}; torch {torch.__version__}; bf16 autocast; batch {args.batch} (+CFG); "
           f"hooks {args.hooks}; attn kernel {args.attn_kernel}, flex block {args.flex_block}, from "
           f"{args.flex_min_queries} queries{', per-row masks too' if args.flex_rows else ''}; "
-          f"linear weights {'bf16' if args.bf16_linear_weights else 'float32 (autocast casts)'}", flush=True)
+          f"linear weights {'bf16' if args.bf16_linear_weights else 'float32 (autocast casts)'}; "
+          f"steps {'replayed from CUDA graphs where possible' if args.graphs else 'eager'}", flush=True)
     if args.bf16_linear_weights and device.type != "cuda":
         raise ValueError("--bf16-linear-weights needs a CUDA device: the CPU runs without autocast, in float32")
     flex_kw = dict(attn_kernel=args.attn_kernel, flex_block=args.flex_block, flex_min_queries=args.flex_min_queries,
@@ -322,12 +435,15 @@ def main(argv=None):
                 if isinstance(mod, torch.nn.Linear):
                     mod.to(torch.bfloat16)
         dense_ms = None
+        vae_ms = vae_decode_ms(var, cfg_var, batch=args.batch) if args.steps and device.type == "cuda" else None
         for accel in args.accel.split(","):
             spec = accel.replace("+", ",")
             try:
-                ms, peak, saved, calls = time_generation(var, cfg_var, spec if accel != "dense" else "dense",
-                                                         warmup=args.warmup, repeats=args.repeats,
-                                                         batch=args.batch, fast=args.hooks == "fast", **flex_kw)
+                timed = time_generation(
+                    var, cfg_var, spec if accel != "dense" else "dense", warmup=args.warmup, repeats=args.repeats,
+                    batch=args.batch, fast=args.hooks == "fast", graphs=args.graphs, steps=args.steps, **flex_kw)
+                ms, peak, saved, calls, no_graphs = (timed[k] for k in ("ms", "peak_gib", "saved", "calls",
+                                                                        "no_graphs"))
             except torch.cuda.OutOfMemoryError as error:
                 print(f"{arch} {accel}: out of memory ({error})", flush=True)
                 torch.cuda.empty_cache()
@@ -337,6 +453,17 @@ def main(argv=None):
             row = {"arch": arch, "accel": accel, "batch": args.batch, "tokens": cfg_var.L if hasattr(cfg_var, "L") else None,
                    "ms": round(ms, 1), "speedup": round(dense_ms / ms, 2) if dense_ms else None,
                    "peak_gib": round(peak, 2)}
+            if vae_ms is not None:
+                row["vae_decode_ms"] = round(vae_ms, 1)
+                row["ms_without_vae"] = round(ms - vae_ms, 1)
+                if dense_ms is not None:
+                    row["speedup_without_vae"] = round((dense_ms - vae_ms) / (ms - vae_ms), 2)
+            if "steps" in timed:
+                row["step_ms"] = timed["steps"]
+            if args.graphs:
+                row["graphs"] = not no_graphs
+                if no_graphs:
+                    row["eager_because"] = no_graphs
             if saved:
                 row["counted_macs"] = saved["macs"]
             if calls:
@@ -344,6 +471,11 @@ def main(argv=None):
             if args.verify and accel != "dense":
                 (row["paths_identical"], row["paths_max_abs_diff"], row["flex_vs_sdpa_image_max_abs"],
                  row["flex_vs_sdpa_image_mean_abs"]) = verify_paths(var, cfg_var, spec, batch=args.batch, **flex_kw)
+            if args.verify and args.graphs:
+                checked = verify_graphs(var, cfg_var, spec if accel != "dense" else "dense", batch=args.batch,
+                                        fast=args.hooks == "fast", **flex_kw)
+                if checked:
+                    row.update(checked)
             if args.profile and accel in ("dense", "sparse"):
                 path = os.path.join(args.profile, f"profile_{arch}_{accel.replace('+', '-')}.txt")
                 p = profile_generation(var, cfg_var, spec if accel != "dense" else "dense", path,
@@ -356,15 +488,16 @@ def main(argv=None):
         del var
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print("\n| arch | batch | accel | latency ms (whole batch) | speed-up vs dense | peak GiB |\n"
-          "|---|---|---|---|---|---|")
+    print("\n| arch | batch | accel | latency ms (whole batch) | speed-up vs dense | peak GiB | CUDA graphs |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['batch']} | {r['accel']} | {r['ms']} | {r['speedup']} | {r['peak_gib']} |")
+        g = "yes" if r.get("graphs") else (f"no: {r['eager_because']}" if "eager_because" in r else "no")
+        print(f"| {r['arch']} | {r['batch']} | {r['accel']} | {r['ms']} | {r['speedup']} | {r['peak_gib']} | {g} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": name, "torch": torch.__version__, "hooks": args.hooks,
                        **flex_kw,
-                       "bf16_linear_weights": args.bf16_linear_weights, "rows": rows,
+                       "bf16_linear_weights": args.bf16_linear_weights, "graphs": args.graphs, "rows": rows,
                        "kernel_check": checks, "profiles": profiles}, f, indent=2)
     return 0
 
