@@ -37,9 +37,10 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 3 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 5 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
-  golden model. After the row's last kept block the result goes to the divider instead.
+  golden model, one register stage each for the state read, the rescale, the shift amounts and
+  the aligned sum. After the row's last kept block the result goes to the divider instead.
 * **Divider**: ``D`` restoring dividers (``div_steps`` quotient bits per cycle) give
   ``y_d = round_half_up(acc_d * 2^p_bits / l)``; one output beat per query row.
 
@@ -670,20 +671,15 @@ class AttentionCore(wiring.Component):
         uE = [Signal(8, name=f"u_e{i}") for i in range(nb)]
         div_idle = Signal()
         div_start = Signal()
+        # The update is cut into register stages for timing (it was the core's critical path:
+        # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
+        # U2 registers the new exponents and the shift amounts, U3 the shifted sums, and U4
+        # writes the state or hands the row to the divider from registers only.
+        e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
+        amt_a = [Signal(range(AW + PW + 1), name=f"u_amta{i}") for i in range(nb)]
+        amt_p = [Signal(range(PSW + 1), name=f"u_amtp{i}") for i in range(nb)]
         acc_new = [Signal(signed(AW), name=f"u_accnew{d}") for d in range(D)]
         l_new = Signal(LW)
-        e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
-        for i in range(nb):
-            m.d.comb += e_new[i].eq(Mux(ent.xt[i] > uE[i], ent.xt[i], uE[i]))
-        for d in range(D):
-            i = d // B
-            sh_acc = Signal(range(PB + 256), name=f"u_shacc{d}")
-            sh_P = Signal(range(PB + 256), name=f"u_shP{d}")
-            m.d.comb += [sh_acc.eq(PB + e_new[i] - uE[i]), sh_P.eq(PB - nm.acc_frac + e_new[i] - ent.xt[i])]
-            amt_a = Mux(sh_acc > AW + PW, AW + PW, sh_acc)
-            amt_p = Mux(sh_P > PSW, PSW, sh_P)
-            m.d.comb += acc_new[d].eq(((uA[d] >> amt_a) + (ent.P[d] >> amt_p))[:AW])
-        m.d.comb += l_new.eq(((uL >> PB) + ent.psum)[:LW])
         stw = data.View(state_layout, st_wr.data)
         m.d.comb += [stw.l.eq(l_new), st_wr.addr.eq(ent.row)]
         m.d.comb += [stw.acc[d].eq(acc_new[d]) for d in range(D)]
@@ -702,6 +698,21 @@ class AttentionCore(wiring.Component):
                 m.d.sync += [uE[i].eq(Mux(ent.first, 0, stv.e[i])) for i in range(nb)]
                 m.next = "U2"
             with m.State("U2"):
+                for i in range(nb):
+                    e_max = Mux(ent.xt[i] > uE[i], ent.xt[i], uE[i])
+                    sh_acc = Signal(range(PB + 256), name=f"u_shacc{i}")
+                    sh_P = Signal(range(PB + 256), name=f"u_shP{i}")
+                    m.d.comb += [sh_acc.eq(PB + e_max - uE[i]), sh_P.eq(PB - nm.acc_frac + e_max - ent.xt[i])]
+                    m.d.sync += [e_new[i].eq(e_max), amt_a[i].eq(Mux(sh_acc > AW + PW, AW + PW, sh_acc)),
+                                 amt_p[i].eq(Mux(sh_P > PSW, PSW, sh_P))]
+                m.next = "U3"
+            with m.State("U3"):
+                for d in range(D):
+                    i = d // B
+                    m.d.sync += acc_new[d].eq(((uA[d] >> amt_a[i]) + (ent.P[d] >> amt_p[i]))[:AW])
+                m.d.sync += l_new.eq(((uL >> PB) + ent.psum)[:LW])
+                m.next = "U4"
+            with m.State("U4"):
                 with m.If(ent.final):
                     with m.If(div_idle):
                         m.d.comb += div_start.eq(1)
