@@ -37,7 +37,7 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 5 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 6 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
   golden model, one register stage each for the state read, the rescale, the shift amounts and
   the aligned sum. After the row's last kept block the result goes to the divider instead.
@@ -581,14 +581,19 @@ class AttentionCore(wiring.Component):
         start_row = b_issue & b_rowstart
         m.d.sync += inflight.eq(inflight + start_row - pop)
 
-        # b1: memory outputs valid.
+        # b0: memory outputs valid.
         b1 = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty,
                   mnew=Mux(b_rowstart, mnew_now, cur_mnew), mold=Mux(b_rowstart, mold_now, cur_mold),
                   first=b_first, final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow)
-        b1 = {k: reg(v, f"b1_{k}", signed(SW) if k in ("mnew", "mold") else None) for k, v in b1.items()}
-        b1_xt = [reg(pick([bk_xt[0][i], bk_xt[1][i]], b_ptr), f"b1_xt{i}") for i in range(nb)]
-        s_val = s_rd.data
-        vview = data.View(self.v_layout, v_rd.data)
+        b1 = {k: reg(v, f"b0_{k}", signed(SW) if k in ("mnew", "mold") else None) for k, v in b1.items()}
+        b1_xt = [reg(pick([bk_xt[0][i], bk_xt[1][i]], b_ptr), f"b0_xt{i}") for i in range(nb)]
+        # b1: the score and V reads registered once more. A block RAM's output without its own
+        # register has a long clock-to-out (5.8 ns on ECP5, sim/synth_probe.py), which was in
+        # front of the exp2 index and the V decode.
+        b1 = {k: reg(v, f"b1_{k}") for k, v in b1.items()}
+        b1_xt = [reg(x, f"b1_xt{i}") for i, x in enumerate(b1_xt)]
+        s_val = reg(s_rd.data, "b1_s")
+        vview = data.View(self.v_layout, reg(v_rd.data, "b1_v"))
 
         r_sh = nm.score_frac - nm.exp_bits
 
@@ -665,7 +670,8 @@ class AttentionCore(wiring.Component):
         # ---------------------------------------------------------------- row update (U)
         ent = Signal(fifo_layout)
         fr = data.View(fifo_layout, fifo.r_data)
-        stv = data.View(state_layout, st_rd.data)
+        st_reg = Signal(state_width)         # the row state read, registered (RAM clock-to-out)
+        stv = data.View(state_layout, st_reg)
         uA = [Signal(signed(AW + PW + 1), name=f"u_accx{d}") for d in range(D)]
         uL = Signal(LW + PW)
         uE = [Signal(8, name=f"u_e{i}") for i in range(nb)]
@@ -673,8 +679,9 @@ class AttentionCore(wiring.Component):
         div_start = Signal()
         # The update is cut into register stages for timing (it was the core's critical path:
         # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
-        # U2 registers the new exponents and the shift amounts, U3 the shifted sums, and U4
-        # writes the state or hands the row to the divider from registers only.
+        # U1 registers the state read, U1M the rescaled state, U2 the new exponents and the shift
+        # amounts, U3 the shifted sums, and U4 writes the state or hands the row to the
+        # divider from registers only.
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
         amt_a = [Signal(range(AW + PW + 1), name=f"u_amta{i}") for i in range(nb)]
         amt_p = [Signal(range(PSW + 1), name=f"u_amtp{i}") for i in range(nb)]
@@ -692,6 +699,9 @@ class AttentionCore(wiring.Component):
                     m.d.sync += ent.eq(fifo.r_data)
                     m.next = "U1"
             with m.State("U1"):
+                m.d.sync += st_reg.eq(st_rd.data)
+                m.next = "U1M"
+            with m.State("U1M"):
                 for d in range(D):
                     m.d.sync += uA[d].eq(Mux(ent.first, 0, stv.acc[d]) * ent.alpha)
                 m.d.sync += uL.eq(Mux(ent.first, 0, stv.l) * ent.alpha)
