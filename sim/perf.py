@@ -23,7 +23,7 @@ Two halves.
    printed by ``perf_report``):
    * Cores and their cost come from sim/perf_points.json (measured here): a dot-unit lane does
      one product per cycle (latency 11 per stream); an attention core does one (query, key) pair
-     per cycle (2 D MACs) plus a fixed 621-cycle per-job overhead (measured: 174,701 - 174,080 at
+     per cycle (2 D MACs) plus a fixed per-job overhead (measured: 174,705 - 174,080 = 625 cycles at
      every density); a top-k call costs cycles interpolated in the key count from the measured
      points. Resources per core from Yosys synth_xilinx (xc7), used for every family.
    * Linear layers: block linears in MXFP4 on E2M1 dot lanes; with the dual-format fc2 the fc2
@@ -541,7 +541,8 @@ def perf_report(archs=("d16", "d30"), budget="vck190", clock_mhz=200.0, turbo_ke
               "- Dense baseline = same accelerator with E4M3 x E4M3 LUT lanes for every linear (no FP16 "
               "datapath is built here), dense attention. Non-block linears (head, word embedding) stay E4M3 "
               "in every configuration. Dual-format fc2 streams its input twice.",
-              "- Attention: one (query, key) pair per cycle per core + 621 cycles per (row, head, block) job "
+              f"- Attention: one (query, key) pair per cycle per core + {_Cores(load_points()).attn_job_overhead} "
+              "cycles per (row, head, block) job "
               "(measured at Lq=256, Lk=680); the core's tile size assumed equal to the AccelConfig's "
               f"(16 x 16). Sort: every sampled token is a top-{sample_pt['k']}-of-{sample_pt['n']} call "
               f"({sample_pt['cycles_per_call']:,g} cycles, R={sample_pt['radix_bits']}); FastVAR "
