@@ -219,10 +219,22 @@ class TopK(wiring.Component):
         sn = Signal(CW)
         sv = Signal()            # the key RAMs' read data hold word ``sw``
         sw = Signal(WW)
+        # The word under selection is one register stage behind the key RAMs (``bv``, word ``bw``):
+        # its keys and their compares with T were registered off the RAM outputs, so the RAM's
+        # 5.8 ns clock-to-out and the key compares are not on the path to the next read enable.
+        bv = Signal()
+        bw = Signal(WW)
+        bkey = [Signal(W, name=f"bkey{g}") for g in range(G)]
+        bgt = Signal(G)          # key > T (and in the packet)
+        btie = Signal(G)         # key == T (and in the packet)
+        btb = [Signal(range(G), name=f"btb{g}") for g in range(G)]  # ties before it in the word
+        bties = Signal(range(G + 1))  # ties in the word
         fresh = Signal()         # ... and it has not been looked at yet
-        rem = Signal(G)          # selected keys of word ``sw`` still to emit
-        ties = Signal(CW)
-        emitted = Signal(CW)
+        rem = Signal(G)          # selected keys of word ``bw`` still to emit
+        # ties still allowed: max(0, k_left - ties so far), so a tie's test is a compare with its
+        # rank in the word (< G), not an add of the running tie count
+        tbudget = Signal(CW)
+        left = Signal(CW)        # keys still to emit: keff - emitted
         ov = Signal()
         okey = [Signal(W, name=f"okey{t}") for t in range(P)]     # output beat: P lanes, ocount valid
         oidx = [Signal(IW, name=f"oidx{t}") for t in range(P)]
@@ -336,30 +348,32 @@ class TopK(wiring.Component):
                                  self.status.payload.code.eq(code), self.status.payload.k.eq(keff),
                                  self.status.payload.n.eq(cnt), self.status.payload.overflow.eq(ovf),
                                  scan_active.eq(keff != 0), sptr.eq(0), swords.eq((cnt + G - 1) >> GB),
-                                 sn.eq(cnt), sv.eq(0), fresh.eq(0), rem.eq(0),
-                                 ties.eq(0), emitted.eq(0), ov.eq(0), cnt.eq(0), ovf.eq(0)]
+                                 sn.eq(cnt), sv.eq(0), bv.eq(0), fresh.eq(0), rem.eq(0),
+                                 tbudget.eq(k_left), left.eq(keff), ov.eq(0), cnt.eq(0), ovf.eq(0)]
                     m.d.sync += [valid[g].eq(0) for g in range(G)]
                     m.next = "LOAD"
         m.d.comb += self.status.valid.eq(st_valid)
 
         # ---------------- emission scan: one word of G keys per cycle ----------------
+        # Two stages: the key RAMs' outputs (word ``sw``) are compared with T and registered
+        # (word ``bw``), and the selected keys of the registered word leave from there. Both
+        # advance together (``adv``) when the registered word is empty or fully taken.
         direct = scan_active & unord
         dst_ready = Mux(unord, self.o.ready, sorter.i.ready)
         en = ~ov | dst_ready
-        done = emitted == keff
+        done = left == 0
         s_issue = scan_active & (sptr < swords) & ~done
-        # selection of the word held at the key RAMs' outputs (its tie ranks continue ``ties``)
-        sel = Signal(G)
-        n_ties = ties
-        eq_count = Const(0, 1)
+        a_gt, a_tie = [], []
         for g in range(G):
             kg = krd[g].data
             in_packet = Cat(Const(g, GB), sw) < sn if GB else sw < sn
-            is_tie = in_packet & (kg == thr)
-            m.d.comb += sel[g].eq(in_packet & ((kg > thr) | (is_tie & (n_ties < k_left))))
-            n_ties = n_ties + is_tie
-            eq_count = eq_count + is_tie
-        mask = Mux(fresh, sel, rem) & Mux(sv, (1 << G) - 1, 0)
+            a_gt.append(in_packet & (kg > thr))
+            a_tie.append(in_packet & (kg == thr))
+        # selection of the registered word (its tie ranks continue the earlier words' ties)
+        sel = Signal(G)
+        for g in range(G):
+            m.d.comb += sel[g].eq(bgt[g] | (btie[g] & (btb[g] < tbudget)))
+        mask = Mux(fresh, sel, rem) & Mux(bv, (1 << G) - 1, 0)
         # The lowest ``width`` set bits of the mask leave this cycle, in index order: one key a
         # beat to the output (unordered), up to P a beat to the sorter (sorted).
         width = Mux(unord, 1, P)
@@ -378,26 +392,35 @@ class TopK(wiring.Component):
         for g in range(G):
             for t in range(P):
                 with m.If(taken[g] & (rank == t)):
-                    m.d.comb += [beat_keys[t].eq(krd[g].data), beat_idx[t].eq(Cat(Const(g, GB), sw) if GB else sw)]
+                    m.d.comb += [beat_keys[t].eq(bkey[g]), beat_idx[t].eq(Cat(Const(g, GB), bw) if GB else bw)]
             rank = rank + taken[g]
+        adv = ~bv | (en & (rest == 0))
         with m.If(scan_active):
             m.d.comb += [krd[g].addr.eq(sptr[:WW]) for g in range(G)]
             with m.If(en):
-                m.d.sync += [ov.eq(mask.any()), ocount.eq(n_taken), olast.eq(emitted + n_taken == keff)]
+                m.d.sync += [ov.eq(mask.any()), ocount.eq(n_taken), olast.eq(n_taken == left)]
                 m.d.sync += [okey[t].eq(beat_keys[t]) for t in range(P)]
                 m.d.sync += [oidx[t].eq(beat_idx[t]) for t in range(P)]
-                m.d.sync += emitted.eq(emitted + n_taken)
-                with m.If(fresh & sv):
-                    m.d.sync += ties.eq(ties + eq_count)
-                with m.If(rest == 0):  # word done: read the next one
-                    m.d.comb += [krd[g].en.eq(1) for g in range(G)]
-                    m.d.sync += [sv.eq(s_issue), sw.eq(sptr[:WW]), fresh.eq(1)]
-                    with m.If(s_issue):
-                        m.d.sync += sptr.eq(sptr + 1)
-                with m.Else():
+                m.d.sync += left.eq(left - n_taken)
+                with m.If(fresh & bv):
+                    m.d.sync += tbudget.eq(Mux(tbudget > bties, tbudget - bties, 0))
+                with m.If(rest != 0):
                     m.d.sync += [rem.eq(rest), fresh.eq(0)]
-                with m.If(done | ((sptr == swords) & ~sv)):
-                    m.d.sync += [scan_active.eq(0), ov.eq(0), sv.eq(0)]
+            with m.If(adv):  # word done (or none held): take the RAMs' word, read the next one
+                m.d.comb += [krd[g].en.eq(1) for g in range(G)]
+                m.d.sync += [sv.eq(s_issue), sw.eq(sptr[:WW]), bv.eq(sv), bw.eq(sw), fresh.eq(1),
+                             bgt.eq(Cat(*a_gt)), btie.eq(Cat(*a_tie))]
+                m.d.sync += [bkey[g].eq(krd[g].data) for g in range(G)]
+                n_before = Const(0, 1)
+                for g in range(G):
+                    m.d.sync += btb[g].eq(n_before)
+                    n_before = n_before + a_tie[g]
+                m.d.sync += bties.eq(n_before)
+                with m.If(s_issue):
+                    m.d.sync += sptr.eq(sptr + 1)
+            # under ``en``: the last beat is out before the scan ends
+            with m.If(en & (done | ((sptr == swords) & ~sv & ~bv))):
+                m.d.sync += [scan_active.eq(0), ov.eq(0), sv.eq(0), bv.eq(0)]
 
         # ---------------- outputs ----------------
         m.d.comb += [
