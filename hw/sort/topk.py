@@ -207,11 +207,18 @@ class TopK(wiring.Component):
         k_left = Signal(CW)
         level = Signal(range(max(D, 2)))
         avail = Signal(B)        # buckets of this digit not visited yet
-        above = Signal(CW)
+        # k_left less the keys of the buckets visited above the chosen one, so the visit's test
+        # is one compare of the bucket's total (not an add and a compare)
+        need = Signal(CW)
         cur = [Signal(WW, name=f"cur{g}") for g in range(G)]
         trem = [Signal(BCW, name=f"trem{g}") for g in range(G)]
         tv = [Signal(name=f"tv{g}") for g in range(G)]
         tnode = [Signal(WW, name=f"tnode{g}") for g in range(G)]
+        # A walked node's push is registered (digit and node) and done the cycle after its key
+        # arrives: keeps the key RAM's clock-to-out off the bucket lists' read-add-write.
+        pv = [Signal(name=f"pv{g}") for g in range(G)]
+        pdig = [Signal(R, name=f"pdig{g}") for g in range(G)]
+        pnode = [Signal(WW, name=f"pnode{g}") for g in range(G)]
         # scan engine
         scan_active = Signal()
         sptr = Signal(WW + 1)    # next word to read
@@ -268,10 +275,11 @@ class TopK(wiring.Component):
         with m.If(self.status.ready):
             m.d.sync += st_valid.eq(0)
 
-        # the bucket visited this cycle of SELECT: the highest not yet visited non-empty one
-        _, cand = highest_set(avail)
+        # the bucket visited this cycle of SELECT: the highest not yet visited non-empty one, a
+        # register found from ``avail`` whenever that changes, so the priority encoder is not in
+        # front of the count reads
         bucket = Signal(R)
-        m.d.comb += bucket.eq(cand)
+        avail_next = avail & ~(Const(1, B) << bucket)
         counts = [Mux(valid[g].bit_select(bucket, 1), hist_s[g].data, 0) for g in range(G)]
         m.d.comb += [hist_s[g].addr.eq(bucket) for g in range(G)]
         m.d.comb += [head_s[g].addr.eq(bucket) for g in range(G)]
@@ -297,8 +305,8 @@ class TopK(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(~scan_active)
                 with m.If(self.cmd.valid & ~scan_active):
                     k = self.cmd.payload.k
-                    m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), above.eq(0),
-                                 level.eq(D - 1), avail.eq(any_valid)]
+                    m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), need.eq(k),
+                                 level.eq(D - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
                     with m.If(k == 0):
                         m.d.sync += [keff.eq(0), k_left.eq(0), code.eq(STATUS_K_ZERO)]
                         m.next = "EMIT"
@@ -312,11 +320,11 @@ class TopK(wiring.Component):
                         m.next = "SELECT"
             with m.State("SELECT"):
                 # k_left <= keys in the current set, so the chosen bucket comes before avail empties
-                with m.If(above + total >= k_left):
-                    m.d.sync += k_left.eq(k_left - above)
+                with m.If(total >= need):
+                    m.d.sync += k_left.eq(need)
                     for g in range(G):
                         m.d.sync += [cur[g].eq(head_s[g].data), trem[g].eq(counts[g]), tv[g].eq(0),
-                                     valid[g].eq(0)]
+                                     pv[g].eq(0), valid[g].eq(0)]
                     for lv, (lo, hi) in enumerate(slices):
                         with m.If(level == lv):
                             m.d.sync += thr[lo:hi].eq(bucket[:hi - lo])
@@ -325,22 +333,24 @@ class TopK(wiring.Component):
                     with m.Else():
                         m.next = "TRAV"
                 with m.Else():
-                    m.d.sync += [above.eq(above + total), avail.bit_select(bucket, 1).eq(0)]
+                    m.d.sync += [need.eq(need - total), avail.eq(avail_next), bucket.eq(highest_set(avail_next)[1])]
             with m.State("TRAV"):
                 busy = []
                 for g in range(G):
                     issue = trem[g] != 0
                     addr = Mux(tv[g], lrd[g].data, cur[g])
                     m.d.comb += [krd[g].addr.eq(addr), krd[g].en.eq(1), lrd[g].addr.eq(addr), lrd[g].en.eq(1)]
-                    m.d.sync += [tv[g].eq(issue), tnode[g].eq(addr)]
+                    m.d.sync += [tv[g].eq(issue), tnode[g].eq(addr), pv[g].eq(tv[g])]
                     with m.If(issue):
                         m.d.sync += trem[g].eq(trem[g] - 1)
                     with m.If(tv[g]):
                         digit = Array([krd[g].data[lo:hi] for lo, hi in slices])[level - 1][:R]
-                        m.d.comb += [push[g].eq(1), push_d[g].eq(digit), push_node[g].eq(tnode[g])]
-                    busy.append(issue | tv[g])
+                        m.d.sync += [pdig[g].eq(digit), pnode[g].eq(tnode[g])]
+                    with m.If(pv[g]):
+                        m.d.comb += [push[g].eq(1), push_d[g].eq(pdig[g]), push_node[g].eq(pnode[g])]
+                    busy.append(issue | tv[g] | pv[g])
                 with m.If(~Cat(*busy).any()):
-                    m.d.sync += [level.eq(level - 1), above.eq(0), avail.eq(any_valid)]
+                    m.d.sync += [level.eq(level - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
                     m.next = "SELECT"
             with m.State("EMIT"):
                 with m.If(status_free & (~unord | (pending == 0))):
