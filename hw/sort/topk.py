@@ -61,9 +61,11 @@ class TopK(wiring.Component):
     Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
     of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
     extra cycles of words with more than one selected key): unordered
-    ``ceil(n / P) + 1 + sum(v_j) + sum(c_j + 2) + w + x + 3``; sorted adds the sorter after the scan:
-    ``B + (D - s) * (m + 2) + s + k + ~3`` with ``m = k`` at P = 1 and ``m = ceil(k / P)`` lanes'
-    worth at P > 1 (:func:`~hw.sort.radix.sorter_cycles`). Measured by ``sim/bench_sort.py``.
+    ``ceil(n / P) + 1 + sum(v_j) + sum(c_j + 3) + w + x + 4`` (the walk's push and the scan's
+    selection each sit one register stage behind their RAM read, for Fmax); sorted adds the
+    sorter after the scan: ``B + (D - s) * (m + 3) + s + k + ~3`` with ``m = k`` at P = 1 and
+    ``B + (D - s) * (m + 2) + s + k + ~3`` with ``m = ceil(k / P)`` lanes' worth at P > 1
+    (:func:`~hw.sort.radix.sorter_cycles`). Measured by ``sim/bench_sort.py``.
 
     Overlap: the next packet is loaded while the previous packet is scanned (behind the scan
     pointer) and sorted; its select waits for the previous scan to end. An unordered packet's
