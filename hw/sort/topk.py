@@ -216,8 +216,9 @@ class TopK(wiring.Component):
         trem = [Signal(BCW, name=f"trem{g}") for g in range(G)]
         tv = [Signal(name=f"tv{g}") for g in range(G)]
         tnode = [Signal(WW, name=f"tnode{g}") for g in range(G)]
-        # A walked node's push is registered (digit and node) and done the cycle after its key
-        # arrives: keeps the key RAM's clock-to-out off the bucket lists' read-add-write.
+        # Every push is registered (digit and node) and done the cycle after its key arrives (a
+        # load beat, or a walked node's key read): keeps the key RAM's clock-to-out and the
+        # load's handshake and bounds compares off the bucket lists' read-add-write.
         pv = [Signal(name=f"pv{g}") for g in range(G)]
         pdig = [Signal(R, name=f"pdig{g}") for g in range(G)]
         pnode = [Signal(WW, name=f"pnode{g}") for g in range(G)]
@@ -289,23 +290,29 @@ class TopK(wiring.Component):
         for g in range(1, G):
             total = total + counts[g]
 
+        for g in range(G):
+            m.d.sync += pv[g].eq(0)  # set again by a load beat or a walked key, below
+            with m.If(pv[g]):
+                m.d.comb += [push[g].eq(1), push_d[g].eq(pdig[g]), push_node[g].eq(pnode[g])]
         with m.FSM(init="LOAD"):
             with m.State("LOAD"):
                 m.d.comb += loading.eq(1)
                 for j in range(P):
                     for g in range(G):
                         with m.If(lane_store[j] & (load_bank + j == g)):
-                            m.d.comb += [kwr[g].addr.eq(load_word), kwr[g].data.eq(keys_in[j]), kwr[g].en.eq(1),
-                                         push[g].eq(1), push_d[g].eq(keys_in[j][top_lo:top_hi]),
-                                         push_node[g].eq(load_word)]
+                            m.d.comb += [kwr[g].addr.eq(load_word), kwr[g].data.eq(keys_in[j]), kwr[g].en.eq(1)]
+                            m.d.sync += [pv[g].eq(1), pdig[g].eq(keys_in[j][top_lo:top_hi]),
+                                         pnode[g].eq(load_word)]
                 m.d.sync += cnt.eq(cnt + n_stored)
                 with m.If(Cat(*[lane_in[j] & ~lane_store[j] for j in range(P)]).any()):
                     m.d.sync += ovf.eq(1)
                 with m.If(take & self.i.payload.last):
                     m.next = "CMD"
             with m.State("CMD"):
-                m.d.comb += self.cmd.ready.eq(~scan_active)
-                with m.If(self.cmd.valid & ~scan_active):
+                # (and after the last beat's push: the select reads the lists' valid bits)
+                cmd_ok = ~scan_active & ~Cat(*pv).any()
+                m.d.comb += self.cmd.ready.eq(cmd_ok)
+                with m.If(self.cmd.valid & cmd_ok):
                     k = self.cmd.payload.k
                     m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), need.eq(k),
                                  level.eq(D - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
@@ -326,7 +333,7 @@ class TopK(wiring.Component):
                     m.d.sync += k_left.eq(need)
                     for g in range(G):
                         m.d.sync += [cur[g].eq(head_s[g].data), trem[g].eq(counts[g]), tv[g].eq(0),
-                                     pv[g].eq(0), valid[g].eq(0)]
+                                     valid[g].eq(0)]
                     for lv, (lo, hi) in enumerate(slices):
                         with m.If(level == lv):
                             m.d.sync += thr[lo:hi].eq(bucket[:hi - lo])
@@ -348,8 +355,6 @@ class TopK(wiring.Component):
                     with m.If(tv[g]):
                         digit = Array([krd[g].data[lo:hi] for lo, hi in slices])[level - 1][:R]
                         m.d.sync += [pdig[g].eq(digit), pnode[g].eq(tnode[g])]
-                    with m.If(pv[g]):
-                        m.d.comb += [push[g].eq(1), push_d[g].eq(pdig[g]), push_node[g].eq(pnode[g])]
                     busy.append(issue | tv[g] | pv[g])
                 with m.If(~Cat(*busy).any()):
                     m.d.sync += [level.eq(level - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
