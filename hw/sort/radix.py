@@ -27,7 +27,7 @@ def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1):
     check_choice("lanes", lanes, SUPPORTED_LANES)
     passes = -(-key_bits // radix_bits)
     if lanes == 1:
-        return n + 2 + (1 << radix_bits) + (passes - skipped) * (n + 2) + skipped + n + 1
+        return n + 2 + (1 << radix_bits) + (passes - skipped) * (n + 3) + skipped + n + 1
     beats = -(-n // lanes)
     return beats + 2 + (1 << radix_bits) + (passes - skipped) * (beats + 2) + skipped + n + 3
 
@@ -72,15 +72,16 @@ class RadixSorter(wiring.Component):
     2. **Prefix** (``B`` cycles): the ``D`` histograms are turned in place into exclusive
        prefix sums (bucket base addresses) by rotating the counter registers through one adder
        per digit. A digit whose keys all fall in one bucket is marked: its pass would be the
-       identity permutation and is skipped (1 cycle instead of ``n + 2``).
-    3. **Passes** (``n + 2`` cycles each): digit ``p`` (least significant first) reads the
+       identity permutation and is skipped (1 cycle instead of ``n + 3``).
+    3. **Passes** (``n + 3`` cycles each): digit ``p`` (least significant first) reads the
        source RAM in address order and writes each entry to ``base[digit]++`` of the other RAM
-       (ping-pong); stable by construction.
+       (ping-pong); stable by construction. The entry read is registered before its histogram
+       update and write (a RAM read, a register, the scatter: the three cycles of latency).
     4. **Emit** (``n`` beats): the RAM holding the result is read out in address order.
 
     Cycles from the first input beat to the last output beat with no stalls:
-    ``n + 2 + B + (D - s) * (n + 2) + s + n + 1`` for ``s`` skipped passes
-    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 603 for R = 4, 16 647 for R = 8).
+    ``n + 2 + B + (D - s) * (n + 3) + s + n + 1`` for ``s`` skipped passes
+    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 607 for R = 4, 16 649 for R = 8).
 
     Double buffering: the next packet is loaded while the previous one is emitted, into the
     RAM being read, behind the read pointer (a write to address a waits until a has been read),
@@ -258,6 +259,12 @@ class RadixSorter(wiring.Component):
         src = Signal()
         j = Signal(CW)
         rv = Signal()
+        # A pass's entry is registered off the RAM read port (with its digit) before its
+        # histogram update and scatter write: keeps the block RAM's clock-to-out off the
+        # histogram read-add-write (one more cycle a pass).
+        pv = Signal()
+        pentry = Signal(W + IW)
+        pdigit = Signal(R)
         passes_done = Signal()
 
         with m.FSM(init="CLEAR"):
@@ -283,7 +290,7 @@ class RadixSorter(wiring.Component):
                 m.d.comb += prefix_active.eq(1)
                 m.d.sync += pc.eq(pc + 1)
                 with m.If(pc == B - 1):
-                    m.d.sync += [pp.eq(0), j.eq(0), rv.eq(0), src.eq(lb)]
+                    m.d.sync += [pp.eq(0), j.eq(0), rv.eq(0), pv.eq(0), src.eq(lb)]
                     m.next = "PASS"
             with m.State("PASS"):
                 with m.If(~out_active):
@@ -301,10 +308,9 @@ class RadixSorter(wiring.Component):
                 m.d.comb += [wrs[b].addr.eq(cnt), wrs[b].data.eq(Cat(stored_key, index)), wrs[b].en.eq(1)]
 
         # ---- histogram RAMs: count (load), prefix sums, bucket bases (passes), clear ----
-        rv_digit = Signal(R)
         _digit_histograms(m, hrd, hwr, slices, clear=clear_hist, prefix=prefix_active, pc=pc, run=run,
                           stored=cnt, constant=skip, store=store, key=stored_key, pass_on=pass_active, pp=pp,
-                          pass_digit=rv_digit, pass_valid=rv)
+                          pass_digit=pdigit, pass_valid=pv)
 
         # ---- scatter passes (digit pp) ----
         cur_skip = Array(skip)[pp]
@@ -314,17 +320,17 @@ class RadixSorter(wiring.Component):
                 m.d.comb += [rds[b].addr.eq(j), rds[b].en.eq(1)]
         entry = Mux(src, rds[1].data, rds[0].data)
         entry_key = entry[:W]
-        m.d.comb += rv_digit.eq(Array([entry_key[lo:hi] for lo, hi in slices])[pp])
         dest = Array([hrd[p].data for p in range(D)])[pp]
         with m.If(pass_active):
-            m.d.sync += rv.eq(issue)
+            m.d.sync += [rv.eq(issue), pv.eq(rv), pentry.eq(entry),
+                         pdigit.eq(Array([entry_key[lo:hi] for lo, hi in slices])[pp])]
             with m.If(issue):
                 m.d.sync += j.eq(j + 1)
-            with m.If(rv):
+            with m.If(pv):
                 for b in range(2):
                     with m.If(src != b):
-                        m.d.comb += [wrs[b].addr.eq(dest), wrs[b].data.eq(entry), wrs[b].en.eq(1)]
-            with m.If(~issue & ~rv):  # pass complete (or skipped)
+                        m.d.comb += [wrs[b].addr.eq(dest), wrs[b].data.eq(pentry), wrs[b].en.eq(1)]
+            with m.If(~issue & ~rv & ~pv):  # pass complete (or skipped)
                 m.d.sync += [j.eq(0), pp.eq(pp + 1)]
                 with m.If(~cur_skip):
                     m.d.sync += src.eq(~src)

@@ -61,9 +61,11 @@ class TopK(wiring.Component):
     Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
     of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
     extra cycles of words with more than one selected key): unordered
-    ``ceil(n / P) + 1 + sum(v_j) + sum(c_j + 2) + w + x + 3``; sorted adds the sorter after the scan:
-    ``B + (D - s) * (m + 2) + s + k + ~3`` with ``m = k`` at P = 1 and ``m = ceil(k / P)`` lanes'
-    worth at P > 1 (:func:`~hw.sort.radix.sorter_cycles`). Measured by ``sim/bench_sort.py``.
+    ``ceil(n / P) + 1 + sum(v_j) + sum(c_j + 3) + w + x + 4`` (the walk's push and the scan's
+    selection each sit one register stage behind their RAM read, for Fmax); sorted adds the
+    sorter after the scan: ``B + (D - s) * (m + 3) + s + k + ~3`` with ``m = k`` at P = 1 and
+    ``B + (D - s) * (m + 2) + s + k + ~3`` with ``m = ceil(k / P)`` lanes' worth at P > 1
+    (:func:`~hw.sort.radix.sorter_cycles`). Measured by ``sim/bench_sort.py``.
 
     Overlap: the next packet is loaded while the previous packet is scanned (behind the scan
     pointer) and sorted; its select waits for the previous scan to end. An unordered packet's
@@ -207,11 +209,19 @@ class TopK(wiring.Component):
         k_left = Signal(CW)
         level = Signal(range(max(D, 2)))
         avail = Signal(B)        # buckets of this digit not visited yet
-        above = Signal(CW)
+        # k_left less the keys of the buckets visited above the chosen one, so the visit's test
+        # is one compare of the bucket's total (not an add and a compare)
+        need = Signal(CW)
         cur = [Signal(WW, name=f"cur{g}") for g in range(G)]
         trem = [Signal(BCW, name=f"trem{g}") for g in range(G)]
         tv = [Signal(name=f"tv{g}") for g in range(G)]
         tnode = [Signal(WW, name=f"tnode{g}") for g in range(G)]
+        # Every push is registered (digit and node) and done the cycle after its key arrives (a
+        # load beat, or a walked node's key read): keeps the key RAM's clock-to-out and the
+        # load's handshake and bounds compares off the bucket lists' read-add-write.
+        pv = [Signal(name=f"pv{g}") for g in range(G)]
+        pdig = [Signal(R, name=f"pdig{g}") for g in range(G)]
+        pnode = [Signal(WW, name=f"pnode{g}") for g in range(G)]
         # scan engine
         scan_active = Signal()
         sptr = Signal(WW + 1)    # next word to read
@@ -219,10 +229,22 @@ class TopK(wiring.Component):
         sn = Signal(CW)
         sv = Signal()            # the key RAMs' read data hold word ``sw``
         sw = Signal(WW)
+        # The word under selection is one register stage behind the key RAMs (``bv``, word ``bw``):
+        # its keys and their compares with T were registered off the RAM outputs, so the RAM's
+        # 5.8 ns clock-to-out and the key compares are not on the path to the next read enable.
+        bv = Signal()
+        bw = Signal(WW)
+        bkey = [Signal(W, name=f"bkey{g}") for g in range(G)]
+        bgt = Signal(G)          # key > T (and in the packet)
+        btie = Signal(G)         # key == T (and in the packet)
+        btb = [Signal(range(G), name=f"btb{g}") for g in range(G)]  # ties before it in the word
+        bties = Signal(range(G + 1))  # ties in the word
         fresh = Signal()         # ... and it has not been looked at yet
-        rem = Signal(G)          # selected keys of word ``sw`` still to emit
-        ties = Signal(CW)
-        emitted = Signal(CW)
+        rem = Signal(G)          # selected keys of word ``bw`` still to emit
+        # ties still allowed: max(0, k_left - ties so far), so a tie's test is a compare with its
+        # rank in the word (< G), not an add of the running tie count
+        tbudget = Signal(CW)
+        left = Signal(CW)        # keys still to emit: keff - emitted
         ov = Signal()
         okey = [Signal(W, name=f"okey{t}") for t in range(P)]     # output beat: P lanes, ocount valid
         oidx = [Signal(IW, name=f"oidx{t}") for t in range(P)]
@@ -256,10 +278,11 @@ class TopK(wiring.Component):
         with m.If(self.status.ready):
             m.d.sync += st_valid.eq(0)
 
-        # the bucket visited this cycle of SELECT: the highest not yet visited non-empty one
-        _, cand = highest_set(avail)
+        # the bucket visited this cycle of SELECT: the highest not yet visited non-empty one, a
+        # register found from ``avail`` whenever that changes, so the priority encoder is not in
+        # front of the count reads
         bucket = Signal(R)
-        m.d.comb += bucket.eq(cand)
+        avail_next = avail & ~(Const(1, B) << bucket)
         counts = [Mux(valid[g].bit_select(bucket, 1), hist_s[g].data, 0) for g in range(G)]
         m.d.comb += [hist_s[g].addr.eq(bucket) for g in range(G)]
         m.d.comb += [head_s[g].addr.eq(bucket) for g in range(G)]
@@ -267,26 +290,32 @@ class TopK(wiring.Component):
         for g in range(1, G):
             total = total + counts[g]
 
+        for g in range(G):
+            m.d.sync += pv[g].eq(0)  # set again by a load beat or a walked key, below
+            with m.If(pv[g]):
+                m.d.comb += [push[g].eq(1), push_d[g].eq(pdig[g]), push_node[g].eq(pnode[g])]
         with m.FSM(init="LOAD"):
             with m.State("LOAD"):
                 m.d.comb += loading.eq(1)
                 for j in range(P):
                     for g in range(G):
                         with m.If(lane_store[j] & (load_bank + j == g)):
-                            m.d.comb += [kwr[g].addr.eq(load_word), kwr[g].data.eq(keys_in[j]), kwr[g].en.eq(1),
-                                         push[g].eq(1), push_d[g].eq(keys_in[j][top_lo:top_hi]),
-                                         push_node[g].eq(load_word)]
+                            m.d.comb += [kwr[g].addr.eq(load_word), kwr[g].data.eq(keys_in[j]), kwr[g].en.eq(1)]
+                            m.d.sync += [pv[g].eq(1), pdig[g].eq(keys_in[j][top_lo:top_hi]),
+                                         pnode[g].eq(load_word)]
                 m.d.sync += cnt.eq(cnt + n_stored)
                 with m.If(Cat(*[lane_in[j] & ~lane_store[j] for j in range(P)]).any()):
                     m.d.sync += ovf.eq(1)
                 with m.If(take & self.i.payload.last):
                     m.next = "CMD"
             with m.State("CMD"):
-                m.d.comb += self.cmd.ready.eq(~scan_active)
-                with m.If(self.cmd.valid & ~scan_active):
+                # (and after the last beat's push: the select reads the lists' valid bits)
+                cmd_ok = ~scan_active & ~Cat(*pv).any()
+                m.d.comb += self.cmd.ready.eq(cmd_ok)
+                with m.If(self.cmd.valid & cmd_ok):
                     k = self.cmd.payload.k
-                    m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), above.eq(0),
-                                 level.eq(D - 1), avail.eq(any_valid)]
+                    m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), need.eq(k),
+                                 level.eq(D - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
                     with m.If(k == 0):
                         m.d.sync += [keff.eq(0), k_left.eq(0), code.eq(STATUS_K_ZERO)]
                         m.next = "EMIT"
@@ -300,8 +329,8 @@ class TopK(wiring.Component):
                         m.next = "SELECT"
             with m.State("SELECT"):
                 # k_left <= keys in the current set, so the chosen bucket comes before avail empties
-                with m.If(above + total >= k_left):
-                    m.d.sync += k_left.eq(k_left - above)
+                with m.If(total >= need):
+                    m.d.sync += k_left.eq(need)
                     for g in range(G):
                         m.d.sync += [cur[g].eq(head_s[g].data), trem[g].eq(counts[g]), tv[g].eq(0),
                                      valid[g].eq(0)]
@@ -313,22 +342,22 @@ class TopK(wiring.Component):
                     with m.Else():
                         m.next = "TRAV"
                 with m.Else():
-                    m.d.sync += [above.eq(above + total), avail.bit_select(bucket, 1).eq(0)]
+                    m.d.sync += [need.eq(need - total), avail.eq(avail_next), bucket.eq(highest_set(avail_next)[1])]
             with m.State("TRAV"):
                 busy = []
                 for g in range(G):
                     issue = trem[g] != 0
                     addr = Mux(tv[g], lrd[g].data, cur[g])
                     m.d.comb += [krd[g].addr.eq(addr), krd[g].en.eq(1), lrd[g].addr.eq(addr), lrd[g].en.eq(1)]
-                    m.d.sync += [tv[g].eq(issue), tnode[g].eq(addr)]
+                    m.d.sync += [tv[g].eq(issue), tnode[g].eq(addr), pv[g].eq(tv[g])]
                     with m.If(issue):
                         m.d.sync += trem[g].eq(trem[g] - 1)
                     with m.If(tv[g]):
                         digit = Array([krd[g].data[lo:hi] for lo, hi in slices])[level - 1][:R]
-                        m.d.comb += [push[g].eq(1), push_d[g].eq(digit), push_node[g].eq(tnode[g])]
-                    busy.append(issue | tv[g])
+                        m.d.sync += [pdig[g].eq(digit), pnode[g].eq(tnode[g])]
+                    busy.append(issue | tv[g] | pv[g])
                 with m.If(~Cat(*busy).any()):
-                    m.d.sync += [level.eq(level - 1), above.eq(0), avail.eq(any_valid)]
+                    m.d.sync += [level.eq(level - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
                     m.next = "SELECT"
             with m.State("EMIT"):
                 with m.If(status_free & (~unord | (pending == 0))):
@@ -336,30 +365,32 @@ class TopK(wiring.Component):
                                  self.status.payload.code.eq(code), self.status.payload.k.eq(keff),
                                  self.status.payload.n.eq(cnt), self.status.payload.overflow.eq(ovf),
                                  scan_active.eq(keff != 0), sptr.eq(0), swords.eq((cnt + G - 1) >> GB),
-                                 sn.eq(cnt), sv.eq(0), fresh.eq(0), rem.eq(0),
-                                 ties.eq(0), emitted.eq(0), ov.eq(0), cnt.eq(0), ovf.eq(0)]
+                                 sn.eq(cnt), sv.eq(0), bv.eq(0), fresh.eq(0), rem.eq(0),
+                                 tbudget.eq(k_left), left.eq(keff), ov.eq(0), cnt.eq(0), ovf.eq(0)]
                     m.d.sync += [valid[g].eq(0) for g in range(G)]
                     m.next = "LOAD"
         m.d.comb += self.status.valid.eq(st_valid)
 
         # ---------------- emission scan: one word of G keys per cycle ----------------
+        # Two stages: the key RAMs' outputs (word ``sw``) are compared with T and registered
+        # (word ``bw``), and the selected keys of the registered word leave from there. Both
+        # advance together (``adv``) when the registered word is empty or fully taken.
         direct = scan_active & unord
         dst_ready = Mux(unord, self.o.ready, sorter.i.ready)
         en = ~ov | dst_ready
-        done = emitted == keff
+        done = left == 0
         s_issue = scan_active & (sptr < swords) & ~done
-        # selection of the word held at the key RAMs' outputs (its tie ranks continue ``ties``)
-        sel = Signal(G)
-        n_ties = ties
-        eq_count = Const(0, 1)
+        a_gt, a_tie = [], []
         for g in range(G):
             kg = krd[g].data
             in_packet = Cat(Const(g, GB), sw) < sn if GB else sw < sn
-            is_tie = in_packet & (kg == thr)
-            m.d.comb += sel[g].eq(in_packet & ((kg > thr) | (is_tie & (n_ties < k_left))))
-            n_ties = n_ties + is_tie
-            eq_count = eq_count + is_tie
-        mask = Mux(fresh, sel, rem) & Mux(sv, (1 << G) - 1, 0)
+            a_gt.append(in_packet & (kg > thr))
+            a_tie.append(in_packet & (kg == thr))
+        # selection of the registered word (its tie ranks continue the earlier words' ties)
+        sel = Signal(G)
+        for g in range(G):
+            m.d.comb += sel[g].eq(bgt[g] | (btie[g] & (btb[g] < tbudget)))
+        mask = Mux(fresh, sel, rem) & Mux(bv, (1 << G) - 1, 0)
         # The lowest ``width`` set bits of the mask leave this cycle, in index order: one key a
         # beat to the output (unordered), up to P a beat to the sorter (sorted).
         width = Mux(unord, 1, P)
@@ -378,26 +409,35 @@ class TopK(wiring.Component):
         for g in range(G):
             for t in range(P):
                 with m.If(taken[g] & (rank == t)):
-                    m.d.comb += [beat_keys[t].eq(krd[g].data), beat_idx[t].eq(Cat(Const(g, GB), sw) if GB else sw)]
+                    m.d.comb += [beat_keys[t].eq(bkey[g]), beat_idx[t].eq(Cat(Const(g, GB), bw) if GB else bw)]
             rank = rank + taken[g]
+        adv = ~bv | (en & (rest == 0))
         with m.If(scan_active):
             m.d.comb += [krd[g].addr.eq(sptr[:WW]) for g in range(G)]
             with m.If(en):
-                m.d.sync += [ov.eq(mask.any()), ocount.eq(n_taken), olast.eq(emitted + n_taken == keff)]
+                m.d.sync += [ov.eq(mask.any()), ocount.eq(n_taken), olast.eq(n_taken == left)]
                 m.d.sync += [okey[t].eq(beat_keys[t]) for t in range(P)]
                 m.d.sync += [oidx[t].eq(beat_idx[t]) for t in range(P)]
-                m.d.sync += emitted.eq(emitted + n_taken)
-                with m.If(fresh & sv):
-                    m.d.sync += ties.eq(ties + eq_count)
-                with m.If(rest == 0):  # word done: read the next one
-                    m.d.comb += [krd[g].en.eq(1) for g in range(G)]
-                    m.d.sync += [sv.eq(s_issue), sw.eq(sptr[:WW]), fresh.eq(1)]
-                    with m.If(s_issue):
-                        m.d.sync += sptr.eq(sptr + 1)
-                with m.Else():
+                m.d.sync += left.eq(left - n_taken)
+                with m.If(fresh & bv):
+                    m.d.sync += tbudget.eq(Mux(tbudget > bties, tbudget - bties, 0))
+                with m.If(rest != 0):
                     m.d.sync += [rem.eq(rest), fresh.eq(0)]
-                with m.If(done | ((sptr == swords) & ~sv)):
-                    m.d.sync += [scan_active.eq(0), ov.eq(0), sv.eq(0)]
+            with m.If(adv):  # word done (or none held): take the RAMs' word, read the next one
+                m.d.comb += [krd[g].en.eq(1) for g in range(G)]
+                m.d.sync += [sv.eq(s_issue), sw.eq(sptr[:WW]), bv.eq(sv), bw.eq(sw), fresh.eq(1),
+                             bgt.eq(Cat(*a_gt)), btie.eq(Cat(*a_tie))]
+                m.d.sync += [bkey[g].eq(krd[g].data) for g in range(G)]
+                n_before = Const(0, 1)
+                for g in range(G):
+                    m.d.sync += btb[g].eq(n_before)
+                    n_before = n_before + a_tie[g]
+                m.d.sync += bties.eq(n_before)
+                with m.If(s_issue):
+                    m.d.sync += sptr.eq(sptr + 1)
+            # under ``en``: the last beat is out before the scan ends
+            with m.If(en & (done | ((sptr == swords) & ~sv & ~bv))):
+                m.d.sync += [scan_active.eq(0), ov.eq(0), sv.eq(0), bv.eq(0)]
 
         # ---------------- outputs ----------------
         m.d.comb += [
