@@ -372,20 +372,43 @@ def test_output_mx():
     assert rel(mx_dequantize(c, s, "e4m3").double(), r.out) < 4 * format_rel_error("e4m3")
 
 
-@pytest.mark.parametrize("fmt", ["e4m3", "e3m2", "e2m1"])
-def test_end_to_end_error_consistent_with_format(seed, fmt):
-    """Error vs unquantized float64 inputs: floored by the format's cast error, and within a small
-    factor of the e2e_error_estimate model."""
+def _check_end_to_end_error(seed, fmt):
+    """Error vs unquantized float64 inputs: floored by the error that casting V alone gives on the
+    same inputs (the datapath adds the q and k casts and its roundings, which are independent of
+    V's: their squares add), and within a small factor of the e2e_error_estimate model.
+
+    The floor is measured, not the format's sqrt(3/7) eps: with q_std 0.1 the softmax is nearly
+    uniform, every query row gets almost the same output, so only D = 64 outputs average the V
+    errors and their realised size scatters by about 12 % around the format's figure (seed
+    831570535, e3m2: 0.79 of it). Over 121 seeds x 3 formats x 3 score ranges the datapath error
+    was 1.003 to 3.6 times the V-cast error, and over 1,500 more seeds per format of the tightest
+    case (q_std 0.1) at least 1.0009 times. The floor is 0.95 of it because the cross term between
+    the V errors and the others has a random sign and, where the others are small (a nearly
+    uniform softmax), can take back part of their share. A datapath that skipped V's cast would
+    sit far below."""
     g = torch.Generator().manual_seed(seed)
     nm = AttnNumerics(qk_fmt=fmt, v_fmt=fmt)
     for q_std in (0.1, 1.0, 4.0):
         q, k, v = rand_qkv(64, 192, 64, q_std, g)
         r = attention_exact(q, k, v, numerics=nm)
-        err = rel(r.out, ref_attention(q, k, v, 1 / 8))
+        ref = ref_attention(q, k, v, 1 / 8)
+        err = rel(r.out, ref)
+        v_cast = mx_dequantize(*mx_quantize(v, fmt), fmt).double()
+        floor_v = rel(ref_attention(q, k, v_cast, 1 / 8), ref)
         est = e2e_error_estimate(fmt, fmt, float(((q @ k.T) / 8).std()))
-        floor_v = math.sqrt(3 / 7) * format_rel_error(fmt)
-        print(f"{fmt} q_std={q_std}: e2e {err:.4f} estimate {est:.4f} V-floor {floor_v:.4f}")
-        assert 0.8 * floor_v <= err <= 1.2 * est
+        print(f"{fmt} q_std={q_std}: e2e {err:.4f} estimate {est:.4f} V-cast alone {floor_v:.4f}")
+        assert 0.95 * floor_v <= err <= 1.2 * est
+
+
+@pytest.mark.parametrize("fmt", ["e4m3", "e3m2", "e2m1"])
+def test_end_to_end_error_consistent_with_format(seed, fmt):
+    _check_end_to_end_error(seed, fmt)
+
+
+@pytest.mark.parametrize("seed", [831570535], indirect=True)
+def test_end_to_end_error_pinned_near_uniform_softmax(seed):
+    """The seed whose near-uniform e3m2 case fell below the old format-constant floor."""
+    _check_end_to_end_error(seed, "e3m2")
 
 
 def test_format_rel_error_values():
