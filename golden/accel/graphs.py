@@ -44,17 +44,20 @@ plumbing, and the GPU benchmark checks that replayed generations equal eager one
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Tuple
 
 import torch
+
+from golden.model.hooks import WrappedHooks
 
 __all__ = ["StepGraphs", "graphable"]
 
 
 def graphable(hooks) -> Tuple[bool, str]:
-    """(True, "") when ``hooks`` (None, an AcceleratedHooks or a StepGraphs) can run under
-    StepGraphs, else (False, the reason)."""
-    if isinstance(hooks, StepGraphs):
+    """(True, "") when ``hooks`` (None or an AcceleratedHooks, possibly under wrappers such as
+    StepGraphs) can run under StepGraphs, else (False, the reason)."""
+    while isinstance(hooks, WrappedHooks):
         hooks = hooks.inner
     if hooks is None:
         return True, ""
@@ -76,7 +79,7 @@ def graphable(hooks) -> Tuple[bool, str]:
     return True, ""
 
 
-class StepGraphs:
+class StepGraphs(WrappedHooks):
     """Hooks wrapper replaying each step from a CUDA graph (see the module docstring).
     ``inner``: the wrapped hooks (None: dense); ``enabled``: False runs every step eagerly.
     Raises ValueError when :func:`graphable` rejects ``inner``."""
@@ -85,7 +88,7 @@ class StepGraphs:
         ok, why = graphable(inner)
         if not ok:
             raise ValueError(f"inner hooks cannot be captured in CUDA graphs: {why}")
-        self.inner = inner
+        super().__init__(inner)
         self.enabled = bool(enabled)
         self._stream: Optional[torch.cuda.Stream] = None
         self._pool = None
@@ -93,13 +96,6 @@ class StepGraphs:
         self._phase: Optional[int] = None
         self.captures = 0           # graphs captured
         self.replays = 0            # graph replays (the capturing generation's one included)
-
-    def __getattr__(self, name):
-        # Only reached for attributes StepGraphs lacks: every other hook (attend, linear, block,
-        # on_scale_end) and attribute (counter, acfg, kernel_calls) is the wrapped hooks'.
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def reset(self) -> None:
         """Drop every captured graph and buffer; the next generation starts at phase 1."""
@@ -122,7 +118,7 @@ class StepGraphs:
         return phase
 
     def step(self, var, x_BlC, cond_BD, attn_bias, ctx, run):
-        inner_ctx = ctx if ctx.hooks is self.inner else _with_hooks(ctx, self.inner)
+        inner_ctx = ctx if ctx.hooks is self.inner else dataclasses.replace(ctx, hooks=self.inner)
         if not self.enabled or x_BlC.device.type != "cuda":
             return run(x_BlC, cond_BD, attn_bias, inner_ctx)
         key = (id(var), ctx.mode, ctx.si, ctx.q_begin, ctx.q_end, tuple(x_BlC.shape), x_BlC.dtype,
@@ -159,7 +155,3 @@ class StepGraphs:
         self.replays += 1
         return entry["out"]
 
-
-def _with_hooks(ctx, hooks):
-    import dataclasses
-    return dataclasses.replace(ctx, hooks=hooks)

@@ -43,6 +43,7 @@ from golden.accel import flex as flexattn
 from golden.accel.graphs import StepGraphs, graphable
 from golden.accel.sparse import step_mask, tile_mask
 from golden.model import VARConfig, build
+from golden.model.hooks import WrappedHooks
 
 __all__ = ["ARCHS", "make_hooks", "time_generation", "verify_graphs", "cuda_ms", "median_ms", "main"]
 
@@ -240,18 +241,13 @@ def kernel_check(cfg_var, accel="sparse", variants=(("tile", 128), ("tile", 64),
     return out
 
 
-class _StepClock:
+class _StepClock(WrappedHooks):
     """Hooks wrapper taking a CUDA event and a host clock reading at the end of every step;
     every other hook and attribute is ``inner``'s (None: the model stays dense)."""
 
     def __init__(self, inner=None):
-        self.inner = inner
+        super().__init__(inner)
         self.events, self.host = [], []
-
-    def __getattr__(self, name):
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def on_scale_end(self, ctx, out):
         e = torch.cuda.Event(enable_timing=True)
@@ -264,30 +260,32 @@ class _StepClock:
 
 
 def _innermost(hooks):
-    """The hooks that do the work (the AcceleratedHooks or None) under the timing wrappers."""
-    while isinstance(hooks, (StepGraphs, _StepClock)):
+    """The hooks that do the work (the AcceleratedHooks or None) under the wrappers."""
+    while isinstance(hooks, WrappedHooks):
         hooks = hooks.inner
     return hooks
 
 
 def step_times(var, cfg_var, hooks, *, batch=1):
-    """One more generation through ``hooks`` (already warmed up: with StepGraphs, a replay):
-    GPU ms between the ends of consecutive steps (the first from the call's start; each covers
-    the step's transformer pass and the previous step's sampling and f_hat update), then the
-    rest (the last sampling and the VAE decode)."""
+    """One more generation through ``hooks`` (already warmed up: with StepGraphs, a replay), one
+    dict per step: ``gpu_ms`` between the ends of consecutive steps (the first from the call's
+    start; each covers the step's transformer pass and the previous step's sampling and f_hat
+    update) and ``host_ms`` the host took to enqueue it; then the rest (the last sampling and
+    the VAE decode), GPU ms only."""
     clock = _StepClock(hooks)
     once = _generator(var, cfg_var, clock, batch=batch)
     torch.cuda.synchronize()
     start, done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    h0 = time.perf_counter()
     start.record()
     once()
     done.record()
     torch.cuda.synchronize()
-    out, prev = [], start
-    for e in clock.events:
-        out.append(round(prev.elapsed_time(e), 2))
-        prev = e
-    out.append(round(prev.elapsed_time(done), 2))
+    out, prev_e, prev_h = [], start, h0
+    for si, (e, h) in enumerate(zip(clock.events, clock.host)):
+        out.append({"scale": si, "gpu_ms": round(prev_e.elapsed_time(e), 2), "host_ms": round(1000 * (h - prev_h), 2)})
+        prev_e, prev_h = e, h
+    out.append({"scale": "vae decode + rest", "gpu_ms": round(prev_e.elapsed_time(done), 2)})
     return out
 
 
@@ -339,22 +337,7 @@ def profile_generation(var, cfg_var, accel, path, *, batch=1, **flex_kw):
              "== by CPU self time ==", avg.table(sort_by="self_cpu_time_total", row_limit=30,
                                                   max_name_column_width=70)]
     if hooks is None:
-        clock = _StepClock()
-        start = torch.cuda.Event(enable_timing=True)
-        once_clock = _generator(var, cfg_var, clock, batch=batch)
-        torch.cuda.synchronize()
-        h0 = time.perf_counter()
-        start.record()
-        once_clock()
-        done = torch.cuda.Event(enable_timing=True)
-        done.record()
-        torch.cuda.synchronize()
-        prev_e, prev_h, steps = start, h0, []
-        for si, (e, h) in enumerate(zip(clock.events, clock.host)):
-            steps.append({"scale": si, "gpu_ms": round(prev_e.elapsed_time(e), 2),
-                          "host_ms": round(1000 * (h - prev_h), 2)})
-            prev_e, prev_h = e, h
-        steps.append({"scale": "vae decode + rest", "gpu_ms": round(prev_e.elapsed_time(done), 2)})
+        steps = step_times(var, cfg_var, None, batch=batch)
         summary["steps"] = steps
         lines += ["", "== per step (dense, no profiler): GPU ms between step ends, host ms to enqueue ==",
                   *(json.dumps(s) for s in steps)]
@@ -459,7 +442,7 @@ def main(argv=None):
                 if dense_ms is not None:
                     row["speedup_without_vae"] = round((dense_ms - vae_ms) / (ms - vae_ms), 2)
             if "steps" in timed:
-                row["step_ms"] = timed["steps"]
+                row["step_ms"] = [st["gpu_ms"] for st in timed["steps"]]
             if args.graphs:
                 row["graphs"] = not no_graphs
                 if no_graphs:

@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["StepContext", "ScaleOutput", "VARHooks", "hooked_linear", "get_hook"]
+__all__ = ["StepContext", "ScaleOutput", "VARHooks", "WrappedHooks", "hooked_linear", "get_hook"]
 
 
 @dataclass(frozen=True)
@@ -116,3 +116,20 @@ class VARHooks:
 
     def on_scale_end(self, ctx: StepContext, out: ScaleOutput):
         pass
+
+
+class WrappedHooks:
+    """Base of hooks objects that wrap another (``inner``; None: the dense model) to change how a
+    generation runs, not what it computes (CUDA graphs, step clocks): every hook and attribute
+    the wrapper does not define is ``inner``'s, so wrappers stack."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        # only reached for names the wrapper lacks; "inner" itself missing means __init__ did
+        # not run (e.g. during unpickling): no recursion
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
