@@ -23,7 +23,7 @@ from hw.emit import parse_params
 from hw.sort.radix import SUPPORTED_LANES, sorter_cycles
 from hw.sort.topk import LANES as TOPK_LANES, TopK
 from sim.runner import REPO_ROOT, run_cocotb
-from tb.sort.stimulus import logit_keys, packet_beats, random_keys, topk_beats
+from tb.sort.stimulus import logit_keys, packet_beats, random_keys, topk_beats, topk_items
 
 __all__ = ["main", "measure", "topk_k_sweep"]
 
@@ -68,12 +68,12 @@ def measure(radix_bits, n=4096, k=900, key_bits=16, lanes=1, seed=0, banks=0, to
         for unordered in (False, True):
             beats = topk_beats(keys.tolist(), lanes, key_bits=key_bits)
             cases.append({"inputs": {"i": beats, "cmd": [{"k": k, "unordered": int(unordered)}]},
-                          "outputs": {"o": k, "status": 1}})
+                          "outputs": {"o": {"packets": 1}, "status": 1}})
             want = sortnum.topk(keys, k, sorted=not unordered, key_bits=key_bits, radix_bits=radix_bits)
             goal = (2 if unordered else 3) * n // lanes + 64
             expect.append((name, unordered, want.tolist(), goal))
     for res, (name, unordered, want, goal) in zip(_run("topk", topk_params, cases), expect):
-        if [b["index"] for b in res["outputs"]["o"]] != want:
+        if [b["index"] for b in topk_items(res["outputs"]["o"], lanes)] != want:
             raise AssertionError(f"topk {name} R={radix_bits}: output differs from golden")
         rows.append({"case": f"top-{k} of {n} {name} {'unordered' if unordered else 'sorted'}",
                      "P": lanes, "R": radix_bits, "G": TopK(key_bits, radix_bits, n, lanes, banks).banks,

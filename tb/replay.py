@@ -19,8 +19,10 @@ async def replay(dut):
     """Play ``VARACCEL_STIMULUS`` (a pickle) and write ``VARACCEL_RESPONSE``.
 
     Stimulus: ``{"inputs": {member: [beat dict, ...]}, "outputs": {member: count},
-    "timeout": cycles}``. Response: ``{"outputs": {member: [beat dict, ...]},
-    "cycles": cycles from reset release to the last expected output beat}``.
+    "timeout": cycles}``; ``count`` is a number of beats, or ``{"packets": n}``: n beats with
+    last (streams whose beats hold a variable number of elements). Response:
+    ``{"outputs": {member: [beat dict, ...]}, "cycles": cycles from reset release to the last
+    expected output beat}``.
     """
     with open(os.environ["VARACCEL_STIMULUS"], "rb") as f:
         stimulus = pickle.load(f)
@@ -33,7 +35,7 @@ async def replay(dut):
         sources[member].send(beats)
     timeout = stimulus.get("timeout", 100000)
     for member, count in stimulus["outputs"].items():
-        await sinks[member].wait_for(count, timeout)
+        await sinks[member].wait_for_expected(count, timeout)
     cycles = max(s.cycle for s in sinks.values()) - start
     await ClockCycles(tb.clock, 4)
     await RisingEdge(tb.clock)

@@ -193,6 +193,23 @@ class StreamSink:
         raise AssertionError(f"{self.port['prefix']}: {len(self.beats)} of {count} beats after "
                              f"{timeout_cycles} cycles")
 
+    async def wait_for_packets(self, count, timeout_cycles):
+        """Wait until ``count`` beats with ``last`` arrived (streams whose beats carry a variable
+        number of elements, so the beat count is not known ahead); fail after ``timeout_cycles``."""
+        for _ in range(timeout_cycles):
+            if sum(b["last"] for b in self.beats) >= count:
+                return
+            await RisingEdge(self.clock)
+        raise AssertionError(f"{self.port['prefix']}: {sum(b['last'] for b in self.beats)} of {count} "
+                             f"packets after {timeout_cycles} cycles")
+
+    async def wait_for_expected(self, expect, timeout_cycles):
+        """``expect``: a beat count, or ``{"packets": n}`` for :meth:`wait_for_packets`."""
+        if isinstance(expect, dict):
+            await self.wait_for_packets(expect["packets"], timeout_cycles)
+        else:
+            await self.wait_for(expect, timeout_cycles)
+
 
 class TB:
     """Clock, reset and the ports description of the emitted top under test."""

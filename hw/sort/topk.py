@@ -51,16 +51,17 @@ class TopK(wiring.Component):
        Bucket lists are emptied in one cycle by a valid bit per bucket and bank (no clear pass).
     3. **Emit**: one scan of the key words in index order; in each word the keys > T and the
        keys == T whose rank among the ties so far is < ``k_left`` are selected, and the selected
-       keys of a word leave one per cycle in unordered mode and up to P per cycle in sorted mode
-       (a word costs ``max(1, ceil(selected / width))`` cycles). The scan
-       stops once ``k`` are out. ``unordered=1`` streams them straight out (ascending index,
-       ``topk(..., sorted=False)``); ``unordered=0`` streams them into an internal
+       keys of a word leave up to P a cycle, lowest index first (a word costs
+       ``max(1, ceil(selected / P))`` cycles). The scan
+       stops once ``k`` are out. ``unordered=1`` streams them straight out, up to P a beat
+       (ascending index, ``topk(..., sorted=False)``); ``unordered=0`` streams them into an internal
        :class:`~hw.sort.radix.RadixSorter` of P lanes (descending, stable: ties keep the lower
-       index first), whose output is the core's output (``topk(..., sorted=True)``).
+       index first), whose output is the core's output, one key a beat
+       (``topk(..., sorted=True)``).
 
     Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
     of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
-    extra cycles of words with more than one selected key): unordered
+    extra cycles of words with more than P selected keys, sum of ``ceil(s / P) - 1``): unordered
     ``ceil(n / P) + 1 + sum(v_j) + sum(c_j + 3) + w + x + 4`` (the walk's push and the scan's
     selection each sit one register stage behind their RAM read, for Fmax); sorted adds the
     sorter after the scan: ``B + (D - s) * (m + 3) + s + k + ~3`` with ``m = k`` at P = 1 and
@@ -83,10 +84,11 @@ class TopK(wiring.Component):
         As for :class:`~hw.sort.radix.RadixSorter` (W 1..32, R 1..8, N 2..65536).
         A packet longer than N is truncated to its first N keys (``overflow`` in the status).
     lanes : int
-        Keys per input beat P: 1, 2 or 4. The load takes ``ceil(n / P)`` cycles. The output
-        stays one key per beat; in sorted mode the scan hands the selected keys of a word to a
-        P-lane internal sorter, up to P a beat (``RadixSorter(..., partial_beats=True)``), so
-        its passes take about ``k / P`` cycles each; its merge still emits one key per beat.
+        Keys per input beat P: 1, 2 or 4. The load takes ``ceil(n / P)`` cycles. Unordered
+        output beats carry up to P keys (the selected keys of a scanned word), so 900 of 4096
+        leave in about 4096 / G + 900 / P beats. In sorted mode the scan hands them, up to P a
+        beat, to a P-lane internal sorter (``RadixSorter(..., partial_beats=True)``), so its
+        passes take about ``k / P`` cycles each; its merge emits one key a beat (count 1).
     banks : int
         G, 1, 2, 4 or 8 (at least P, at most N): keys scanned and list nodes walked per cycle.
         0 (default) = ``min(8, 2 P)``.
@@ -104,8 +106,10 @@ class TopK(wiring.Component):
         1: ascending index order): one beat per packet, in packet order; it is taken after
         the packet's last key has been loaded.
     o : Out(stream)
-        ``key``, ``index`` (position in the packet), ``last`` (the k-th beat): exactly
-        ``min(k, n)`` beats per packet.
+        ``key``, ``index`` (position in the packet), ``last`` (the beat holding the k-th key):
+        exactly ``min(k, n)`` keys per packet. P = 1: one key a beat. P > 1: ``key`` and
+        ``index`` are arrays of P lanes and ``count`` (1..P, on every beat) says how many
+        lanes hold keys, lanes ``0..count-1`` in output order; the other lanes are don't-care.
     status : Out(stream)
         ``code`` (STATUS_OK / STATUS_K_ZERO / STATUS_K_CLAMPED), ``k`` (effective k),
         ``n`` (keys stored), ``overflow`` (the packet was truncated): one beat per packet.
@@ -130,11 +134,18 @@ class TopK(wiring.Component):
         else:
             in_fields = {"key": data.ArrayLayout(unsigned(self.key_bits), self.lanes),
                          "count": unsigned(self.lanes.bit_length()), "last": 1}
+        if self.lanes == 1:
+            out_fields = {"key": unsigned(self.key_bits), "index": unsigned(self.index_bits), "last": 1}
+        else:
+            # Unlike the input's, the output's count holds on EVERY beat: a scanned word's
+            # selected keys come out up to P a beat, so any beat may be partial.
+            out_fields = {"key": data.ArrayLayout(unsigned(self.key_bits), self.lanes),
+                          "index": data.ArrayLayout(unsigned(self.index_bits), self.lanes),
+                          "count": unsigned(self.lanes.bit_length()), "last": 1}
         super().__init__({
             "i": In(stream.Signature(data.StructLayout(in_fields))),
             "cmd": In(stream.Signature(data.StructLayout({"k": unsigned(self.k_bits), "unordered": 1}))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "key": unsigned(self.key_bits), "index": unsigned(self.index_bits), "last": 1}))),
+            "o": Out(stream.Signature(data.StructLayout(out_fields))),
             "status": Out(stream.Signature(data.StructLayout({
                 "code": 2, "k": unsigned(self.count_bits), "n": unsigned(self.count_bits), "overflow": 1}))),
         })
@@ -391,14 +402,13 @@ class TopK(wiring.Component):
         for g in range(G):
             m.d.comb += sel[g].eq(bgt[g] | (btie[g] & (btb[g] < tbudget)))
         mask = Mux(fresh, sel, rem) & Mux(bv, (1 << G) - 1, 0)
-        # The lowest ``width`` set bits of the mask leave this cycle, in index order: one key a
-        # beat to the output (unordered), up to P a beat to the sorter (sorted).
-        width = Mux(unord, 1, P)
+        # The lowest P set bits of the mask leave this cycle, in index order: to the output
+        # (unordered) or to the sorter (sorted), as one beat of up to P lanes either way.
         rank = Const(0, 1)
         taken = []
         for g in range(G):
             taken.append(Signal(name=f"taken{g}"))
-            m.d.comb += taken[g].eq(mask[g] & (rank < width))
+            m.d.comb += taken[g].eq(mask[g] & (rank < P))
             rank = rank + mask[g]
         n_taken = sum(taken[1:], taken[0])
         rest = mask & ~Cat(*taken)
@@ -445,13 +455,20 @@ class TopK(wiring.Component):
             sorter.i.payload.descending.eq(1), sorter.i.payload.last.eq(olast),
             sorter.o.ready.eq(~direct & self.o.ready),
         ]
+        o_key = [self.o.payload.key] if P == 1 else [self.o.payload.key[t] for t in range(P)]
+        o_index = [self.o.payload.index] if P == 1 else [self.o.payload.index[t] for t in range(P)]
         with m.If(direct):
-            m.d.comb += [self.o.valid.eq(ov), self.o.payload.key.eq(okey[0]), self.o.payload.index.eq(oidx[0]),
-                         self.o.payload.last.eq(olast)]
+            m.d.comb += [self.o.valid.eq(ov), self.o.payload.last.eq(olast)]
+            m.d.comb += [o_key[t].eq(okey[t]) for t in range(P)]
+            m.d.comb += [o_index[t].eq(oidx[t]) for t in range(P)]
+            if P > 1:
+                m.d.comb += self.o.payload.count.eq(ocount)
         with m.Else():
-            m.d.comb += [self.o.valid.eq(sorter.o.valid), self.o.payload.key.eq(sorter.o.payload.key),
-                         self.o.payload.index.eq(sorter.o.payload.index),
-                         self.o.payload.last.eq(sorter.o.payload.last)]
+            # the sorter's P-way merge emits one (key, index) a beat: lane 0, count 1
+            m.d.comb += [self.o.valid.eq(sorter.o.valid), o_key[0].eq(sorter.o.payload.key),
+                         o_index[0].eq(sorter.o.payload.index), self.o.payload.last.eq(sorter.o.payload.last)]
+            if P > 1:
+                m.d.comb += self.o.payload.count.eq(1)
         if P == 1:
             m.d.comb += [sorter.i.payload.key.eq(okey[0]), sorter.i.payload.index.eq(oidx[0])]
         else:

@@ -12,8 +12,8 @@ from tb.stream import TB
 
 @cocotb.test()
 async def bench(dut):
-    """Each case of ``VARACCEL_STIMULUS``: ``{"inputs": {member: beats}, "outputs": {member: count}}``,
-    sent into an idle core; cycles from the first input beat offered to the last output beat."""
+    """Each case of ``VARACCEL_STIMULUS``: ``{"inputs": {member: beats}, "outputs": {member: count}}``
+    (``count`` as for tb.replay: beats or ``{"packets": n}``), sent into an idle core; cycles from the first input beat offered to the last output beat."""
     with open(os.environ["VARACCEL_STIMULUS"], "rb") as f:
         cases = pickle.load(f)
     params = test_params()
@@ -29,7 +29,7 @@ async def bench(dut):
         for member, beats in case["inputs"].items():
             sources[member].send(beats)
         for member, count in case["outputs"].items():
-            await sinks[member].wait_for(count, 200000)
+            await sinks[member].wait_for_expected(count, 200000)
         cycles = max(s.cycle for s in sinks.values()) - start
         results.append({"cycles": cycles, "outputs": {m: list(s.beats) for m, s in sinks.items()}})
         await ClockCycles(tb.clock, 4)

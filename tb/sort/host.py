@@ -10,7 +10,7 @@ import torch
 
 from golden.numerics import sort as sortnum
 from hw.emit import parse_params
-from tb.sort.stimulus import packet_beats, topk_beats
+from tb.sort.stimulus import packet_beats, topk_beats, topk_items
 
 __all__ = ["float_keys", "rtl_sort", "rtl_topk"]
 
@@ -82,11 +82,14 @@ def rtl_topk(keys, *, k, unordered=False, waves=False, **params):
     beats = [beat for row in keys_t.tolist()
              for beat in topk_beats(row, params["lanes"], key_bits=params["key_bits"])]
     cmds = [{"k": k, "unordered": int(unordered)}] * rows
-    out, cycles = replay("topk", params, {"i": beats, "cmd": cmds}, {"o": rows * k_eff, "status": rows},
+    # P > 1 beats hold a variable number of keys: wait for each row's last beat instead
+    expect = {"packets": rows} if k_eff else 0
+    out, cycles = replay("topk", params, {"i": beats, "cmd": cmds}, {"o": expect, "status": rows},
                          waves=waves)
-    idx = np.array([b["index"] for b in out["o"]], dtype=np.int32).reshape(rows, k_eff)
+    items = topk_items(out["o"], params["lanes"])
+    idx = np.array([b["index"] for b in items], dtype=np.int32).reshape(rows, k_eff)
     notes = [f"top-{k_eff} of {n} per row, {'ascending index' if unordered else 'descending key'} order, "
-             f"{params['lanes']} keys per input beat"]
+             f"{params['lanes']} keys per input beat, {len(out['o'])} output beats"]
     if code == sortnum.STATUS_K_CLAMPED:
         notes.append(f"k = {k} > N = {n}: clamped to N (status K_CLAMPED)")
     elif code == sortnum.STATUS_K_ZERO:

@@ -5,7 +5,7 @@ import torch
 from golden.numerics import sort as sortnum
 
 __all__ = ["random_keys", "pattern_keys", "logit_keys", "pivot_keys", "PATTERNS", "lengths_for", "packet_beats",
-           "topk_beats"]
+           "topk_beats", "topk_items"]
 
 PATTERNS = ["ties", "constant", "sorted", "reverse", "zeros", "ones", "two_values", "alternating"]
 
@@ -108,3 +108,19 @@ def topk_beats(keys, lanes=1, rng=None, key_bits=16):
     for beat in beats:
         del beat["descending"]
     return beats
+
+
+def topk_items(beats, lanes=1):
+    """The top-k core's output beats as one ``{"key", "index", "last"}`` per selected key, in
+    output order. P > 1: lanes ``0..count-1`` of each beat, ``last`` on the final one of a beat
+    with last; a ``count`` outside 1..P is a malformed beat (``ValueError``)."""
+    if lanes == 1:
+        return [{"key": b["key"], "index": b["index"], "last": b["last"]} for b in beats]
+    items = []
+    for beat in beats:
+        count = beat["count"]
+        if not 1 <= count <= lanes:
+            raise ValueError(f"top-k output beat with count {count} (must be 1..{lanes})")
+        items += [{"key": beat[f"key.{t}"], "index": beat[f"index.{t}"], "last": int(beat["last"] and t == count - 1)}
+                  for t in range(count)]
+    return items

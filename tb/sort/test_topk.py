@@ -1,5 +1,6 @@
 """cocotb tests of the top-k core against golden.numerics.sort.topk / clamp_k, element by element."""
 
+import collections
 import random
 
 import cocotb
@@ -7,10 +8,12 @@ import torch
 from cocotb.triggers import ClockCycles
 
 from golden.numerics import sort as sortnum
+from hw.sort.topk import TopK
 from tb.harness import STALL_SCENARIOS, test_params, test_seed
 from tb.scoreboard import Scoreboard
 from tb.stream import TB, pause_patterns
-from tb.sort.stimulus import PATTERNS, lengths_for, logit_keys, pattern_keys, pivot_keys, random_keys, topk_beats
+from tb.sort.stimulus import (PATTERNS, lengths_for, logit_keys, pattern_keys, pivot_keys, random_keys, topk_beats,
+                              topk_items)
 
 
 def key_beats(packets, params, rng=None):
@@ -21,8 +24,13 @@ def key_beats(packets, params, rng=None):
 
 
 def expected(packets, params):
-    """(data beats, status beats) that golden says the core must emit for ``packets``."""
-    data, status = [], []
+    """(data, status beats, keys per data beat) that golden says the core must emit for ``packets``.
+
+    Keys per beat: sorted mode 1 (the sorter's merge); unordered mode the selected keys of each
+    scanned word of G (``banks``) positions, P (``lanes``) a beat."""
+    data, status, per_beat = [], [], []
+    P = params["lanes"]
+    G = TopK(params["key_bits"], params["radix_bits"], params["max_len"], P, params.get("banks", 0)).banks
     for keys, k, unordered in packets:
         kept = keys[:params["max_len"]]
         n = len(kept)
@@ -31,7 +39,13 @@ def expected(packets, params):
                            radix_bits=params["radix_bits"]).tolist()
         data += [(int(kept[i]), i, int(j == k_eff - 1)) for j, i in enumerate(idx)]
         status.append((code, k_eff, n, int(len(keys) > n)))
-    return data, status
+        if not unordered:
+            per_beat += [1] * k_eff
+        else:
+            in_word = collections.Counter(i // G for i in idx)
+            for word in sorted(in_word):
+                per_beat += [P] * (in_word[word] // P) + ([in_word[word] % P] if in_word[word] % P else [])
+    return data, status, per_beat
 
 
 def timeout_for(packets, params):
@@ -41,18 +55,20 @@ def timeout_for(packets, params):
 
 
 async def run_topk(tb, packets, params, src="none", snk="none", rng=None):
-    """Send ``packets`` [(keys, k, unordered)] with their commands; return (data, status, cycles)."""
+    """Send ``packets`` [(keys, k, unordered)] with their commands; return (got, expected) of the
+    data, the status and the keys per data beat, and the cycles."""
     rng = rng or random.Random(0)
     pats = pause_patterns(rng)
     s_keys, s_cmd = tb.source("i", pats[src]()), tb.source("cmd", pats[src]())
     k_o, k_st = tb.sink("o", pats[snk]()), tb.sink("status", pats[snk]())
-    exp_data, exp_status = expected(packets, params)
+    exp_data, exp_status, exp_per_beat = expected(packets, params)
     start = k_o.cycle
     s_keys.send(key_beats(packets, params, rng))
     s_cmd.send([{"k": k, "unordered": int(u)} for _, k, u in packets])
     timeout = timeout_for(packets, params)
     await k_st.wait_for(len(exp_status), timeout)
-    await k_o.wait_for(len(exp_data), timeout)
+    # P > 1 output beats hold 1..P keys: wait for every packet's last beat, not a beat count
+    await k_o.wait_for_packets(sum(last for _, _, last in exp_data), timeout)
     cycles = max(k_o.cycle, k_st.cycle) - start
     await ClockCycles(tb.clock, 30)  # nothing extra may follow
     for task in (s_keys, s_cmd, k_o, k_st):
@@ -61,15 +77,18 @@ async def run_topk(tb, packets, params, src="none", snk="none", rng=None):
         s.tvalid.value = 0
     for s in (k_o, k_st):
         s.tready.value = 0
-    data = [(b["key"], b["index"], b["last"]) for b in k_o.beats]
+    data = [(b["key"], b["index"], b["last"]) for b in topk_items(k_o.beats, params["lanes"])]
     status = [(b["code"], b["k"], b["n"], b["overflow"]) for b in k_st.beats]
-    return (data, exp_data), (status, exp_status), cycles
+    per_beat = [b.get("count", 1) for b in k_o.beats]
+    return (data, exp_data), (status, exp_status), (per_beat, exp_per_beat), cycles
 
 
 async def check(tb, board, name, packets, params, src="none", snk="none", rng=None):
-    (data, exp_data), (status, exp_status), cycles = await run_topk(tb, packets, params, src, snk, rng)
+    (data, exp_data), (status, exp_status), (per_beat, exp_per_beat), cycles = await run_topk(
+        tb, packets, params, src, snk, rng)
     board.check(name + " status", status, exp_status)
     board.check(name, data, exp_data)
+    board.check(name + " keys per beat", per_beat, exp_per_beat)
     return cycles
 
 
