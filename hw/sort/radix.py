@@ -6,6 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..common import check_choice, check_int
+from ..common.ram import PipelinedRAM
 
 __all__ = ["RadixSorter", "digit_slices", "sorter_cycles", "SUPPORTED_LANES"]
 
@@ -27,7 +28,7 @@ def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1):
     check_choice("lanes", lanes, SUPPORTED_LANES)
     passes = -(-key_bits // radix_bits)
     if lanes == 1:
-        return n + 2 + (1 << radix_bits) + (passes - skipped) * (n + 3) + skipped + n + 1
+        return n + 2 + (1 << radix_bits) + (passes - skipped) * (n + 4) + skipped + n + 2
     beats = -(-n // lanes)
     return beats + 2 + (1 << radix_bits) + (passes - skipped) * (beats + 2) + skipped + n + 3
 
@@ -72,16 +73,18 @@ class RadixSorter(wiring.Component):
     2. **Prefix** (``B`` cycles): the ``D`` histograms are turned in place into exclusive
        prefix sums (bucket base addresses) by rotating the counter registers through one adder
        per digit. A digit whose keys all fall in one bucket is marked: its pass would be the
-       identity permutation and is skipped (1 cycle instead of ``n + 3``).
-    3. **Passes** (``n + 3`` cycles each): digit ``p`` (least significant first) reads the
+       identity permutation and is skipped (1 cycle instead of ``n + 4``).
+    3. **Passes** (``n + 4`` cycles each): digit ``p`` (least significant first) reads the
        source RAM in address order and writes each entry to ``base[digit]++`` of the other RAM
        (ping-pong); stable by construction. The entry read is registered before its histogram
-       update and write (a RAM read, a register, the scatter: the three cycles of latency).
-    4. **Emit** (``n`` beats): the RAM holding the result is read out in address order.
+       update and write (the RAM's two read stages, with its output register for Fmax, a
+       register, the scatter: the four cycles of latency).
+    4. **Emit** (``n`` beats): the RAM holding the result is read out in address order
+       (two cycles of read latency, paid once).
 
     Cycles from the first input beat to the last output beat with no stalls:
-    ``n + 2 + B + (D - s) * (n + 3) + s + n + 1`` for ``s`` skipped passes
-    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 607 for R = 4, 16 649 for R = 8).
+    ``n + 2 + B + (D - s) * (n + 4) + s + n + 2`` for ``s`` skipped passes
+    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 612 for R = 4, 16 652 for R = 8).
 
     Double buffering: the next packet is loaded while the previous one is emitted, into the
     RAM being read, behind the read pointer (a write to address a waits until a has been read),
@@ -201,13 +204,13 @@ class RadixSorter(wiring.Component):
         key_mask = (1 << W) - 1
         slices = digit_slices(W, R)
 
-        mems, rds, wrs = [], [], []
+        # Ping-pong RAMs with two cycles of read latency (RAM + output register, hw/common/ram.py).
+        rds, wrs = [], []
         for b in range(2):
-            mem = Memory(shape=unsigned(W + IW), depth=N, init=[])
+            mem = PipelinedRAM(W + IW, N, f"ram{b}")
             m.submodules[f"ram{b}"] = mem
-            mems.append(mem)
-            rds.append(mem.read_port(transparent_for=()))
-            wrs.append(mem.write_port())
+            rds.append(mem.read)
+            wrs.append(mem.write)
         for b in range(2):
             m.d.comb += [rds[b].en.eq(0), wrs[b].en.eq(0)]
 
@@ -237,6 +240,8 @@ class RadixSorter(wiring.Component):
         out_ovf = Signal()
         ov = Signal()
         olast = Signal()
+        oq = Signal()            # an entry in the RAMs' first read stage (``oq_last``: the packet's last)
+        oq_last = Signal()
 
         # ---- load ----
         loading = Signal()
@@ -258,10 +263,11 @@ class RadixSorter(wiring.Component):
         pp = Signal(range(D + 1))
         src = Signal()
         j = Signal(CW)
-        rv = Signal()
+        rq = Signal()            # a pass read in the RAM's first stage
+        rv = Signal()            # ... at the RAM's output register
         # A pass's entry is registered off the RAM read port (with its digit) before its
-        # histogram update and scatter write: keeps the block RAM's clock-to-out off the
-        # histogram read-add-write (one more cycle a pass).
+        # histogram update and scatter write: keeps the block RAM's output off the histogram
+        # read-add-write (one more cycle a pass).
         pv = Signal()
         pentry = Signal(W + IW)
         pdigit = Signal(R)
@@ -290,7 +296,7 @@ class RadixSorter(wiring.Component):
                 m.d.comb += prefix_active.eq(1)
                 m.d.sync += pc.eq(pc + 1)
                 with m.If(pc == B - 1):
-                    m.d.sync += [pp.eq(0), j.eq(0), rv.eq(0), pv.eq(0), src.eq(lb)]
+                    m.d.sync += [pp.eq(0), j.eq(0), rq.eq(0), rv.eq(0), pv.eq(0), src.eq(lb)]
                     m.next = "PASS"
             with m.State("PASS"):
                 with m.If(~out_active):
@@ -322,7 +328,7 @@ class RadixSorter(wiring.Component):
         entry_key = entry[:W]
         dest = Array([hrd[p].data for p in range(D)])[pp]
         with m.If(pass_active):
-            m.d.sync += [rv.eq(issue), pv.eq(rv), pentry.eq(entry),
+            m.d.sync += [rq.eq(issue), rv.eq(rq), pv.eq(rv), pentry.eq(entry),
                          pdigit.eq(Array([entry_key[lo:hi] for lo, hi in slices])[pp])]
             with m.If(issue):
                 m.d.sync += j.eq(j + 1)
@@ -330,7 +336,7 @@ class RadixSorter(wiring.Component):
                 for b in range(2):
                     with m.If(src != b):
                         m.d.comb += [wrs[b].addr.eq(dest), wrs[b].data.eq(pentry), wrs[b].en.eq(1)]
-            with m.If(~issue & ~rv & ~pv):  # pass complete (or skipped)
+            with m.If(~issue & ~rq & ~rv & ~pv):  # pass complete (or skipped)
                 m.d.sync += [j.eq(0), pp.eq(pp + 1)]
                 with m.If(~cur_skip):
                     m.d.sync += src.eq(~src)
@@ -338,16 +344,18 @@ class RadixSorter(wiring.Component):
                     m.d.comb += passes_done.eq(1)
 
         # ---- output engine: read RAM[out_bank] in order, hold the read data under a stall ----
+        # The RAM's two read stages are the engine's two stages (``oq``, then ``ov`` with the
+        # entry in the RAM's output register), both loaded when the output may advance.
         advance = ~ov | self.o.ready
         o_issue = out_active & (out_ptr < out_len)
         for b in range(2):
             with m.If(out_active & (out_bank == b)):
                 m.d.comb += [rds[b].addr.eq(out_ptr), rds[b].en.eq(advance)]
         with m.If(advance):
-            m.d.sync += [ov.eq(o_issue), olast.eq(out_ptr == out_len - 1)]
+            m.d.sync += [oq.eq(o_issue), oq_last.eq(out_ptr == out_len - 1), ov.eq(oq), olast.eq(oq_last)]
             with m.If(o_issue):
                 m.d.sync += out_ptr.eq(out_ptr + 1)
-            with m.Elif(out_active):
+            with m.Elif(out_active & ~oq):
                 m.d.sync += out_active.eq(0)
         result = Mux(out_bank, rds[1].data, rds[0].data)
         m.d.comb += [
