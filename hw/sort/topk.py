@@ -47,8 +47,9 @@ class TopK(wiring.Component):
        adding the banks' counts, up to the bucket that holds the remaining k-th key; then every
        bank walks its own list of THAT bucket (one node every other cycle per bank: a node's
        link comes out of the link RAM's output register two cycles after its read), rebuilding
-       its lists and counts for the next digit. Cost per digit: the non-empty buckets visited +
-       twice the largest bank share of the chosen bucket, not ``n``. Result: threshold T and
+       its lists and counts for the next digit. Cost per digit: the non-empty buckets visited
+       (plus one: a visit's counts are registered before their compare) + twice the largest
+       bank share of the chosen bucket, not ``n``. Result: threshold T and
        ``k_left = k - n_above``. ``k >= n`` and ``k = 0`` skip the select.
        Bucket lists are emptied in one cycle by a valid bit per bucket and bank (no clear pass).
     3. **Emit**: one scan of the key words in index order; in each word the keys > T and the
@@ -63,10 +64,10 @@ class TopK(wiring.Component):
     Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
     of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
     extra cycles of words with more than one selected key): unordered
-    ``ceil(n / P) + 1 + sum(v_j) + sum(2 c_j + 3) + w + x + 5`` (for Fmax the key and link RAMs
+    ``ceil(n / P) + 1 + sum(v_j + 1) + sum(2 c_j + 3) + w + x + 5`` (for Fmax the key and link RAMs
     read through an output register, two cycles of latency, and the walk's push and the scan's
     selection each sit one register stage behind that); sorted adds the sorter after the scan:
-    ``B + (D - s) * (m + 4) + s + k + ~4`` with ``m = k`` at P = 1 and
+    ``B + (D - s) * (m + 5) + s + k + ~7`` with ``m = k`` at P = 1 and
     ``B + (D - s) * (m + 2) + s + k + ~3`` with ``m = ceil(k / P)`` lanes' worth at P > 1
     (:func:`~hw.sort.radix.sorter_cycles`). Measured by ``sim/bench_sort.py``.
 
@@ -296,6 +297,15 @@ class TopK(wiring.Component):
         total = counts[0]
         for g in range(1, G):
             total = total + counts[g]
+        # The visit is two stages: the bucket's counts, heads and their total are registered
+        # (``sel_*``), then compared with ``need``. The buckets' order does not depend on the
+        # compare, so the first stage runs one bucket ahead (dropped when the compare chooses):
+        # the bucket-list reads and the adder are off the compare and its wide fan-out.
+        sel_v = Signal()
+        sel_bucket = Signal(R)
+        sel_total = Signal(CW)
+        sel_count = [Signal(BCW, name=f"sel_count{g}") for g in range(G)]
+        sel_head = [Signal(WW, name=f"sel_head{g}") for g in range(G)]
 
         for g in range(G):
             m.d.sync += pv[g].eq(0)  # set again by a load beat or a walked key, below
@@ -322,7 +332,8 @@ class TopK(wiring.Component):
                 with m.If(self.cmd.valid & cmd_ok):
                     k = self.cmd.payload.k
                     m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), need.eq(k),
-                                 level.eq(D - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
+                                 level.eq(D - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1]),
+                                 sel_v.eq(0)]
                     with m.If(k == 0):
                         m.d.sync += [keff.eq(0), k_left.eq(0), code.eq(STATUS_K_ZERO)]
                         m.next = "EMIT"
@@ -336,20 +347,24 @@ class TopK(wiring.Component):
                         m.next = "SELECT"
             with m.State("SELECT"):
                 # k_left <= keys in the current set, so the chosen bucket comes before avail empties
-                with m.If(total >= need):
+                m.d.sync += [sel_v.eq(1), sel_bucket.eq(bucket), sel_total.eq(total),
+                             avail.eq(avail_next), bucket.eq(highest_set(avail_next)[1])]
+                m.d.sync += [sel_count[g].eq(counts[g]) for g in range(G)]
+                m.d.sync += [sel_head[g].eq(head_s[g].data) for g in range(G)]
+                with m.If(sel_v & (sel_total >= need)):
                     m.d.sync += k_left.eq(need)
                     for g in range(G):
-                        m.d.sync += [cur[g].eq(head_s[g].data), trem[g].eq(counts[g]), tq[g].eq(0), tv[g].eq(0),
+                        m.d.sync += [cur[g].eq(sel_head[g]), trem[g].eq(sel_count[g]), tq[g].eq(0), tv[g].eq(0),
                                      valid[g].eq(0)]
                     for lv, (lo, hi) in enumerate(slices):
                         with m.If(level == lv):
-                            m.d.sync += thr[lo:hi].eq(bucket[:hi - lo])
+                            m.d.sync += thr[lo:hi].eq(sel_bucket[:hi - lo])
                     with m.If(level == 0):
                         m.next = "EMIT"
                     with m.Else():
                         m.next = "TRAV"
-                with m.Else():
-                    m.d.sync += [need.eq(need - total), avail.eq(avail_next), bucket.eq(highest_set(avail_next)[1])]
+                with m.Elif(sel_v):
+                    m.d.sync += need.eq(need - sel_total)
             with m.State("TRAV"):
                 busy = []
                 for g in range(G):
@@ -367,7 +382,8 @@ class TopK(wiring.Component):
                         m.d.sync += [pdig[g].eq(digit), pnode[g].eq(tnode[g])]
                     busy.append(issue | tq[g] | tv[g] | pv[g])
                 with m.If(~Cat(*busy).any()):
-                    m.d.sync += [level.eq(level - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
+                    m.d.sync += [level.eq(level - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1]),
+                                 sel_v.eq(0)]
                     m.next = "SELECT"
             with m.State("EMIT"):
                 with m.If(status_free & (~unord | (pending == 0))):
