@@ -153,17 +153,23 @@ def _fusesoc_core(core, top, params, verilog_name, summary):
     )
 
 
-def emit_core(core, params=None, out_dir="build/verilog", top=None):
+def emit_core(core, params=None, out_dir="build/verilog", top=None, target=None):
     """Emit ``core`` as Verilog into ``out_dir`` with a FuseSoC ``.core`` and a ports JSON.
 
     The top module is ``top`` (default ``varaccel_<core>``), wrapped by :class:`AXIStreamTop`
     so its streams carry AXI4-Stream names. Emission is deterministic (``emit_src=False``).
+
+    ``target``: ``None`` (``varaccel verilog``, simulation: portable Verilog) or a
+    :class:`~hw.common.ram.SynthTarget`, handed to elaboration as the ``platform``, so that a
+    vendor flow gets vendor primitives where inference falls short (``sim/synth.py`` passes
+    ``SynthTarget("ecp5")``: DP16KD block RAMs with their output register). Both are the same
+    cycle for cycle.
     """
     full = parse_params(core, params or {})
     top = top or f"varaccel_{core}"
     component = core_spec(core).cls()(**full)
     wrapper = AXIStreamTop(component)
-    text = LINT_HEADER + verilog.convert(wrapper, name=top, ports=wrapper.ports, emit_src=False)
+    text = LINT_HEADER + verilog.convert(wrapper, name=top, platform=target, ports=wrapper.ports, emit_src=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     v_path = out / f"{top}.v"

@@ -42,10 +42,14 @@ def _run_yosys(script, workdir):
 
 
 def _emit(core, params, family):
+    from hw.common.ram import SynthTarget
     from hw.emit import emit_core, params_tag
     workdir = REPO_ROOT / "build" / "synth" / f"{core}-{params_tag(core, params)}-{family}"
     workdir.mkdir(parents=True, exist_ok=True)
-    return emit_core(core, params, workdir), workdir
+    # The ECP5 flow elaborates for its family: block RAMs with an output register are then
+    # DP16KD instances with REGMODE OUTREG (hw/common/ram.py; synth_ecp5 infers them without it).
+    target = SynthTarget("ecp5") if family == "ecp5" else None
+    return emit_core(core, params, workdir, target=target), workdir
 
 
 # Cells counted as logic LUTs and flip-flops in the summary (Yosys' Xilinx and ECP5 libraries).

@@ -62,3 +62,15 @@ def test_bram_probe_output_register_shortens_clock_to_out():
     noreg, outreg = probe("NOREG"), probe("OUTREG")
     assert outreg["ram_clk_to_q_ns"] < noreg["ram_clk_to_q_ns"]
     assert outreg["fmax_mhz"] > noreg["fmax_mhz"]
+
+
+def test_ecp5_target_instantiates_dp16kd_with_output_register(tmp_path):
+    """sim/synth.py elaborates for SynthTarget("ecp5"): the sorter's RAMs become DP16KD with
+    REGMODE OUTREG (hw/common/ram.py); plain emission (varaccel verilog, simulation) has none."""
+    from hw.common.ram import SynthTarget
+    from hw.emit import emit_core
+    plain = emit_core("sort", None, tmp_path / "plain").verilog.read_text()
+    ecp5 = emit_core("sort", None, tmp_path / "ecp5", target=SynthTarget("ecp5")).verilog.read_text()
+    assert "DP16KD" not in plain
+    # two ping-pong RAMs of 4096 x 28 bits, 4096 x 4 per DP16KD: 7 each
+    assert ecp5.count(".REGMODE_B(\"OUTREG\")") == 14

@@ -6,6 +6,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..common import check_choice, check_int
+from ..common.ram import PipelinedRAM
 
 __all__ = ["RadixSorter", "digit_slices", "sorter_cycles", "SUPPORTED_LANES"]
 
@@ -27,7 +28,7 @@ def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1):
     check_choice("lanes", lanes, SUPPORTED_LANES)
     passes = -(-key_bits // radix_bits)
     if lanes == 1:
-        return n + 2 + (1 << radix_bits) + (passes - skipped) * (n + 3) + skipped + n + 1
+        return n + 5 + (1 << radix_bits) + (passes - skipped) * (n + 5) + skipped + n + 2
     beats = -(-n // lanes)
     return beats + 2 + (1 << radix_bits) + (passes - skipped) * (beats + 2) + skipped + n + 3
 
@@ -65,23 +66,27 @@ class RadixSorter(wiring.Component):
     Operation of one packet of ``n`` keys (``D = ceil(key_bits / radix_bits)`` digits,
     ``B = 2**radix_bits`` buckets):
 
-    1. **Load** (``n`` cycles, one key per cycle): the entry ``(key, index)`` is written at
+    1. **Load** (``n`` cycles, one key per cycle, plus two: for Fmax a key is registered before
+       its write, and its counts take two register stages): the entry ``(key, index)`` is written at
        address ``index`` of the load RAM, and the ``D`` histograms of ALL digits are counted at
        once (a histogram does not depend on the order of the keys, so no pass needs its own
        counting read). A descending packet stores the complemented key.
-    2. **Prefix** (``B`` cycles): the ``D`` histograms are turned in place into exclusive
+    2. **Prefix** (``B + 1`` cycles, a read stage and an add stage): the ``D`` histograms are turned in place into exclusive
        prefix sums (bucket base addresses) by rotating the counter registers through one adder
        per digit. A digit whose keys all fall in one bucket is marked: its pass would be the
-       identity permutation and is skipped (1 cycle instead of ``n + 3``).
-    3. **Passes** (``n + 3`` cycles each): digit ``p`` (least significant first) reads the
+       identity permutation and is skipped (1 cycle instead of ``n + 5``).
+    3. **Passes** (``n + 5`` cycles each): digit ``p`` (least significant first) reads the
        source RAM in address order and writes each entry to ``base[digit]++`` of the other RAM
        (ping-pong); stable by construction. The entry read is registered before its histogram
-       update and write (a RAM read, a register, the scatter: the three cycles of latency).
-    4. **Emit** (``n`` beats): the RAM holding the result is read out in address order.
+       update, whose base address is registered before the scatter write (the RAM's two read
+       stages, with its output register for Fmax, the entry register, the histogram update,
+       the scatter write: the five cycles of latency).
+    4. **Emit** (``n`` beats): the RAM holding the result is read out in address order
+       (two cycles of read latency, paid once).
 
     Cycles from the first input beat to the last output beat with no stalls:
-    ``n + 2 + B + (D - s) * (n + 3) + s + n + 1`` for ``s`` skipped passes
-    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 607 for R = 4, 16 649 for R = 8).
+    ``n + 5 + B + (D - s) * (n + 5) + s + n + 2`` for ``s`` skipped passes
+    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 619 for R = 4, 16 657 for R = 8).
 
     Double buffering: the next packet is loaded while the previous one is emitted, into the
     RAM being read, behind the read pointer (a write to address a waits until a has been read),
@@ -201,13 +206,13 @@ class RadixSorter(wiring.Component):
         key_mask = (1 << W) - 1
         slices = digit_slices(W, R)
 
-        mems, rds, wrs = [], [], []
+        # Ping-pong RAMs with two cycles of read latency (RAM + output register, hw/common/ram.py).
+        rds, wrs = [], []
         for b in range(2):
-            mem = Memory(shape=unsigned(W + IW), depth=N, init=[])
+            mem = PipelinedRAM(W + IW, N, f"ram{b}")
             m.submodules[f"ram{b}"] = mem
-            mems.append(mem)
-            rds.append(mem.read_port(transparent_for=()))
-            wrs.append(mem.write_port())
+            rds.append(mem.read)
+            wrs.append(mem.write)
         for b in range(2):
             m.d.comb += [rds[b].en.eq(0), wrs[b].en.eq(0)]
 
@@ -237,6 +242,8 @@ class RadixSorter(wiring.Component):
         out_ovf = Signal()
         ov = Signal()
         olast = Signal()
+        oq = Signal()            # an entry in the RAMs' first read stage (``oq_last``: the packet's last)
+        oq_last = Signal()
 
         # ---- load ----
         loading = Signal()
@@ -247,24 +254,46 @@ class RadixSorter(wiring.Component):
         index = self.i.payload.index if self.index_in else cnt[:IW]
         take = self.i.valid & self.i.ready
         store = take & (cnt < N)
+        # A stored beat is registered before its RAM write and histogram count, so the input
+        # handshake and the bounds compares are not in front of the histogram read-add-write.
+        lv = Signal()
+        lentry = Signal(W + IW)
+        laddr = Signal(CW)
+        m.d.sync += lv.eq(store)
+        with m.If(store):
+            m.d.sync += [lentry.eq(Cat(stored_key, index)), laddr.eq(cnt)]
 
         clear_hist = Signal()
         # prefix phase
         prefix_active = Signal()
         pc = Signal(range(B + 1))
         run = [Signal(CW, name=f"run{p}") for p in range(D)]
+        # two-stage histogram updates (below): stage Y of the load, of the prefix (bucket pc_w)
+        lv2 = Signal()
+        ldig2 = [Signal(R, name=f"ldig2_{p}") for p in range(D)]
+        lold = [Signal(CW, name=f"lold{p}") for p in range(D)]
+        pfx_v = Signal()
+        pc_w = Signal(R)
+        pdata = [Signal(CW, name=f"pdata{p}") for p in range(D)]
         # pass phase
         pass_active = Signal()
         pp = Signal(range(D + 1))
         src = Signal()
         j = Signal(CW)
-        rv = Signal()
+        rq = Signal()            # a pass read in the RAM's first stage
+        rv = Signal()            # ... at the RAM's output register
         # A pass's entry is registered off the RAM read port (with its digit) before its
-        # histogram update and scatter write: keeps the block RAM's clock-to-out off the
-        # histogram read-add-write (one more cycle a pass).
+        # histogram update and scatter write: keeps the block RAM's output off the histogram
+        # read-add-write (one more cycle a pass).
         pv = Signal()
         pentry = Signal(W + IW)
         pdigit = Signal(R)
+        # ... and its scatter write one cycle after the histogram read gave its address (the
+        # bucket base), so the distributed RAM read is not in front of the block RAM's address.
+        wv = Signal()
+        wentry = Signal(W + IW)
+        wdest = Signal(CW)
+        wdigit = Signal(R)
         passes_done = Signal()
 
         with m.FSM(init="CLEAR"):
@@ -285,12 +314,15 @@ class RadixSorter(wiring.Component):
                         m.d.sync += ovf.eq(1)
                     with m.If(self.i.payload.last):
                         m.d.sync += [pc.eq(0), skip.eq(0)] + [r.eq(0) for r in run]
-                        m.next = "PREFIX"
-            with m.State("PREFIX"):
+                        m.next = "COUNT_LAST"
+            with m.State("COUNT_LAST"):  # the last beat's registered count (``lv``, ``lv2``) lands
+                with m.If(~lv):
+                    m.next = "PREFIX"
+            with m.State("PREFIX"):  # stage X reads bucket pc < B, stage Y adds bucket pc_w
                 m.d.comb += prefix_active.eq(1)
-                m.d.sync += pc.eq(pc + 1)
-                with m.If(pc == B - 1):
-                    m.d.sync += [pp.eq(0), j.eq(0), rv.eq(0), pv.eq(0), src.eq(lb)]
+                m.d.sync += [pc.eq(pc + 1), pc_w.eq(pc), pfx_v.eq(pc < B)]
+                with m.If(pc == B):
+                    m.d.sync += [pp.eq(0), j.eq(0), rq.eq(0), rv.eq(0), pv.eq(0), wv.eq(0), src.eq(lb)]
                     m.next = "PASS"
             with m.State("PASS"):
                 with m.If(~out_active):
@@ -304,13 +336,39 @@ class RadixSorter(wiring.Component):
                 m.next = "CLEAR"
 
         for b in range(2):
-            with m.If(store & (lb == b)):
-                m.d.comb += [wrs[b].addr.eq(cnt), wrs[b].data.eq(Cat(stored_key, index)), wrs[b].en.eq(1)]
+            with m.If(lv & (lb == b)):
+                m.d.comb += [wrs[b].addr.eq(laddr), wrs[b].data.eq(lentry), wrs[b].en.eq(1)]
 
         # ---- histogram RAMs: count (load), prefix sums, bucket bases (passes), clear ----
-        _digit_histograms(m, hrd, hwr, slices, clear=clear_hist, prefix=prefix_active, pc=pc, run=run,
-                          stored=cnt, constant=skip, store=store, key=stored_key, pass_on=pass_active, pp=pp,
-                          pass_digit=pdigit, pass_valid=pv)
+        # Every read-modify-write is two stages, so no distributed RAM read shares a cycle with
+        # an adder and a write: stage X reads the counter (address from a register) into a
+        # register, stage Y writes it back plus one. A stage X read of the counter that stage Y
+        # writes in the same cycle takes stage Y's new value instead (forwarding), so equal
+        # digits back to back count right. The uses are exclusive (CLEAR, PREFIX, LOAD, PASS).
+        m.d.sync += lv2.eq(lv)  # (pfx_v is set in PREFIX only: it ends with pc == B)
+        for p, (lo, hi) in enumerate(slices):
+            ldig = lentry[lo:hi]
+            with m.If(clear_hist):
+                m.d.comb += [hwr[p].addr.eq(pc), hwr[p].data.eq(0), hwr[p].en.eq(1)]
+            with m.If(prefix_active):
+                m.d.comb += hrd[p].addr.eq(pc)
+                m.d.sync += pdata[p].eq(hrd[p].data)
+                with m.If(pfx_v):
+                    m.d.comb += [hwr[p].addr.eq(pc_w), hwr[p].data.eq(run[p]), hwr[p].en.eq(1)]
+                    m.d.sync += run[p].eq(run[p] + pdata[p])
+                    with m.If(pdata[p] == cnt):
+                        m.d.sync += skip[p].eq(1)
+            with m.If(lv | lv2):
+                m.d.comb += hrd[p].addr.eq(ldig)
+                with m.If(lv):
+                    m.d.sync += [ldig2[p].eq(ldig),
+                                 lold[p].eq(Mux(lv2 & (ldig2[p] == ldig), lold[p] + 1, hrd[p].data))]
+                with m.If(lv2):
+                    m.d.comb += [hwr[p].addr.eq(ldig2[p]), hwr[p].data.eq(lold[p] + 1), hwr[p].en.eq(1)]
+            with m.If(pass_active & (pp == p)):
+                m.d.comb += hrd[p].addr.eq(pdigit)
+                with m.If(wv):
+                    m.d.comb += [hwr[p].addr.eq(wdigit), hwr[p].data.eq(wdest + 1), hwr[p].en.eq(1)]
 
         # ---- scatter passes (digit pp) ----
         cur_skip = Array(skip)[pp]
@@ -320,17 +378,19 @@ class RadixSorter(wiring.Component):
                 m.d.comb += [rds[b].addr.eq(j), rds[b].en.eq(1)]
         entry = Mux(src, rds[1].data, rds[0].data)
         entry_key = entry[:W]
-        dest = Array([hrd[p].data for p in range(D)])[pp]
+        # the bucket's base (stage X of the histogram update), forwarded from stage Y
+        dest = Mux(wv & (wdigit == pdigit), wdest + 1, Array([hrd[p].data for p in range(D)])[pp])
         with m.If(pass_active):
-            m.d.sync += [rv.eq(issue), pv.eq(rv), pentry.eq(entry),
+            m.d.sync += [rq.eq(issue), rv.eq(rq), pv.eq(rv), pentry.eq(entry), wv.eq(pv), wdest.eq(dest),
+                         wdigit.eq(pdigit), wentry.eq(pentry),
                          pdigit.eq(Array([entry_key[lo:hi] for lo, hi in slices])[pp])]
             with m.If(issue):
                 m.d.sync += j.eq(j + 1)
-            with m.If(pv):
+            with m.If(wv):
                 for b in range(2):
                     with m.If(src != b):
-                        m.d.comb += [wrs[b].addr.eq(dest), wrs[b].data.eq(pentry), wrs[b].en.eq(1)]
-            with m.If(~issue & ~rv & ~pv):  # pass complete (or skipped)
+                        m.d.comb += [wrs[b].addr.eq(wdest), wrs[b].data.eq(wentry), wrs[b].en.eq(1)]
+            with m.If(~issue & ~rq & ~rv & ~pv & ~wv):  # pass complete (or skipped)
                 m.d.sync += [j.eq(0), pp.eq(pp + 1)]
                 with m.If(~cur_skip):
                     m.d.sync += src.eq(~src)
@@ -338,16 +398,18 @@ class RadixSorter(wiring.Component):
                     m.d.comb += passes_done.eq(1)
 
         # ---- output engine: read RAM[out_bank] in order, hold the read data under a stall ----
+        # The RAM's two read stages are the engine's two stages (``oq``, then ``ov`` with the
+        # entry in the RAM's output register), both loaded when the output may advance.
         advance = ~ov | self.o.ready
         o_issue = out_active & (out_ptr < out_len)
         for b in range(2):
             with m.If(out_active & (out_bank == b)):
                 m.d.comb += [rds[b].addr.eq(out_ptr), rds[b].en.eq(advance)]
         with m.If(advance):
-            m.d.sync += [ov.eq(o_issue), olast.eq(out_ptr == out_len - 1)]
+            m.d.sync += [oq.eq(o_issue), oq_last.eq(out_ptr == out_len - 1), ov.eq(oq), olast.eq(oq_last)]
             with m.If(o_issue):
                 m.d.sync += out_ptr.eq(out_ptr + 1)
-            with m.Elif(out_active):
+            with m.Elif(out_active & ~oq):
                 m.d.sync += out_active.eq(0)
         result = Mux(out_bank, rds[1].data, rds[0].data)
         m.d.comb += [

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.numerics.sort import STATUS_K_CLAMPED, STATUS_K_ZERO, STATUS_OK
 from ..common import check_choice, check_int
+from ..common.ram import PipelinedRAM
 from .radix import RadixSorter, digit_slices
 
 __all__ = ["TopK", "highest_set", "LANES"]
@@ -44,9 +45,11 @@ class TopK(wiring.Component):
     2. **Select** (:func:`golden.numerics.sort.radix_select`, MSD first): per digit, visit the
        non-empty buckets from the top (one per cycle; a priority encoder skips empty ones),
        adding the banks' counts, up to the bucket that holds the remaining k-th key; then every
-       bank walks its own list of THAT bucket (one node per cycle per bank), rebuilding its lists
-       and counts for the next digit. Cost per digit: the non-empty buckets visited + the
-       largest bank share of the chosen bucket, not ``n``. Result: threshold T and
+       bank walks its own list of THAT bucket (one node every other cycle per bank: a node's
+       link comes out of the link RAM's output register two cycles after its read), rebuilding
+       its lists and counts for the next digit. Cost per digit: the non-empty buckets visited
+       (plus one: a visit's counts are registered before their compare) + twice the largest
+       bank share of the chosen bucket, not ``n``. Result: threshold T and
        ``k_left = k - n_above``. ``k >= n`` and ``k = 0`` skip the select.
        Bucket lists are emptied in one cycle by a valid bit per bucket and bank (no clear pass).
     3. **Emit**: one scan of the key words in index order; in each word the keys > T and the
@@ -62,9 +65,10 @@ class TopK(wiring.Component):
     Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
     of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
     extra cycles of words with more than P selected keys, sum of ``ceil(s / P) - 1``): unordered
-    ``ceil(n / P) + 1 + sum(v_j) + sum(c_j + 3) + w + x + 4`` (the walk's push and the scan's
-    selection each sit one register stage behind their RAM read, for Fmax); sorted adds the
-    sorter after the scan: ``B + (D - s) * (m + 3) + s + k + ~3`` with ``m = k`` at P = 1 and
+    ``ceil(n / P) + 1 + sum(v_j + 1) + sum(2 c_j + 3) + w + x + 5`` (for Fmax the key and link RAMs
+    read through an output register, two cycles of latency, and the walk's push and the scan's
+    selection each sit one register stage behind that); sorted adds the sorter after the scan:
+    ``B + (D - s) * (m + 5) + s + k + ~7`` with ``m = k`` at P = 1 and
     ``B + (D - s) * (m + 2) + s + k + ~3`` with ``m = ceil(k / P)`` lanes' worth at P > 1
     (:func:`~hw.sort.radix.sorter_cycles`). Measured by ``sim/bench_sort.py``.
 
@@ -167,7 +171,7 @@ class TopK(wiring.Component):
         # per beat (whatever a word holds), so beats may be partial anywhere.
         m.submodules.sorter = sorter = RadixSorter(W, R, N, P, index_in=True, partial_beats=P > 1)
 
-        # Per bank: key RAM and link RAM (block RAM, synchronous read), and the bucket lists: a
+        # Per bank: key RAM and link RAM (block RAM, two-cycle read), and the bucket lists: a
         # counter and a head pointer per bucket in RAMs with an asynchronous read (distributed
         # RAM) so that a push (link[w] = head[d]; head[d] = w; count[d] += 1) takes one cycle,
         # plus a valid bit per bucket that empties all lists at once.
@@ -175,16 +179,17 @@ class TopK(wiring.Component):
         hist_s, head_s = [], []  # the select's own read ports: keeps the push path off its adders
         push, push_d, push_node = [], [], []
         for g in range(G):
-            keymem = Memory(shape=unsigned(W), depth=NW, init=[])
-            linkmem = Memory(shape=unsigned(WW), depth=NW, init=[])
+            # two cycles of read latency (RAM + output register): see hw/common/ram.py
+            keymem = PipelinedRAM(W, NW, f"keys{g}")
+            linkmem = PipelinedRAM(WW, NW, f"links{g}")
             histmem = Memory(shape=unsigned(BCW), depth=B, init=[])
             headmem = Memory(shape=unsigned(WW), depth=B, init=[])
             m.submodules[f"keys{g}"], m.submodules[f"links{g}"] = keymem, linkmem
             m.submodules[f"hist{g}"], m.submodules[f"head{g}"] = histmem, headmem
-            krd.append(keymem.read_port(transparent_for=()))
-            kwr.append(keymem.write_port())
-            lrd.append(linkmem.read_port(transparent_for=()))
-            lwr.append(linkmem.write_port())
+            krd.append(keymem.read)
+            kwr.append(keymem.write)
+            lrd.append(linkmem.read)
+            lwr.append(linkmem.write)
             hist_r.append(histmem.read_port(domain="comb"))
             hist_w.append(histmem.write_port())
             head_r.append(headmem.read_port(domain="comb"))
@@ -225,7 +230,8 @@ class TopK(wiring.Component):
         need = Signal(CW)
         cur = [Signal(WW, name=f"cur{g}") for g in range(G)]
         trem = [Signal(BCW, name=f"trem{g}") for g in range(G)]
-        tv = [Signal(name=f"tv{g}") for g in range(G)]
+        tq = [Signal(name=f"tq{g}") for g in range(G)]  # a walk read in the RAMs' first stage
+        tv = [Signal(name=f"tv{g}") for g in range(G)]  # ... at the RAMs' output (node ``tnode``)
         tnode = [Signal(WW, name=f"tnode{g}") for g in range(G)]
         # Every push is registered (digit and node) and done the cycle after its key arrives (a
         # load beat, or a walked node's key read): keeps the key RAM's clock-to-out and the
@@ -238,7 +244,9 @@ class TopK(wiring.Component):
         sptr = Signal(WW + 1)    # next word to read
         swords = Signal(WW + 1)  # words of the packet being scanned
         sn = Signal(CW)
-        sv = Signal()            # the key RAMs' read data hold word ``sw``
+        sq = Signal()            # the key RAMs' first read stage holds word ``sqw``
+        sqw = Signal(WW)
+        sv = Signal()            # the key RAMs' read data (output register) hold word ``sw``
         sw = Signal(WW)
         # The word under selection is one register stage behind the key RAMs (``bv``, word ``bw``):
         # its keys and their compares with T were registered off the RAM outputs, so the RAM's
@@ -300,6 +308,15 @@ class TopK(wiring.Component):
         total = counts[0]
         for g in range(1, G):
             total = total + counts[g]
+        # The visit is two stages: the bucket's counts, heads and their total are registered
+        # (``sel_*``), then compared with ``need``. The buckets' order does not depend on the
+        # compare, so the first stage runs one bucket ahead (dropped when the compare chooses):
+        # the bucket-list reads and the adder are off the compare and its wide fan-out.
+        sel_v = Signal()
+        sel_bucket = Signal(R)
+        sel_total = Signal(CW)
+        sel_count = [Signal(BCW, name=f"sel_count{g}") for g in range(G)]
+        sel_head = [Signal(WW, name=f"sel_head{g}") for g in range(G)]
 
         for g in range(G):
             m.d.sync += pv[g].eq(0)  # set again by a load beat or a walked key, below
@@ -326,7 +343,8 @@ class TopK(wiring.Component):
                 with m.If(self.cmd.valid & cmd_ok):
                     k = self.cmd.payload.k
                     m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), need.eq(k),
-                                 level.eq(D - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
+                                 level.eq(D - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1]),
+                                 sel_v.eq(0)]
                     with m.If(k == 0):
                         m.d.sync += [keff.eq(0), k_left.eq(0), code.eq(STATUS_K_ZERO)]
                         m.next = "EMIT"
@@ -340,35 +358,43 @@ class TopK(wiring.Component):
                         m.next = "SELECT"
             with m.State("SELECT"):
                 # k_left <= keys in the current set, so the chosen bucket comes before avail empties
-                with m.If(total >= need):
+                m.d.sync += [sel_v.eq(1), sel_bucket.eq(bucket), sel_total.eq(total),
+                             avail.eq(avail_next), bucket.eq(highest_set(avail_next)[1])]
+                m.d.sync += [sel_count[g].eq(counts[g]) for g in range(G)]
+                m.d.sync += [sel_head[g].eq(head_s[g].data) for g in range(G)]
+                with m.If(sel_v & (sel_total >= need)):
                     m.d.sync += k_left.eq(need)
                     for g in range(G):
-                        m.d.sync += [cur[g].eq(head_s[g].data), trem[g].eq(counts[g]), tv[g].eq(0),
+                        m.d.sync += [cur[g].eq(sel_head[g]), trem[g].eq(sel_count[g]), tq[g].eq(0), tv[g].eq(0),
                                      valid[g].eq(0)]
                     for lv, (lo, hi) in enumerate(slices):
                         with m.If(level == lv):
-                            m.d.sync += thr[lo:hi].eq(bucket[:hi - lo])
+                            m.d.sync += thr[lo:hi].eq(sel_bucket[:hi - lo])
                     with m.If(level == 0):
                         m.next = "EMIT"
                     with m.Else():
                         m.next = "TRAV"
-                with m.Else():
-                    m.d.sync += [need.eq(need - total), avail.eq(avail_next), bucket.eq(highest_set(avail_next)[1])]
+                with m.Elif(sel_v):
+                    m.d.sync += need.eq(need - sel_total)
             with m.State("TRAV"):
                 busy = []
                 for g in range(G):
-                    issue = trem[g] != 0
+                    # A node's link (the next address) arrives two cycles after its read, so a
+                    # bank walks one node every other cycle: the RAMs' output register keeps
+                    # their clock-to-out off the address path.
+                    issue = (trem[g] != 0) & ~tq[g]
                     addr = Mux(tv[g], lrd[g].data, cur[g])
                     m.d.comb += [krd[g].addr.eq(addr), krd[g].en.eq(1), lrd[g].addr.eq(addr), lrd[g].en.eq(1)]
-                    m.d.sync += [tv[g].eq(issue), tnode[g].eq(addr), pv[g].eq(tv[g])]
+                    m.d.sync += [tq[g].eq(issue), tv[g].eq(tq[g]), pv[g].eq(tv[g])]
                     with m.If(issue):
-                        m.d.sync += trem[g].eq(trem[g] - 1)
+                        m.d.sync += [trem[g].eq(trem[g] - 1), tnode[g].eq(addr)]
                     with m.If(tv[g]):
                         digit = Array([krd[g].data[lo:hi] for lo, hi in slices])[level - 1][:R]
                         m.d.sync += [pdig[g].eq(digit), pnode[g].eq(tnode[g])]
-                    busy.append(issue | tv[g] | pv[g])
+                    busy.append(issue | tq[g] | tv[g] | pv[g])
                 with m.If(~Cat(*busy).any()):
-                    m.d.sync += [level.eq(level - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1])]
+                    m.d.sync += [level.eq(level - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1]),
+                                 sel_v.eq(0)]
                     m.next = "SELECT"
             with m.State("EMIT"):
                 with m.If(status_free & (~unord | (pending == 0))):
@@ -376,16 +402,17 @@ class TopK(wiring.Component):
                                  self.status.payload.code.eq(code), self.status.payload.k.eq(keff),
                                  self.status.payload.n.eq(cnt), self.status.payload.overflow.eq(ovf),
                                  scan_active.eq(keff != 0), sptr.eq(0), swords.eq((cnt + G - 1) >> GB),
-                                 sn.eq(cnt), sv.eq(0), bv.eq(0), fresh.eq(0), rem.eq(0),
+                                 sn.eq(cnt), sq.eq(0), sv.eq(0), bv.eq(0), fresh.eq(0), rem.eq(0),
                                  tbudget.eq(k_left), left.eq(keff), ov.eq(0), cnt.eq(0), ovf.eq(0)]
                     m.d.sync += [valid[g].eq(0) for g in range(G)]
                     m.next = "LOAD"
         m.d.comb += self.status.valid.eq(st_valid)
 
         # ---------------- emission scan: one word of G keys per cycle ----------------
-        # Two stages: the key RAMs' outputs (word ``sw``) are compared with T and registered
-        # (word ``bw``), and the selected keys of the registered word leave from there. Both
-        # advance together (``adv``) when the registered word is empty or fully taken.
+        # Three stages: the key RAMs' two read stages (words ``sqw``, then ``sw`` in their output
+        # registers), the RAMs' outputs compared with T and registered (word ``bw``); the selected
+        # keys of the registered word leave from there. All advance together (``adv``, also the
+        # RAMs' read enable) when the registered word is empty or fully taken.
         direct = scan_active & unord
         dst_ready = Mux(unord, self.o.ready, sorter.i.ready)
         en = ~ov | dst_ready
@@ -435,7 +462,8 @@ class TopK(wiring.Component):
                     m.d.sync += [rem.eq(rest), fresh.eq(0)]
             with m.If(adv):  # word done (or none held): take the RAMs' word, read the next one
                 m.d.comb += [krd[g].en.eq(1) for g in range(G)]
-                m.d.sync += [sv.eq(s_issue), sw.eq(sptr[:WW]), bv.eq(sv), bw.eq(sw), fresh.eq(1),
+                m.d.sync += [sq.eq(s_issue), sqw.eq(sptr[:WW]), sv.eq(sq), sw.eq(sqw),
+                             bv.eq(sv), bw.eq(sw), fresh.eq(1),
                              bgt.eq(Cat(*a_gt)), btie.eq(Cat(*a_tie))]
                 m.d.sync += [bkey[g].eq(krd[g].data) for g in range(G)]
                 n_before = Const(0, 1)
@@ -446,8 +474,8 @@ class TopK(wiring.Component):
                 with m.If(s_issue):
                     m.d.sync += sptr.eq(sptr + 1)
             # under ``en``: the last beat is out before the scan ends
-            with m.If(en & (done | ((sptr == swords) & ~sv & ~bv))):
-                m.d.sync += [scan_active.eq(0), ov.eq(0), sv.eq(0), bv.eq(0)]
+            with m.If(en & (done | ((sptr == swords) & ~sq & ~sv & ~bv))):
+                m.d.sync += [scan_active.eq(0), ov.eq(0), sq.eq(0), sv.eq(0), bv.eq(0)]
 
         # ---------------- outputs ----------------
         m.d.comb += [
