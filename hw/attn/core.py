@@ -496,14 +496,39 @@ class AttentionCore(wiring.Component):
         dot = reg(total[:W].as_signed(), "as_dot", signed(W))
         side = [reg(x, f"as_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        prod = reg(dot * c_reg, "am_prod", signed(W + nm.const_bits + 1))
+        prod_w = W + nm.const_bits + 1
+        prod = reg(dot * c_reg, "am_prod", signed(prod_w))
         side = [reg(x, f"am_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        rnd = Signal(63)
-        m.d.comb += rnd.eq((Const(1, 64) << sh_reg) >> 1)
-        shifted = Signal(signed(W + nm.const_bits + 2))
-        m.d.comb += shifted.eq((prod + rnd) >> sh_reg)
-        score = reg(Mux(shifted < smin, smin, Mux(shifted > smax, smax, shifted)), "ar_score", signed(SW))
+
+        # Rounding shift and saturation, score = clamp(floor((prod + rnd) / 2^shift)), in two
+        # stages: the rounding add and both saturation tests in ar1, the shift and the clamp in
+        # ar2 (in one stage the add, the variable shift and the clamp compares were in series,
+        # the core's critical path). The tests compare prod itself against per-job thresholds:
+        # floor((prod + rnd) / 2^sh) > smax  <=>  prod >= (smax + 1) 2^sh - rnd, and
+        # floor((prod + rnd) / 2^sh) < smin  <=>  prod <  smin 2^sh - rnd. Thresholds beyond the
+        # range of prod are clamped to one past it (the test is then never true), so they fit in
+        # prod_w + 1 bits.
+        thr_min, thr_max = -(1 << prod_w), (1 << prod_w) - 1
+
+        def sat_threshold(bound, sh):
+            return min(max((bound << sh) - ((1 << sh) >> 1), thr_min), thr_max)
+        # The thresholds and the rounding constant follow sh_reg one cycle behind (a table read:
+        # the shift is set with the command, long before the job's first pair reaches ar1).
+        sh_values = range(1 << len(sh_reg))
+        rnd_job = reg(Array([Const((1 << sh) >> 1, 63) for sh in sh_values])[sh_reg], "a_rnd_job", 63)
+        hi_job = reg(Array([Const(sat_threshold(smax + 1, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
+                     "a_sat_hi_job", signed(prod_w + 1))
+        lo_job = reg(Array([Const(sat_threshold(smin, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
+                     "a_sat_lo_job", signed(prod_w + 1))
+        rounded = reg(prod + rnd_job, "ar1_rounded")
+        over = reg(prod >= hi_job, "ar1_over")
+        under = reg(prod < lo_job, "ar1_under")
+        side = [reg(x, f"ar1_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        shifted = Signal(signed(SW))   # only its low SW bits are used: exact when not saturated
+        m.d.comb += shifted.eq(rounded >> sh_reg)
+        score = reg(Mux(under, smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
         ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
