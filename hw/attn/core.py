@@ -631,12 +631,13 @@ class AttentionCore(wiring.Component):
             n_cl = Mux(n_int > PB + 2, PB + 2, n_int)
             return reg(n_cl, f"{name}_n", range(PB + 3)), reg(u_s[:nm.exp_bits], f"{name}_i")
 
-        t_p = Signal(SW + 1)
-        t_a = Signal(SW + 1)
-        m.d.comb += [t_p.eq(b1["mnew"] - s_val), t_a.eq(b1["mnew"] - b1["mold"])]
-        p_n, p_i = exp_index(t_p, "b2_p")
-        a_n2, a_i = exp_index(t_a, "b2_a")
-        vfix = []
+        # b1 -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
+        # decode and each MX block's alignment amount (Xt_b - scale, clamped) are registered
+        # before the index rounding and the V shift: the amount's subtract, clamp compare and
+        # fan-out to the block's shifters were in series with the shift (the critical path).
+        t_p = reg(b1["mnew"] - s_val, "b1d_tp", SW + 1)
+        t_a = reg(b1["mnew"] - b1["mold"], "b1d_ta", SW + 1)
+        v_int = []
         for d in range(D):
             code = vview.codes[d]
             mag_code = code[:fv.code_width - 1]
@@ -645,15 +646,21 @@ class AttentionCore(wiring.Component):
             sig = Cat(mag_code[:fv.mbits], normal)
             mag = Signal(vbits, name=f"b1_vmag{d}")
             m.d.comb += mag.eq(sig << Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)])
-            val = Signal(signed(vbits + 1), name=f"b1_vint{d}")
-            m.d.comb += val.eq(Mux(code[fv.code_width - 1], -mag, mag))
-            blk = d // B
-            dsh = Signal(9, name=f"b1_dsh{d}")
-            m.d.comb += dsh.eq(b1_xt[blk] - vview.scales[blk])
-            dsh_cl = Mux(dsh > VFW, VFW, dsh)[:_bits(VFW + 1) + 1]
-            vfix.append(reg((val << nm.v_guard) >> dsh_cl, f"b2_vfix{d}", signed(VFW)))
-        b2 = {k: reg(v, f"b2_{k}") for k, v in b1.items() if k not in ("mnew", "mold")}
-        b2_xt = [reg(x, f"b2_xt{i}") for i, x in enumerate(b1_xt)]
+            v_int.append(reg(Mux(code[fv.code_width - 1], -mag, mag), f"b1d_vint{d}", signed(vbits + 1)))
+        v_align = []
+        for i in range(nb):
+            dsh = Signal(9, name=f"b1_dsh{i}")
+            m.d.comb += dsh.eq(b1_xt[i] - vview.scales[i])
+            v_align.append(reg(Mux(dsh > VFW, VFW, dsh)[:_bits(VFW + 1) + 1], f"b1d_dsh{i}"))
+        b1d = {k: reg(v, f"b1d_{k}") for k, v in b1.items() if k not in ("mnew", "mold")}
+        b1d_xt = [reg(x, f"b1d_xt{i}") for i, x in enumerate(b1_xt)]
+
+        # b1d -> b2: exp2 index rounding and clamp, V aligned to Xt_b (floor shift).
+        p_n, p_i = exp_index(t_p, "b2_p")
+        a_n2, a_i = exp_index(t_a, "b2_a")
+        vfix = [reg((x << nm.v_guard) >> v_align[d // B], f"b2_vfix{d}", signed(VFW)) for d, x in enumerate(v_int)]
+        b2 = {k: reg(v, f"b2_{k}") for k, v in b1d.items()}
+        b2_xt = [reg(x, f"b2_xt{i}") for i, x in enumerate(b1d_xt)]
 
         # b2 -> b3: table lookup and rounding shift.
         m.d.comb += [rom_p.addr.eq(p_i), rom_a.addr.eq(a_i)]
