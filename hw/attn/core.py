@@ -37,10 +37,10 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 6 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 7 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
-  golden model, one register stage each for the state read, the rescale, the shift amounts and
-  the aligned sum. After the row's last kept block the result goes to the divider instead.
+  golden model, one register stage each for the state read, the rescale (two: multiplier
+  pieces, their sum), the shift amounts and the aligned sum. After the row's last kept block the result goes to the divider instead.
 * **Divider**: ``D`` restoring dividers (``div_steps`` quotient bits per cycle) give
   ``y_d = round_half_up(acc_d * 2^p_bits / l)``; one output beat per query row.
 
@@ -711,9 +711,29 @@ class AttentionCore(wiring.Component):
         div_start = Signal()
         # The update is cut into register stages for timing (it was the core's critical path:
         # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
-        # U1 registers the state read, U1M the rescaled state, U2 the new exponents and the shift
-        # amounts, U3 the shifted sums, and U4 writes the state or hands the row to the
-        # divider from registers only.
+        # U1 registers the state read, U1M the pieces of the rescaled state and U1P their sum,
+        # U2 the new exponents and the shift amounts, U3 the shifted sums, and U4 writes the
+        # state or hands the row to the divider from registers only.
+        # U1M multiplies the state by alpha in pieces of at most 17 bits of the state (one ECP5
+        # MULT18X18D each, alpha being unsigned) and U1P adds the registered pieces: the whole
+        # product in one stage (multiplier blocks, routing, then the LUT adders that join their
+        # outputs) was the critical path.
+        def mul_pieces(x, name):
+            """(piece, offset) of x split into 17-bit slices, unsigned but the signed top slice."""
+            bounds = list(range(0, len(x), 17)) + [len(x)]
+            pieces = []
+            for n, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+                piece = x[lo:hi]
+                if x.shape().signed and hi == len(x):
+                    piece = piece.as_signed()
+                prod = piece * ent.alpha
+                pieces.append((Signal(prod.shape(), name=f"{name}_p{n}"), prod, lo))
+            return pieces
+        uA_pieces = [mul_pieces(stv.acc[d], f"u_accx{d}") for d in range(D)]
+        uL_pieces = mul_pieces(stv.l, "u_lx")
+
+        def join_pieces(pieces):
+            return sum(p << lo for p, _, lo in pieces)
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
         amt_a = [Signal(range(AW + PW + 1), name=f"u_amta{i}") for i in range(nb)]
         amt_p = [Signal(range(PSW + 1), name=f"u_amtp{i}") for i in range(nb)]
@@ -731,13 +751,17 @@ class AttentionCore(wiring.Component):
                     m.d.sync += ent.eq(fifo.r_data)
                     m.next = "U1"
             with m.State("U1"):
-                m.d.sync += st_reg.eq(st_rd.data)
+                # A row's first kept block starts from a zero state (acc, l and e).
+                m.d.sync += st_reg.eq(Mux(ent.first, 0, st_rd.data))
                 m.next = "U1M"
             with m.State("U1M"):
-                for d in range(D):
-                    m.d.sync += uA[d].eq(Mux(ent.first, 0, stv.acc[d]) * ent.alpha)
-                m.d.sync += uL.eq(Mux(ent.first, 0, stv.l) * ent.alpha)
-                m.d.sync += [uE[i].eq(Mux(ent.first, 0, stv.e[i])) for i in range(nb)]
+                for pieces in uA_pieces + [uL_pieces]:
+                    m.d.sync += [p.eq(prod) for p, prod, _ in pieces]
+                m.d.sync += [uE[i].eq(stv.e[i]) for i in range(nb)]
+                m.next = "U1P"
+            with m.State("U1P"):
+                m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
+                m.d.sync += uL.eq(join_pieces(uL_pieces))
                 m.next = "U2"
             with m.State("U2"):
                 for i in range(nb):
