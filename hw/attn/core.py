@@ -418,15 +418,17 @@ class AttentionCore(wiring.Component):
             with m.Else():
                 m.d.sync += a_key.eq(a_key + 1)
 
-        # Stage a1: memory outputs valid; LUT magnitude products.
+        # Stage a1: memory outputs valid. a1q: the Q and K reads registered once more before the
+        # LUT magnitude products (the block RAM's 5.8 ns clock-to-out was in front of them).
         a1_v = reg(a_issue, "a1_valid")
         a1_slot, a1_key = reg(a_seq, "a1_slot"), reg(a_key, "a1_key")
         a1_last, a1_empty = reg(a_lastkey, "a1_last"), reg(a_empty, "a1_empty")
         a1_jlast = reg(a_jlast, "a1_jlast")
         a_stages = 1  # registers from issue to the score register (sizes the score FIFO)
-        qv = data.View(self.q_layout, q_rd.data)
-        kv = data.View(self.q_layout, k_rd.data)
-        side = [a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast]
+        qv = data.View(self.q_layout, reg(q_rd.data, "a1q_q"))
+        kv = data.View(self.q_layout, reg(k_rd.data, "a1q_k"))
+        side = [reg(x, f"a1q_side{k}") for k, x in enumerate([a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast])]
+        a_stages += 1
         lanes = []
         for d in range(D):
             a, b = qv.codes[d], kv.codes[d]
