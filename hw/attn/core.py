@@ -37,10 +37,10 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 6 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 7 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
-  golden model, one register stage each for the state read, the rescale, the shift amounts and
-  the aligned sum. After the row's last kept block the result goes to the divider instead.
+  golden model, one register stage each for the state read, the rescale (two: multiplier
+  pieces, their sum), the shift amounts and the aligned sum. After the row's last kept block the result goes to the divider instead.
 * **Divider**: ``D`` restoring dividers (``div_steps`` quotient bits per cycle) give
   ``y_d = round_half_up(acc_d * 2^p_bits / l)``; one output beat per query row.
 
@@ -418,15 +418,17 @@ class AttentionCore(wiring.Component):
             with m.Else():
                 m.d.sync += a_key.eq(a_key + 1)
 
-        # Stage a1: memory outputs valid; LUT magnitude products.
+        # Stage a1: memory outputs valid. a1q: the Q and K reads registered once more before the
+        # LUT magnitude products (the block RAM's 5.8 ns clock-to-out was in front of them).
         a1_v = reg(a_issue, "a1_valid")
         a1_slot, a1_key = reg(a_seq, "a1_slot"), reg(a_key, "a1_key")
         a1_last, a1_empty = reg(a_lastkey, "a1_last"), reg(a_empty, "a1_empty")
         a1_jlast = reg(a_jlast, "a1_jlast")
         a_stages = 1  # registers from issue to the score register (sizes the score FIFO)
-        qv = data.View(self.q_layout, q_rd.data)
-        kv = data.View(self.q_layout, k_rd.data)
-        side = [a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast]
+        qv = data.View(self.q_layout, reg(q_rd.data, "a1q_q"))
+        kv = data.View(self.q_layout, reg(k_rd.data, "a1q_k"))
+        side = [reg(x, f"a1q_side{k}") for k, x in enumerate([a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast])]
+        a_stages += 1
         lanes = []
         for d in range(D):
             a, b = qv.codes[d], kv.codes[d]
@@ -496,14 +498,39 @@ class AttentionCore(wiring.Component):
         dot = reg(total[:W].as_signed(), "as_dot", signed(W))
         side = [reg(x, f"as_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        prod = reg(dot * c_reg, "am_prod", signed(W + nm.const_bits + 1))
+        prod_w = W + nm.const_bits + 1
+        prod = reg(dot * c_reg, "am_prod", signed(prod_w))
         side = [reg(x, f"am_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        rnd = Signal(63)
-        m.d.comb += rnd.eq((Const(1, 64) << sh_reg) >> 1)
-        shifted = Signal(signed(W + nm.const_bits + 2))
-        m.d.comb += shifted.eq((prod + rnd) >> sh_reg)
-        score = reg(Mux(shifted < smin, smin, Mux(shifted > smax, smax, shifted)), "ar_score", signed(SW))
+
+        # Rounding shift and saturation, score = clamp(floor((prod + rnd) / 2^shift)), in two
+        # stages: the rounding add and both saturation tests in ar1, the shift and the clamp in
+        # ar2 (in one stage the add, the variable shift and the clamp compares were in series,
+        # the core's critical path). The tests compare prod itself against per-job thresholds:
+        # floor((prod + rnd) / 2^sh) > smax  <=>  prod >= (smax + 1) 2^sh - rnd, and
+        # floor((prod + rnd) / 2^sh) < smin  <=>  prod <  smin 2^sh - rnd. Thresholds beyond the
+        # range of prod are clamped to one past it (the test is then never true), so they fit in
+        # prod_w + 1 bits.
+        thr_min, thr_max = -(1 << prod_w), (1 << prod_w) - 1
+
+        def sat_threshold(bound, sh):
+            return min(max((bound << sh) - ((1 << sh) >> 1), thr_min), thr_max)
+        # The thresholds and the rounding constant follow sh_reg one cycle behind (a table read:
+        # the shift is set with the command, long before the job's first pair reaches ar1).
+        sh_values = range(1 << len(sh_reg))
+        rnd_job = reg(Array([Const((1 << sh) >> 1, 63) for sh in sh_values])[sh_reg], "a_rnd_job", 63)
+        hi_job = reg(Array([Const(sat_threshold(smax + 1, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
+                     "a_sat_hi_job", signed(prod_w + 1))
+        lo_job = reg(Array([Const(sat_threshold(smin, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
+                     "a_sat_lo_job", signed(prod_w + 1))
+        rounded = reg(prod + rnd_job, "ar1_rounded")
+        over = reg(prod >= hi_job, "ar1_over")
+        under = reg(prod < lo_job, "ar1_under")
+        side = [reg(x, f"ar1_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        shifted = Signal(signed(SW))   # only its low SW bits are used: exact when not saturated
+        m.d.comb += shifted.eq(rounded >> sh_reg)
+        score = reg(Mux(under, smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
         ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
@@ -606,12 +633,13 @@ class AttentionCore(wiring.Component):
             n_cl = Mux(n_int > PB + 2, PB + 2, n_int)
             return reg(n_cl, f"{name}_n", range(PB + 3)), reg(u_s[:nm.exp_bits], f"{name}_i")
 
-        t_p = Signal(SW + 1)
-        t_a = Signal(SW + 1)
-        m.d.comb += [t_p.eq(b1["mnew"] - s_val), t_a.eq(b1["mnew"] - b1["mold"])]
-        p_n, p_i = exp_index(t_p, "b2_p")
-        a_n2, a_i = exp_index(t_a, "b2_a")
-        vfix = []
+        # b1 -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
+        # decode and each MX block's alignment amount (Xt_b - scale, clamped) are registered
+        # before the index rounding and the V shift: the amount's subtract, clamp compare and
+        # fan-out to the block's shifters were in series with the shift (the critical path).
+        t_p = reg(b1["mnew"] - s_val, "b1d_tp", SW + 1)
+        t_a = reg(b1["mnew"] - b1["mold"], "b1d_ta", SW + 1)
+        v_int = []
         for d in range(D):
             code = vview.codes[d]
             mag_code = code[:fv.code_width - 1]
@@ -620,15 +648,21 @@ class AttentionCore(wiring.Component):
             sig = Cat(mag_code[:fv.mbits], normal)
             mag = Signal(vbits, name=f"b1_vmag{d}")
             m.d.comb += mag.eq(sig << Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)])
-            val = Signal(signed(vbits + 1), name=f"b1_vint{d}")
-            m.d.comb += val.eq(Mux(code[fv.code_width - 1], -mag, mag))
-            blk = d // B
-            dsh = Signal(9, name=f"b1_dsh{d}")
-            m.d.comb += dsh.eq(b1_xt[blk] - vview.scales[blk])
-            dsh_cl = Mux(dsh > VFW, VFW, dsh)[:_bits(VFW + 1) + 1]
-            vfix.append(reg((val << nm.v_guard) >> dsh_cl, f"b2_vfix{d}", signed(VFW)))
-        b2 = {k: reg(v, f"b2_{k}") for k, v in b1.items() if k not in ("mnew", "mold")}
-        b2_xt = [reg(x, f"b2_xt{i}") for i, x in enumerate(b1_xt)]
+            v_int.append(reg(Mux(code[fv.code_width - 1], -mag, mag), f"b1d_vint{d}", signed(vbits + 1)))
+        v_align = []
+        for i in range(nb):
+            dsh = Signal(9, name=f"b1_dsh{i}")
+            m.d.comb += dsh.eq(b1_xt[i] - vview.scales[i])
+            v_align.append(reg(Mux(dsh > VFW, VFW, dsh)[:_bits(VFW + 1) + 1], f"b1d_dsh{i}"))
+        b1d = {k: reg(v, f"b1d_{k}") for k, v in b1.items() if k not in ("mnew", "mold")}
+        b1d_xt = [reg(x, f"b1d_xt{i}") for i, x in enumerate(b1_xt)]
+
+        # b1d -> b2: exp2 index rounding and clamp, V aligned to Xt_b (floor shift).
+        p_n, p_i = exp_index(t_p, "b2_p")
+        a_n2, a_i = exp_index(t_a, "b2_a")
+        vfix = [reg((x << nm.v_guard) >> v_align[d // B], f"b2_vfix{d}", signed(VFW)) for d, x in enumerate(v_int)]
+        b2 = {k: reg(v, f"b2_{k}") for k, v in b1d.items()}
+        b2_xt = [reg(x, f"b2_xt{i}") for i, x in enumerate(b1d_xt)]
 
         # b2 -> b3: table lookup and rounding shift.
         m.d.comb += [rom_p.addr.eq(p_i), rom_a.addr.eq(a_i)]
@@ -679,9 +713,29 @@ class AttentionCore(wiring.Component):
         div_start = Signal()
         # The update is cut into register stages for timing (it was the core's critical path:
         # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
-        # U1 registers the state read, U1M the rescaled state, U2 the new exponents and the shift
-        # amounts, U3 the shifted sums, and U4 writes the state or hands the row to the
-        # divider from registers only.
+        # U1 registers the state read, U1M the pieces of the rescaled state and U1P their sum,
+        # U2 the new exponents and the shift amounts, U3 the shifted sums, and U4 writes the
+        # state or hands the row to the divider from registers only.
+        # U1M multiplies the state by alpha in pieces of at most 17 bits of the state (one ECP5
+        # MULT18X18D each, alpha being unsigned) and U1P adds the registered pieces: the whole
+        # product in one stage (multiplier blocks, routing, then the LUT adders that join their
+        # outputs) was the critical path.
+        def mul_pieces(x, name):
+            """(piece, offset) of x split into 17-bit slices, unsigned but the signed top slice."""
+            bounds = list(range(0, len(x), 17)) + [len(x)]
+            pieces = []
+            for n, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
+                piece = x[lo:hi]
+                if x.shape().signed and hi == len(x):
+                    piece = piece.as_signed()
+                prod = piece * ent.alpha
+                pieces.append((Signal(prod.shape(), name=f"{name}_p{n}"), prod, lo))
+            return pieces
+        uA_pieces = [mul_pieces(stv.acc[d], f"u_accx{d}") for d in range(D)]
+        uL_pieces = mul_pieces(stv.l, "u_lx")
+
+        def join_pieces(pieces):
+            return sum(p << lo for p, _, lo in pieces)
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
         amt_a = [Signal(range(AW + PW + 1), name=f"u_amta{i}") for i in range(nb)]
         amt_p = [Signal(range(PSW + 1), name=f"u_amtp{i}") for i in range(nb)]
@@ -699,13 +753,17 @@ class AttentionCore(wiring.Component):
                     m.d.sync += ent.eq(fifo.r_data)
                     m.next = "U1"
             with m.State("U1"):
-                m.d.sync += st_reg.eq(st_rd.data)
+                # A row's first kept block starts from a zero state (acc, l and e).
+                m.d.sync += st_reg.eq(Mux(ent.first, 0, st_rd.data))
                 m.next = "U1M"
             with m.State("U1M"):
-                for d in range(D):
-                    m.d.sync += uA[d].eq(Mux(ent.first, 0, stv.acc[d]) * ent.alpha)
-                m.d.sync += uL.eq(Mux(ent.first, 0, stv.l) * ent.alpha)
-                m.d.sync += [uE[i].eq(Mux(ent.first, 0, stv.e[i])) for i in range(nb)]
+                for pieces in uA_pieces + [uL_pieces]:
+                    m.d.sync += [p.eq(prod) for p, prod, _ in pieces]
+                m.d.sync += [uE[i].eq(stv.e[i]) for i in range(nb)]
+                m.next = "U1P"
+            with m.State("U1P"):
+                m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
+                m.d.sync += uL.eq(join_pieces(uL_pieces))
                 m.next = "U2"
             with m.State("U2"):
                 for i in range(nb):
