@@ -13,7 +13,8 @@ from tb.stream import TB
 @cocotb.test()
 async def bench(dut):
     """Each case of ``VARACCEL_STIMULUS``: ``{"inputs": {member: beats}, "outputs": {member: count}}``
-    (``count`` as for tb.replay: beats or ``{"packets": n}``), sent into an idle core; cycles from the first input beat offered to the last output beat."""
+    (``count`` as for tb.replay: beats or ``{"packets": n}``), sent into an idle core; cycles
+    from the first input beat offered to the last output beat."""
     with open(os.environ["VARACCEL_STIMULUS"], "rb") as f:
         cases = pickle.load(f)
     params = test_params()
