@@ -28,7 +28,7 @@ def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1):
     check_choice("lanes", lanes, SUPPORTED_LANES)
     passes = -(-key_bits // radix_bits)
     if lanes == 1:
-        return n + 5 + (1 << radix_bits) + (passes - skipped) * (n + 5) + skipped + n + 2
+        return n + 8 + (1 << radix_bits) + (passes - skipped) * (n + 10) + skipped + n + 2
     beats = -(-n // lanes)
     return beats + 2 + (1 << radix_bits) + (passes - skipped) * (beats + 2) + skipped + n + 3
 
@@ -66,31 +66,42 @@ class RadixSorter(wiring.Component):
     Operation of one packet of ``n`` keys (``D = ceil(key_bits / radix_bits)`` digits,
     ``B = 2**radix_bits`` buckets):
 
-    1. **Load** (``n`` cycles, one key per cycle, plus two: for Fmax a key is registered before
-       its write, and its counts take two register stages): the entry ``(key, index)`` is written at
-       address ``index`` of the load RAM, and the ``D`` histograms of ALL digits are counted at
-       once (a histogram does not depend on the order of the keys, so no pass needs its own
-       counting read). A descending packet stores the complemented key.
-    2. **Prefix** (``B + 1`` cycles, a read stage and an add stage): the ``D`` histograms are turned in place into exclusive
-       prefix sums (bucket base addresses) by rotating the counter registers through one adder
-       per digit. A digit whose keys all fall in one bucket is marked: its pass would be the
-       identity permutation and is skipped (1 cycle instead of ``n + 5``).
-    3. **Passes** (``n + 5`` cycles each): digit ``p`` (least significant first) reads the
+    1. **Load** (``n`` cycles, one key per cycle, plus four for the last key's pipeline): a
+       taken beat is registered, then its entry ``(key, index)`` is written at address
+       ``index`` of the load RAM and the ``D`` histograms of ALL digits count it at once (a
+       histogram does not depend on the order of the keys, so no pass needs its own counting
+       read). A descending packet stores the complemented key.
+    2. **Prefix** (``B + 2`` cycles): the ``D`` histograms are turned in place into exclusive
+       prefix sums (bucket base addresses), one bucket a cycle per digit (read, add, write
+       back in three register stages). A digit whose keys all fall in one bucket is marked:
+       its pass would be the identity permutation and is skipped (1 cycle instead of
+       ``n + 10``).
+    3. **Passes** (``n + 10`` cycles each): digit ``p`` (least significant first) reads the
        source RAM in address order and writes each entry to ``base[digit]++`` of the other RAM
-       (ping-pong); stable by construction. The entry read is registered before its histogram
-       update, whose base address is registered before the scatter write (the RAM's two read
-       stages, with its output register for Fmax, the entry register, the histogram update,
-       the scatter write: the five cycles of latency).
+       (ping-pong); stable by construction. From the read to the scatter write an entry takes
+       seven register stages (the RAM and its output register, the entry, the histogram read,
+       the base plus its correction, the write registers, the write), a pass one cycle to
+       start and two to see its pipeline empty.
     4. **Emit** (``n`` beats): the RAM holding the result is read out in address order
        (two cycles of read latency, paid once).
 
+    Every histogram update (count, bucket base) is a read-modify-write in three register
+    stages, read, add, write, so that no adder follows a RAM read in the same cycle. A read
+    misses the updates of the same counter still in the later stages (equal digits close
+    together); each of those is +1, so the read adds how many there are (0..2, known from
+    registered address compares) instead of forwarding values. All this, one-hot phase flags
+    and a registered input ready keep every register-to-register path within a few LUT
+    levels or one carry chain: 210.9 MHz on an ECP5 LFE5U-85F (``varaccel synth sort
+    --family ecp5``), against 127.9 MHz for the previous two-stage version.
+
     Cycles from the first input beat to the last output beat with no stalls:
-    ``n + 5 + B + (D - s) * (n + 5) + s + n + 2`` for ``s`` skipped passes
-    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 619 for R = 4, 16 657 for R = 8).
+    ``n + 8 + B + (D - s) * (n + 10) + s + n + 2`` for ``s`` skipped passes
+    (:func:`sorter_cycles`; 16-bit keys, n = 4096: 24 642 for R = 4, 16 670 for R = 8).
 
     Double buffering: the next packet is loaded while the previous one is emitted, into the
-    RAM being read, behind the read pointer (a write to address a waits until a has been read),
-    so one packet follows another with the emit phase hidden. Sorting a packet waits until
+    RAM being read, behind the read pointer (a write to address a waits until a has been read;
+    the registered ready checks it with a margin of three entries), so one packet follows
+    another with the emit phase hidden. Sorting a packet waits until
     the previous packet's emission has finished (the passes use both RAMs).
 
     **Lanes P = 2, 4** (P keys per input beat, still one (key, index) per output beat). The
@@ -199,219 +210,292 @@ class RadixSorter(wiring.Component):
         return m
 
     def _elaborate_single(self, m):
-        """P = 1: one pair of ping-pong RAMs, emission reads the result RAM in address order."""
+        """P = 1: one pair of ping-pong RAMs, emission reads the result RAM in address order.
+
+        Timing discipline (for 200 MHz on an ECP5): a beat is registered before anything uses
+        it; every RAM port (block RAM address, data and enables; histogram read address, write
+        address, data and enable) is driven by a register or by one level of logic on
+        registers; a RAM's read data goes straight into a register (the block RAMs' own output
+        register, the histograms' ``x_raw``); the phases are one-hot flags, and every decision
+        that fans out (pass end, last read, room to load) is a registered flag or a carry-chain
+        compare."""
         W, R, N, D = self.key_bits, self.radix_bits, self.max_len, self.passes
         B = 1 << R
         IW, CW = self.index_bits, self.count_bits
+        EW = W + IW
+        ALL = (1 << D) - 1
         key_mask = (1 << W) - 1
         slices = digit_slices(W, R)
 
-        # Ping-pong RAMs with two cycles of read latency (RAM + output register, hw/common/ram.py).
-        rds, wrs = [], []
-        for b in range(2):
-            mem = PipelinedRAM(W + IW, N, f"ram{b}")
-            m.submodules[f"ram{b}"] = mem
-            rds.append(mem.read)
-            wrs.append(mem.write)
-        for b in range(2):
-            m.d.comb += [rds[b].en.eq(0), wrs[b].en.eq(0)]
+        def digits(key):
+            return [key[lo:hi] for lo, hi in slices]
 
-        # Histograms, turned into bucket base addresses by the prefix phase: one small RAM of
-        # B counters per digit with an asynchronous read (distributed RAM), so that a
-        # read-modify-write takes one cycle and back-to-back equal digits need no forwarding.
+        # ---- phases, one-hot: CLEAR -> LOAD -> COUNT -> PREFIX -> (SETUP -> PASS) x D ->
+        # HANDOVER -> CLEAR. ``pc`` counts the cycles of CLEAR, COUNT and PREFIX. ----
+        s_clear = Signal(init=1)
+        s_load, s_count, s_prefix, s_setup, s_pass, s_hand = (Signal(name=n) for n in (
+            "s_load", "s_count", "s_prefix", "s_setup", "s_pass", "s_hand"))
+        pc = Signal(range(B + 2))
+
+        # ---- ping-pong RAMs (two cycles of read latency: RAM + output register). Their write
+        # ports are driven by one set of registers that the load and the passes share; their
+        # read address is one pointer that the passes and the emission share (never active
+        # together: a pass waits for the previous packet's emission to end). ----
+        rams = [PipelinedRAM(EW, N, f"ram{b}") for b in range(2)]
+        w_addr = Signal(IW)
+        w_data = Signal(EW)
+        w_en = Signal(2)
+        rptr = Signal(CW)
+        rptr_clear = Signal()       # rptr: 0 (a pass or an emission starts) ...
+        rptr_step = Signal()        # ... or + 1 (a read issued); one clock enable for both
+        with m.If(rptr_clear | rptr_step):
+            m.d.sync += rptr.eq(Mux(rptr_clear, 0, rptr + 1))
+        r_en = Signal(2)
+        for b in range(2):
+            m.submodules[f"ram{b}"] = rams[b]
+            m.d.comb += [rams[b].w_addr.eq(w_addr), rams[b].w_data.eq(w_data), rams[b].w_en.eq(w_en[b]),
+                         rams[b].r_addr.eq(rptr[:IW]), rams[b].r_en.eq(r_en[b])]
+
+        # ---- histograms: one distributed RAM of B counters per digit (asynchronous read) ----
+        # A count or bucket-base update (+1) is a read-modify-write in three stages: X reads
+        # the counter at ``h_addr`` into ``x_raw``; Y1 adds ``y1_corr + 1`` into ``y2_data``;
+        # Y2 writes it back (address, data and enable all registers). The RAM read in X misses
+        # the updates of the same counter still in Y1 and Y2 (equal digits close together),
+        # each exactly +1, so ``y1_corr`` (0..2, from flags registered when the update entered
+        # X) counts them. Y2 also writes 0 (CLEAR) and the exclusive running sum ``acc``
+        # (PREFIX).
         hrd, hwr = [], []
         for p in range(D):
             mem = Memory(shape=unsigned(CW), depth=B, init=[])
             m.submodules[f"hist{p}"] = mem
             hwr.append(mem.write_port())
             hrd.append(mem.read_port(domain="comb"))
-            m.d.comb += hwr[p].en.eq(0)
-        skip = Signal(D)
+        h_addr = [Signal(R, name=f"h_addr{p}") for p in range(D)]
+        meet_y1 = Signal(D)         # the update entering X meets the same counter in Y1 / Y2
+        meet_y2 = Signal(D)
+        x_valid = Signal()          # X holds an update: a loaded key (x_load) or a pass entry
+        x_load = Signal()
+        x_mask = Signal(D)          # ... counted in these histograms (all: load; pass_sel: pass)
+        x_raw = [Signal(CW, name=f"x_raw{p}") for p in range(D)]
+        y1_valid = Signal()
+        y1_load = Signal()
+        y1_mask = Signal(D)
+        y1_addr = [Signal(R, name=f"y1_addr{p}") for p in range(D)]
+        y1_corr = [Signal(2, name=f"y1_corr{p}") for p in range(D)]       # updates missed
+        y1_corr_p1 = [Signal(2, name=f"y1_corr_p1{p}") for p in range(D)]  # ... plus this one
+        y2_data = [Signal(CW, name=f"y2_data{p}") for p in range(D)]
+        y2_raw = Signal(CW)         # Y2 of a pass: the count read of pass_sel's histogram ...
+        y2_corr = Signal(2)         # ... and its correction (their sum is the entry's address)
+        y2_addr = [Signal(R, name=f"y2_addr{p}") for p in range(D)]
+        y2_en = Signal(D)
+        pfx_y1 = Signal()           # Y1 holds a prefix bucket: Y2 writes acc
+        acc = [Signal(CW, name=f"acc{p}") for p in range(D)]
+        pass_sel = Signal(D)        # one-hot digit of the current pass
+        for p in range(D):
+            m.d.comb += [hrd[p].addr.eq(h_addr[p]),
+                         hwr[p].addr.eq(y2_addr[p]), hwr[p].en.eq(y2_en[p]), hwr[p].data.eq(y2_data[p])]
+            # one adder, from registers (a count plus a 2-bit correction)
+            m.d.sync += [x_raw[p].eq(hrd[p].data),
+                         y2_data[p].eq(Mux(s_clear, 0, Mux(pfx_y1, acc[p], x_raw[p] + y1_corr_p1[p])))]
+        raw_sel, corr_sel = 0, 0
+        for p in range(D):
+            raw_sel = raw_sel | Mux(pass_sel[p], x_raw[p], 0)
+            corr_sel = corr_sel | Mux(pass_sel[p], y1_corr[p], 0)
+        m.d.sync += [y2_raw.eq(raw_sel), y2_corr.eq(corr_sel)]
+        skip = Signal(D)            # digit p is the same for every key: its pass is the identity
+        cur_skip = Signal()         # ... for the digit of pass_sel
+        skip_y2 = Signal(D)         # Y2 of the prefix: that bucket holds every key
 
         # ---- load side ----
-        lb = Signal()            # RAM the packet loads into (= the RAM being emitted)
-        cnt = Signal(CW)         # keys stored
-        ovf = Signal()
+        in_ready = Signal()         # the input's ready is a flip-flop (set only while loading)
+        l_valid = Signal()          # the beat taken last cycle, registered before any use
+        l_key = Signal(W)
+        l_index = Signal(IW)
+        l_desc = Signal()           # its packet's direction
+        first = Signal(init=1)      # no beat of the packet taken yet
         desc = Signal()
+        lb = Signal()               # RAM the packet loads into (= the RAM being emitted)
+        cnt = Signal(CW)            # keys stored
+        cnt_p1 = Signal(CW, init=1)  # cnt + 1 and cnt + 3, so that no count needs an adder
+        cnt_p3 = Signal(CW, init=3)
+        room = Signal()             # the RAM being emitted has room (see below)
+        last_addr = Signal(IW)      # cnt - 1, once the packet is loaded
+        last_m1 = Signal(IW)        # cnt - 2
+        single = Signal()           # cnt == 1
+        full = Signal()             # cnt == N: further keys are dropped
+        ovf = Signal()
+        # ---- passes ----
+        src = Signal()
+        issue = Signal()            # the read at rptr this cycle belongs to the pass
+        at_last = Signal()          # ... and rptr is the packet's last address
+        rq, rv = Signal(), Signal()  # a pass read in the RAM's first stage, at its output register
+        e_valid = Signal()          # the read entry, registered off the RAM
+        e_entry = Signal(EW)
+        x_entry = Signal(EW)        # ... in X, Y1, Y2 beside its bucket's base
+        y1_entry = Signal(EW)
+        y2_valid = Signal()
+        y2_entry = Signal(EW)
+        w_valid = Signal()          # the RAM write registers hold a scattered entry
+        quiet = Signal()            # last cycle, no pass read was issued or in flight
+        # ---- prefix ----
+        pfx_start = Signal()        # COUNT's last cycle: the prefix reads from bucket 0 next
         # ---- output engine ----
         out_active = Signal()
         out_bank = Signal()
-        out_len = Signal(CW)
-        out_ptr = Signal(CW)
+        out_more = Signal()         # entries left to read
+        out_at_last = Signal()      # rptr is the packet's last address
+        out_last_m1 = Signal(IW)
         out_desc = Signal()
         out_ovf = Signal()
+        oq = Signal()               # an entry in the RAM's first read stage (``oq_last``: the last)
+        oq_last = Signal()
         ov = Signal()
         olast = Signal()
-        oq = Signal()            # an entry in the RAMs' first read stage (``oq_last``: the packet's last)
-        oq_last = Signal()
 
-        # ---- load ----
-        loading = Signal()
-        write_ok = ~out_active | (cnt < out_ptr) | (cnt >= N)
-        m.d.comb += self.i.ready.eq(loading & write_ok)
-        beat_desc = Mux(cnt == 0, self.i.payload.descending, desc)
-        stored_key = self.i.payload.key ^ Mux(beat_desc, key_mask, 0)
-        index = self.i.payload.index if self.index_in else cnt[:IW]
-        take = self.i.valid & self.i.ready
-        store = take & (cnt < N)
-        # A stored beat is registered before its RAM write and histogram count, so the input
-        # handshake and the bounds compares are not in front of the histogram read-add-write.
-        lv = Signal()
-        lentry = Signal(W + IW)
-        laddr = Signal(CW)
-        m.d.sync += lv.eq(store)
-        with m.If(store):
-            m.d.sync += [lentry.eq(Cat(stored_key, index)), laddr.eq(cnt)]
+        # ---- input: a taken beat goes into the l_* registers ----
+        m.d.comb += self.i.ready.eq(in_ready)
+        take = self.i.valid & in_ready
+        m.d.sync += l_valid.eq(take)
+        with m.If(take):
+            m.d.sync += [l_key.eq(self.i.payload.key), l_desc.eq(Mux(first, self.i.payload.descending, desc)),
+                         first.eq(0)]
+            if self.index_in:
+                m.d.sync += l_index.eq(self.i.payload.index)
+            with m.If(first):
+                m.d.sync += desc.eq(self.i.payload.descending)
+            with m.If(self.i.payload.last):
+                m.d.sync += in_ready.eq(0)
+        # Room to write address cnt of the RAM being emitted: the emission has read it. A beat
+        # taken at t is written at t + 2 to the address cnt has at t + 1, at most cnt + 3 of
+        # cnt at t - 2, when ``room`` was computed (rptr never falls, out_active only falls
+        # and full only rises while loading): ready may come late, never early, and a write
+        # never meets a read of the same address.
+        m.d.sync += room.eq(~out_active | (cnt_p3 < rptr) | full)
+        with m.If(s_load & ~(take & self.i.payload.last)):
+            m.d.sync += in_ready.eq(room)
 
-        clear_hist = Signal()
-        # prefix phase
-        prefix_active = Signal()
-        pc = Signal(range(B + 1))
-        run = [Signal(CW, name=f"run{p}") for p in range(D)]
-        # two-stage histogram updates (below): stage Y of the load, of the prefix (bucket pc_w)
-        lv2 = Signal()
-        ldig2 = [Signal(R, name=f"ldig2_{p}") for p in range(D)]
-        lold = [Signal(CW, name=f"lold{p}") for p in range(D)]
-        pfx_v = Signal()
-        pc_w = Signal(R)
-        pdata = [Signal(CW, name=f"pdata{p}") for p in range(D)]
-        # pass phase
-        pass_active = Signal()
-        pp = Signal(range(D + 1))
-        src = Signal()
-        j = Signal(CW)
-        rq = Signal()            # a pass read in the RAM's first stage
-        rv = Signal()            # ... at the RAM's output register
-        # A pass's entry is registered off the RAM read port (with its digit) before its
-        # histogram update and scatter write: keeps the block RAM's output off the histogram
-        # read-add-write (one more cycle a pass).
-        pv = Signal()
-        pentry = Signal(W + IW)
-        pdigit = Signal(R)
-        # ... and its scatter write one cycle after the histogram read gave its address (the
-        # bucket base), so the distributed RAM read is not in front of the block RAM's address.
-        wv = Signal()
-        wentry = Signal(W + IW)
-        wdest = Signal(CW)
-        wdigit = Signal(R)
-        passes_done = Signal()
+        # ---- a registered beat is stored: RAM write registers, histogram updates enter X ----
+        stored_key = l_key ^ Mux(l_desc, key_mask, 0)
+        index = l_index if self.index_in else cnt[:IW]
+        store = l_valid & ~full
+        with m.If(l_valid):
+            with m.If(store):
+                m.d.sync += [cnt.eq(cnt_p1), cnt_p1.eq(cnt_p1 + 1), cnt_p3.eq(cnt_p3 + 1),
+                             full.eq(cnt_p1 >= N),
+                             w_addr.eq(cnt[:IW]), w_data.eq(Cat(stored_key, index)), w_en.eq(Mux(lb, 0b10, 0b01))]
+            with m.Else():
+                m.d.sync += ovf.eq(1)
 
-        with m.FSM(init="CLEAR"):
-            with m.State("CLEAR"):  # zero the histogram RAMs (after reset and after each sort)
-                m.d.comb += clear_hist.eq(1)
-                m.d.sync += pc.eq(pc + 1)
-                with m.If(pc == B - 1):
-                    m.d.sync += pc.eq(0)
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.comb += loading.eq(1)
-                with m.If(take):
-                    with m.If(cnt == 0):
-                        m.d.sync += desc.eq(self.i.payload.descending)
-                    with m.If(store):
-                        m.d.sync += cnt.eq(cnt + 1)
-                    with m.Else():
-                        m.d.sync += ovf.eq(1)
-                    with m.If(self.i.payload.last):
-                        m.d.sync += [pc.eq(0), skip.eq(0)] + [r.eq(0) for r in run]
-                        m.next = "COUNT_LAST"
-            with m.State("COUNT_LAST"):  # the last beat's registered count (``lv``, ``lv2``) lands
-                with m.If(~lv):
-                    m.next = "PREFIX"
-            with m.State("PREFIX"):  # stage X reads bucket pc < B, stage Y adds bucket pc_w
-                m.d.comb += prefix_active.eq(1)
-                m.d.sync += [pc.eq(pc + 1), pc_w.eq(pc), pfx_v.eq(pc < B)]
-                with m.If(pc == B):
-                    m.d.sync += [pp.eq(0), j.eq(0), rq.eq(0), rv.eq(0), pv.eq(0), wv.eq(0), src.eq(lb)]
-                    m.next = "PASS"
-            with m.State("PASS"):
-                with m.If(~out_active):
-                    m.d.comb += pass_active.eq(1)
-                with m.If(passes_done):
-                    m.next = "HANDOVER"
-            with m.State("HANDOVER"):
-                m.d.sync += [out_active.eq(1), out_bank.eq(src), out_len.eq(cnt), out_ptr.eq(0),
-                             out_desc.eq(desc), out_ovf.eq(ovf), lb.eq(src), cnt.eq(0), ovf.eq(0),
-                             pc.eq(0)]
-                m.next = "CLEAR"
+        # Updates entering X: a stored key (every digit) or a pass entry (its pass's digit).
+        # The histogram addresses load every cycle (from a registered beat, else from the pass
+        # entry; counting up in PREFIX); they only matter with a valid update.
+        next_digits = [Mux(l_valid, a, b) for a, b in zip(digits(stored_key), digits(e_entry[:W]))]
+        m.d.sync += [x_valid.eq(store | e_valid), x_load.eq(store),
+                     x_mask.eq(Mux(store, ALL, Mux(e_valid, pass_sel, 0))), x_entry.eq(e_entry),
+                     y1_valid.eq(x_valid), y1_load.eq(x_load), y1_mask.eq(x_mask), y1_entry.eq(x_entry),
+                     y2_valid.eq(y1_valid & ~y1_load), y2_en.eq(y1_mask), y2_entry.eq(y1_entry),
+                     w_valid.eq(0)]
+        with m.If(~store):
+            m.d.sync += w_en.eq(0)
+        for p in range(D):
+            with m.If(s_prefix):
+                m.d.sync += h_addr[p].eq(h_addr[p] + 1)
+            with m.Elif(pfx_start):
+                m.d.sync += h_addr[p].eq(0)
+            with m.Else():
+                m.d.sync += h_addr[p].eq(next_digits[p])
+            m.d.sync += [y1_addr[p].eq(h_addr[p]), y2_addr[p].eq(Mux(s_clear, pc, y1_addr[p])),
+                         meet_y1[p].eq(x_mask[p] & (next_digits[p] == h_addr[p])),
+                         meet_y2[p].eq(y1_mask[p] & (next_digits[p] == y1_addr[p])),
+                         y1_corr[p].eq(meet_y1[p] + meet_y2[p]),
+                         y1_corr_p1[p].eq(meet_y1[p] + meet_y2[p] + 1)]
+        # Y2 of a pass: the RAM write registers take the base of the entry's bucket
+        with m.If(y2_valid):
+            m.d.sync += [w_addr.eq((y2_raw + y2_corr)[:IW]), w_data.eq(y2_entry), w_en.eq(Mux(src, 0b01, 0b10)),
+                         w_valid.eq(1)]
 
-        for b in range(2):
-            with m.If(lv & (lb == b)):
-                m.d.comb += [wrs[b].addr.eq(laddr), wrs[b].data.eq(lentry), wrs[b].en.eq(1)]
+        # ---- phases ----
+        m.d.sync += [pfx_y1.eq(0), skip_y2.eq(0), pfx_start.eq(0)]
+        with m.If(s_clear):
+            # zero the histogram RAMs (after reset and after each sort): Y2 writes 0 at pc
+            m.d.sync += [pc.eq(pc + 1), y2_en.eq(ALL)]
+            with m.If(pc == B - 1):
+                m.d.sync += [pc.eq(0), s_clear.eq(0), s_load.eq(1), in_ready.eq(room)]
+        with m.If(s_load & take & self.i.payload.last):
+            m.d.sync += [s_load.eq(0), s_count.eq(1)]
+        with m.If(s_count):
+            # the last beat passes L, X, Y1 and Y2 (4 cycles); h_addr and acc start the prefix
+            m.d.sync += [pc.eq(pc + 1), last_addr.eq(cnt - 1), last_m1.eq(cnt - 2), single.eq(cnt == 1),
+                         skip.eq(0), pfx_start.eq(pc == 2)]
+            m.d.sync += [acc[p].eq(0) for p in range(D)]
+            with m.If(pc == 3):
+                m.d.sync += [pc.eq(0), s_count.eq(0), s_prefix.eq(1)]
+        with m.If(s_prefix):
+            # X reads count[pc] (pc < B); Y1 makes acc, the sum of the buckets below, the value
+            # Y2 writes (the bucket's base), adds the count to acc and tests it against cnt
+            # (every key in one bucket: a constant digit, whose pass is skipped); Y2 writes
+            m.d.sync += [pc.eq(pc + 1), pfx_y1.eq(pc < B), skip.eq(skip | skip_y2)]
+            with m.If(pfx_y1):
+                m.d.sync += y2_en.eq(ALL)  # at y1_addr, the bucket X read
+                m.d.sync += [acc[p].eq(acc[p] + x_raw[p]) for p in range(D)]
+                # a bucket never holds more than cnt keys: ">=" is "==" here, on a carry chain
+                m.d.sync += skip_y2.eq(Cat(*[x_raw[p] >= cnt for p in range(D)]))
+            with m.If(pc == B + 1):
+                m.d.sync += [s_prefix.eq(0), s_setup.eq(1), pass_sel.eq(1), src.eq(lb),
+                             cur_skip.eq(skip[0] | skip_y2[0])]
+        with m.If(s_setup & ~out_active):
+            # a pass uses both RAMs: it starts once the previous packet is out
+            with m.If(cur_skip):
+                # the identity permutation: skipped, the data stays where it is
+                m.d.sync += [pass_sel.eq(pass_sel << 1), cur_skip.eq(((pass_sel << 1) & skip).any())]
+                with m.If(pass_sel[D - 1]):
+                    m.d.sync += [s_setup.eq(0), s_hand.eq(1)]
+            with m.Else():
+                m.d.comb += rptr_clear.eq(1)
+                m.d.sync += [issue.eq(1), at_last.eq(single), s_setup.eq(0), s_pass.eq(1)]
+        m.d.sync += quiet.eq(~issue & ~rq & ~rv & ~e_valid & ~x_valid & ~y1_valid & ~y2_valid & ~w_valid)
+        with m.If(s_pass & quiet & ~issue):
+            m.d.sync += [src.eq(~src), pass_sel.eq(pass_sel << 1), cur_skip.eq(((pass_sel << 1) & skip).any()),
+                         s_pass.eq(0)]
+            with m.If(pass_sel[D - 1]):
+                m.d.sync += s_hand.eq(1)
+            with m.Else():
+                m.d.sync += s_setup.eq(1)
+        with m.If(s_hand):
+            m.d.comb += rptr_clear.eq(1)
+            m.d.sync += [out_active.eq(1), out_bank.eq(src), out_last_m1.eq(last_m1), out_more.eq(1),
+                         out_at_last.eq(single), out_desc.eq(desc), out_ovf.eq(ovf), lb.eq(src), pass_sel.eq(0),
+                         cnt.eq(0), cnt_p1.eq(1), cnt_p3.eq(3), full.eq(0), first.eq(1), ovf.eq(0), pc.eq(0),
+                         s_hand.eq(0), s_clear.eq(1)]
 
-        # ---- histogram RAMs: count (load), prefix sums, bucket bases (passes), clear ----
-        # Every read-modify-write is two stages, so no distributed RAM read shares a cycle with
-        # an adder and a write: stage X reads the counter (address from a register) into a
-        # register, stage Y writes it back plus one. A stage X read of the counter that stage Y
-        # writes in the same cycle takes stage Y's new value instead (forwarding), so equal
-        # digits back to back count right. The uses are exclusive (CLEAR, PREFIX, LOAD, PASS).
-        m.d.sync += lv2.eq(lv)  # (pfx_v is set in PREFIX only: it ends with pc == B)
-        for p, (lo, hi) in enumerate(slices):
-            ldig = lentry[lo:hi]
-            with m.If(clear_hist):
-                m.d.comb += [hwr[p].addr.eq(pc), hwr[p].data.eq(0), hwr[p].en.eq(1)]
-            with m.If(prefix_active):
-                m.d.comb += hrd[p].addr.eq(pc)
-                m.d.sync += pdata[p].eq(hrd[p].data)
-                with m.If(pfx_v):
-                    m.d.comb += [hwr[p].addr.eq(pc_w), hwr[p].data.eq(run[p]), hwr[p].en.eq(1)]
-                    m.d.sync += run[p].eq(run[p] + pdata[p])
-                    with m.If(pdata[p] == cnt):
-                        m.d.sync += skip[p].eq(1)
-            with m.If(lv | lv2):
-                m.d.comb += hrd[p].addr.eq(ldig)
-                with m.If(lv):
-                    m.d.sync += [ldig2[p].eq(ldig),
-                                 lold[p].eq(Mux(lv2 & (ldig2[p] == ldig), lold[p] + 1, hrd[p].data))]
-                with m.If(lv2):
-                    m.d.comb += [hwr[p].addr.eq(ldig2[p]), hwr[p].data.eq(lold[p] + 1), hwr[p].en.eq(1)]
-            with m.If(pass_active & (pp == p)):
-                m.d.comb += hrd[p].addr.eq(pdigit)
-                with m.If(wv):
-                    m.d.comb += [hwr[p].addr.eq(wdigit), hwr[p].data.eq(wdest + 1), hwr[p].en.eq(1)]
-
-        # ---- scatter passes (digit pp) ----
-        cur_skip = Array(skip)[pp]
-        issue = pass_active & (j < cnt) & ~cur_skip
-        for b in range(2):
-            with m.If(pass_active & (src == b)):
-                m.d.comb += [rds[b].addr.eq(j), rds[b].en.eq(1)]
-        entry = Mux(src, rds[1].data, rds[0].data)
-        entry_key = entry[:W]
-        # the bucket's base (stage X of the histogram update), forwarded from stage Y
-        dest = Mux(wv & (wdigit == pdigit), wdest + 1, Array([hrd[p].data for p in range(D)])[pp])
-        with m.If(pass_active):
-            m.d.sync += [rq.eq(issue), rv.eq(rq), pv.eq(rv), pentry.eq(entry), wv.eq(pv), wdest.eq(dest),
-                         wdigit.eq(pdigit), wentry.eq(pentry),
-                         pdigit.eq(Array([entry_key[lo:hi] for lo, hi in slices])[pp])]
-            with m.If(issue):
-                m.d.sync += j.eq(j + 1)
-            with m.If(wv):
-                for b in range(2):
-                    with m.If(src != b):
-                        m.d.comb += [wrs[b].addr.eq(wdest), wrs[b].data.eq(wentry), wrs[b].en.eq(1)]
-            with m.If(~issue & ~rq & ~rv & ~pv & ~wv):  # pass complete (or skipped)
-                m.d.sync += [j.eq(0), pp.eq(pp + 1)]
-                with m.If(~cur_skip):
-                    m.d.sync += src.eq(~src)
-                with m.If(pp == D - 1):
-                    m.d.comb += passes_done.eq(1)
+        # ---- scatter pass: read at rptr -> rq -> rv (entry at the RAM's output register) ->
+        # e_entry -> X (bucket base read) -> Y1 (base + corr) -> Y2 (base + 1 written back; the
+        # RAM write registers take base and entry) -> RAM write ----
+        with m.If(issue):
+            m.d.comb += rptr_step.eq(1)
+            # rptr never passes the last address: ">=" is "==" here, on a carry chain
+            m.d.sync += at_last.eq(rptr[:IW] >= last_m1)
+            with m.If(at_last):
+                m.d.sync += issue.eq(0)
+        entry = Mux(src, rams[1].r_data, rams[0].r_data)
+        m.d.sync += [rq.eq(issue), rv.eq(rq), e_valid.eq(rv), e_entry.eq(entry)]
 
         # ---- output engine: read RAM[out_bank] in order, hold the read data under a stall ----
         # The RAM's two read stages are the engine's two stages (``oq``, then ``ov`` with the
         # entry in the RAM's output register), both loaded when the output may advance.
         advance = ~ov | self.o.ready
-        o_issue = out_active & (out_ptr < out_len)
-        for b in range(2):
-            with m.If(out_active & (out_bank == b)):
-                m.d.comb += [rds[b].addr.eq(out_ptr), rds[b].en.eq(advance)]
-        with m.If(advance):
-            m.d.sync += [oq.eq(o_issue), oq_last.eq(out_ptr == out_len - 1), ov.eq(oq), olast.eq(oq_last)]
+        o_issue = out_active & out_more
+        m.d.comb += r_en.eq(Mux(out_active, Mux(advance, Mux(out_bank, 0b10, 0b01), 0), 0b11))
+        with m.If(advance & out_active):
+            m.d.sync += [oq.eq(o_issue), oq_last.eq(out_at_last), ov.eq(oq), olast.eq(oq_last)]
             with m.If(o_issue):
-                m.d.sync += out_ptr.eq(out_ptr + 1)
-            with m.Elif(out_active & ~oq):
+                m.d.comb += rptr_step.eq(1)
+                m.d.sync += out_at_last.eq(rptr[:IW] >= out_last_m1)
+                with m.If(out_at_last):
+                    m.d.sync += out_more.eq(0)
+            with m.Elif(~oq):
                 m.d.sync += out_active.eq(0)
-        result = Mux(out_bank, rds[1].data, rds[0].data)
+        result = Mux(out_bank, rams[1].r_data, rams[0].r_data)
         m.d.comb += [
             self.o.valid.eq(ov),
             self.o.payload.key.eq(result[:W] ^ Mux(out_desc, key_mask, 0)),
