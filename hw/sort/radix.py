@@ -304,6 +304,7 @@ class RadixSorter(wiring.Component):
         m.d.sync += [y2_raw.eq(raw_sel), y2_corr.eq(corr_sel)]
         skip = Signal(D)            # digit p is the same for every key: its pass is the identity
         cur_skip = Signal()         # ... for the digit of pass_sel
+        next_skip = Signal()        # ... for the next digit (registered: right once a pass runs)
         skip_y2 = Signal(D)         # Y2 of the prefix: that bucket holds every key
 
         # ---- load side ----
@@ -339,6 +340,7 @@ class RadixSorter(wiring.Component):
         quiet = Signal()            # last cycle, no pass read was issued or in flight
         # ---- prefix ----
         pfx_start = Signal()        # COUNT's last cycle: the prefix reads from bucket 0 next
+        pfx_end = Signal()          # PREFIX's last cycle
         # ---- output engine ----
         out_active = Signal()
         out_bank = Signal()
@@ -415,7 +417,8 @@ class RadixSorter(wiring.Component):
                          w_valid.eq(1)]
 
         # ---- phases ----
-        m.d.sync += [pfx_y1.eq(0), skip_y2.eq(0), pfx_start.eq(0)]
+        m.d.sync += [pfx_y1.eq(0), skip_y2.eq(0), pfx_start.eq(0), pfx_end.eq(0),
+                     next_skip.eq(((pass_sel << 1) & skip).any())]
         with m.If(s_clear):
             # zero the histogram RAMs (after reset and after each sort): Y2 writes 0 at pc
             m.d.sync += [pc.eq(pc + 1), y2_en.eq(ALL)]
@@ -434,13 +437,13 @@ class RadixSorter(wiring.Component):
             # X reads count[pc] (pc < B); Y1 makes acc, the sum of the buckets below, the value
             # Y2 writes (the bucket's base), adds the count to acc and tests it against cnt
             # (every key in one bucket: a constant digit, whose pass is skipped); Y2 writes
-            m.d.sync += [pc.eq(pc + 1), pfx_y1.eq(pc < B), skip.eq(skip | skip_y2)]
+            m.d.sync += [pc.eq(pc + 1), pfx_y1.eq(pc < B), skip.eq(skip | skip_y2), pfx_end.eq(pc == B)]
             with m.If(pfx_y1):
                 m.d.sync += y2_en.eq(ALL)  # at y1_addr, the bucket X read
                 m.d.sync += [acc[p].eq(acc[p] + x_raw[p]) for p in range(D)]
                 # a bucket never holds more than cnt keys: ">=" is "==" here, on a carry chain
                 m.d.sync += skip_y2.eq(Cat(*[x_raw[p] >= cnt for p in range(D)]))
-            with m.If(pc == B + 1):
+            with m.If(pfx_end):
                 m.d.sync += [s_prefix.eq(0), s_setup.eq(1), pass_sel.eq(1), src.eq(lb),
                              cur_skip.eq(skip[0] | skip_y2[0])]
         with m.If(s_setup & ~out_active):
@@ -455,8 +458,7 @@ class RadixSorter(wiring.Component):
                 m.d.sync += [issue.eq(1), at_last.eq(single), s_setup.eq(0), s_pass.eq(1)]
         m.d.sync += quiet.eq(~issue & ~rq & ~rv & ~e_valid & ~x_valid & ~y1_valid & ~y2_valid & ~w_valid)
         with m.If(s_pass & quiet & ~issue):
-            m.d.sync += [src.eq(~src), pass_sel.eq(pass_sel << 1), cur_skip.eq(((pass_sel << 1) & skip).any()),
-                         s_pass.eq(0)]
+            m.d.sync += [src.eq(~src), pass_sel.eq(pass_sel << 1), cur_skip.eq(next_skip), s_pass.eq(0)]
             with m.If(pass_sel[D - 1]):
                 m.d.sync += s_hand.eq(1)
             with m.Else():

@@ -1,6 +1,6 @@
 """Top-k core: banked MSD radix select over bucket linked lists, then one wide emission scan."""
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -14,6 +14,17 @@ __all__ = ["TopK", "highest_set", "LANES"]
 
 #: Keys per input beat P that TopK accepts.
 LANES = (1, 2, 4)
+
+#: Words (of G keys) the emission scan may have in flight or queued: its FIFO depth.
+SCAN_FIFO_DEPTH = 16
+
+
+def _or_all(values, start=None):
+    """The bitwise OR of ``values`` (and ``start``, if given) as a balanced tree."""
+    values = list(values) if start is None else [start, *values]
+    while len(values) > 1:
+        values = [a | b for a, b in zip(values[0::2], values[1::2])] + values[len(values) & ~1:]
+    return values[0]
 
 
 def highest_set(bits):
@@ -34,48 +45,60 @@ class TopK(wiring.Component):
 
     Banks. Key ``i`` of a packet lives in bank ``i mod G`` (``G = banks``) at word ``i // G``:
     every bank has its own key RAM, link RAM and bucket lists. A load takes one beat of P keys
-    per cycle (``lanes``, into P different banks), but the list walks of the select run in all banks at once, and the emission scan
-    reads one word of ``G`` keys per cycle, so both cost about ``1/G`` of a single-bank core.
+    per cycle (``lanes``, into P different banks); the list walks of the select run in all
+    banks at once and the emission scan reads one word of ``G`` keys per cycle, so both cost
+    about ``1/G`` of a single-bank core.
 
-    Per packet of ``n`` keys and one command ``(k, unordered)``:
+    The core is built for clock rate (ECP5 >= 170 MHz at P = 1): every phase is a one-hot flag,
+    every RAM read goes through an output register, and no compare feeds an adder in the same
+    cycle. Per packet of ``n`` keys and one command ``(k, unordered)``:
 
-    1. **Load** (``ceil(n / P)`` cycles): key ``i`` is written to its bank and pushed onto that bank's
-       linked list of its most significant digit (``link[w] = head[d]; head[d] = w``) while the
-       bank's count of the digit is incremented.
-    2. **Select** (:func:`golden.numerics.sort.radix_select`, MSD first): per digit, visit the
-       non-empty buckets from the top (one per cycle; a priority encoder skips empty ones),
-       adding the banks' counts, up to the bucket that holds the remaining k-th key; then every
-       bank walks its own list of THAT bucket (one node every other cycle per bank: a node's
-       link comes out of the link RAM's output register two cycles after its read), rebuilding
-       its lists and counts for the next digit. Cost per digit: the non-empty buckets visited
-       (plus one: a visit's counts are registered before their compare) + twice the largest
-       bank share of the chosen bucket, not ``n``. Result: threshold T and
-       ``k_left = k - n_above``. ``k >= n`` and ``k = 0`` skip the select.
-       Bucket lists are emptied in one cycle by a valid bit per bucket and bank (no clear pass).
-    3. **Emit**: one scan of the key words in index order; in each word the keys > T and the
-       keys == T whose rank among the ties so far is < ``k_left`` are selected, and the selected
-       keys of a word leave up to P a cycle, lowest index first (a word costs
-       ``max(1, ceil(selected / P))`` cycles). The scan
-       stops once ``k`` are out. ``unordered=1`` streams them straight out, up to P a beat
-       (ascending index, ``topk(..., sorted=False)``); ``unordered=0`` streams them into an internal
-       :class:`~hw.sort.radix.RadixSorter` of P lanes (descending, stable: ties keep the lower
-       index first), whose output is the core's output, one key a beat
-       (``topk(..., sorted=True)``).
+    1. **Load** (``ceil(n / P)`` cycles and a few of pipeline): a taken beat is registered,
+       then each key is written to its bank's key RAM and pushed onto a list of its most
+       significant digit. Every bucket has TWO lists per bank, pushes alternating between
+       them (a parity bit per bucket), each with its head in a distributed RAM, and a count
+       per bucket; a push reads count and head (X), then writes count + 1, the head and the
+       node's link (Y), with a counted correction when the same bucket is still in flight.
+       A valid bit per bucket and bank empties every list in one cycle (no clear pass).
+    2. **Select** (:func:`golden.numerics.sort.radix_select`, MSD first): per digit, a
+       six-stage pipeline visits the non-empty buckets from the top, one a cycle (V0 takes
+       the highest remaining bucket, V2 reads every bank's count and heads, V3/V4 add them to
+       a running sum, V5 compares it with the keys still needed); the first bucket whose
+       running sum reaches them holds the k-th key. Then every bank walks both lists of THAT
+       bucket, one in even and one in odd cycles: a node's link returns from the link RAM's
+       output register just in time for its list's next turn, so a bank walks one node a
+       cycle, pushing each node onto the lists of its next digit. Cost per digit: the
+       non-empty buckets visited plus about 8, and the largest bank share of the chosen
+       bucket plus about 6; never ``n``. Result: threshold T and ``k_left = k - n_above``.
+       ``k >= n`` and ``k = 0`` skip the select.
+    3. **Emit**: one scan of the key words in index order, one word a cycle, in a pipeline
+       (read, two RAM stages, compare with T, rank the ties in the word, select the keys > T
+       and the ties ranked below the tie budget, count, mark the word that holds the k-th
+       key) that writes words with selected keys into a FIFO of ``SCAN_FIFO_DEPTH`` words
+       (reads are issued against credits, so the FIFO never overflows and the scan never
+       waits on a decision made in the same cycle). The scan stops once the k-th key is
+       found. The emitter takes up to P selected keys a beat from the FIFO's head word,
+       lowest index first (a word costs ``max(1, ceil(selected / P))`` beats).
+       ``unordered=1`` streams them straight out (ascending index,
+       ``topk(..., sorted=False)``); ``unordered=0`` streams them into an internal
+       :class:`~hw.sort.radix.RadixSorter` of P lanes (descending, stable: ties keep the
+       lower index first), whose output is the core's output, one key a beat
+       (``topk(..., sorted=True)``, and :func:`~hw.sort.radix.sorter_cycles` of ``k`` keys
+       after the scan).
 
-    Cycles with no stalls (``v_j`` non-empty buckets visited and ``c_j`` the largest bank share
-    of the chosen bucket at digit ``j``, ``w`` = words up to the k-th selected key, ``x`` = the
-    extra cycles of words with more than P selected keys, sum of ``ceil(s / P) - 1``): unordered
-    ``ceil(n / P) + 1 + sum(v_j + 1) + sum(2 c_j + 3) + w + x + 5`` (for Fmax the key and link RAMs
-    read through an output register, two cycles of latency, and the walk's push and the scan's
-    selection each sit one register stage behind that); sorted adds the sorter after the scan:
-    ``B + (D - s) * (m + 5) + s + k + ~7`` with ``m = k`` at P = 1 and
-    ``B + (D - s) * (m + 2) + s + k + ~3`` with ``m = ceil(k / P)`` lanes' worth at P > 1
-    (:func:`~hw.sort.radix.sorter_cycles`). Measured by ``sim/bench_sort.py``.
+    Cycles with no stalls, unordered, from the first input beat to the last output beat:
+    about ``ceil(n / P) + sum(v_j) + sum(c_j) + max(w, e) + 15 D + 13`` (within a few cycles
+    of Amaranth simulation for n = 512 and 1024, P = 1, 2, 4, D = 2 and 4), where ``v_j`` are
+    the non-empty buckets visited at digit ``j``, ``c_j`` the largest bank share of the bucket
+    chosen at each digit but the last (the walks), ``w`` the words up to the one holding the
+    k-th selected key and ``e`` the output beats (the emitter is the bottleneck when the
+    selected keys are dense). Sorted mode adds the sorter's passes over the ``k`` selected
+    keys. ``sim/bench_sort.py`` measures the full-size cases.
 
     Overlap: the next packet is loaded while the previous packet is scanned (behind the scan
-    pointer) and sorted; its select waits for the previous scan to end. An unordered packet's
-    scan waits until the sorter has emitted every earlier sorted packet (outputs stay in
-    packet order).
+    pointer, with a three-word margin) and sorted; its select waits for the previous scan to
+    end. An unordered packet's scan waits until the sorter has emitted every earlier sorted
+    packet (outputs stay in packet order).
 
     k rules (:func:`golden.numerics.sort.clamp_k`): k = 0 emits no data beat, only a status
     beat with ``code = STATUS_K_ZERO``; k > n emits all n (``code = STATUS_K_CLAMPED``,
@@ -156,7 +179,7 @@ class TopK(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        W, R, N, D, G = self.key_bits, self.radix_bits, self.max_len, self.passes, self.banks
+        W, R, N, D, G, P = self.key_bits, self.radix_bits, self.max_len, self.passes, self.banks, self.lanes
         B = 1 << R
         IW, CW = self.index_bits, self.count_bits
         GB = (G - 1).bit_length()                # bank bits of a key's position
@@ -165,317 +188,568 @@ class TopK(wiring.Component):
         BCW = NW.bit_length()                    # a bank's bucket count
         slices = digit_slices(W, R)
         top_lo, top_hi = slices[-1]
+        F = SCAN_FIFO_DEPTH
 
-        P = self.lanes
         # The sorted mode's sorter takes P keys a beat too; the scan hands it 1..P selected keys
         # per beat (whatever a word holds), so beats may be partial anywhere.
         m.submodules.sorter = sorter = RadixSorter(W, R, N, P, index_in=True, partial_beats=P > 1)
 
-        # Per bank: key RAM and link RAM (block RAM, two-cycle read), and the bucket lists: a
-        # counter and a head pointer per bucket in RAMs with an asynchronous read (distributed
-        # RAM) so that a push (link[w] = head[d]; head[d] = w; count[d] += 1) takes one cycle,
-        # plus a valid bit per bucket that empties all lists at once.
-        krd, kwr, lrd, lwr, hist_r, hist_w, head_r, head_w, valid = ([] for _ in range(9))
-        hist_s, head_s = [], []  # the select's own read ports: keeps the push path off its adders
-        push, push_d, push_node = [], [], []
-        for g in range(G):
-            # two cycles of read latency (RAM + output register): see hw/common/ram.py
-            keymem = PipelinedRAM(W, NW, f"keys{g}")
-            linkmem = PipelinedRAM(WW, NW, f"links{g}")
-            histmem = Memory(shape=unsigned(BCW), depth=B, init=[])
-            headmem = Memory(shape=unsigned(WW), depth=B, init=[])
-            m.submodules[f"keys{g}"], m.submodules[f"links{g}"] = keymem, linkmem
-            m.submodules[f"hist{g}"], m.submodules[f"head{g}"] = histmem, headmem
-            krd.append(keymem.read)
-            kwr.append(keymem.write)
-            lrd.append(linkmem.read)
-            lwr.append(linkmem.write)
-            hist_r.append(histmem.read_port(domain="comb"))
-            hist_w.append(histmem.write_port())
-            head_r.append(headmem.read_port(domain="comb"))
-            head_w.append(headmem.write_port())
-            hist_s.append(histmem.read_port(domain="comb"))
-            head_s.append(headmem.read_port(domain="comb"))
-            valid.append(Signal(B, name=f"valid{g}"))
-            push.append(Signal(name=f"push{g}"))
-            push_d.append(Signal(R, name=f"push_d{g}"))
-            push_node.append(Signal(WW, name=f"push_node{g}"))
-            m.d.comb += [krd[g].en.eq(0), kwr[g].en.eq(0), lrd[g].en.eq(0)]
-            was = valid[g].bit_select(push_d[g], 1)
-            m.d.comb += [lwr[g].addr.eq(push_node[g]), lwr[g].data.eq(head_r[g].data), lwr[g].en.eq(push[g])]
-            with m.If(push[g]):
-                m.d.comb += [hist_r[g].addr.eq(push_d[g]), head_r[g].addr.eq(push_d[g]),
-                             hist_w[g].addr.eq(push_d[g]), hist_w[g].en.eq(1),
-                             hist_w[g].data.eq(Mux(was, hist_r[g].data, 0) + 1),
-                             head_w[g].addr.eq(push_d[g]), head_w[g].data.eq(push_node[g]), head_w[g].en.eq(1)]
-                m.d.sync += valid[g].bit_select(push_d[g], 1).eq(1)
-        any_valid = Signal(B)
-        or_valid = valid[0]
-        for g in range(1, G):
-            or_valid = or_valid | valid[g]
-        m.d.comb += any_valid.eq(or_valid)
+        # ---------------- phases (one-hot flags) ----------------
+        # LOAD -> CMD -> DECIDE -> START -> (SELECT -> CHOOSE -> TRAV) x ... -> EMIT -> LOAD
+        s_load = Signal(init=1)
+        s_cmd, s_decide, s_start, s_select, s_trav, s_emit = (Signal(name=n) for n in (
+            "s_cmd", "s_decide", "s_start", "s_select", "s_trav", "s_emit"))
 
-        cnt = Signal(CW)
+        # ---------------- per bank: key and link RAMs, bucket lists ----------------
+        # Key and link RAM: block RAM with two cycles of read latency (hw/common/ram.py); read
+        # enabled every cycle (whatever is read is tracked by valid flags). Bucket lists: every
+        # bucket has TWO lists per bank (pushes alternate between them, so their lengths differ
+        # by at most one), which a walk follows in alternate cycles: each list's next link is
+        # back from the link RAM's output register just in time for its next turn, so a bank
+        # walks one node a cycle. A count and the two heads per bucket live in RAMs with an
+        # asynchronous read (distributed RAM; one head RAM per list), and a valid bit per bucket
+        # empties every list at once.
+        keys, links = [], []
+        cnt_push_r, head_push_r, cnt_sel_r, head_sel_r, cnt_w, head_w = ([] for _ in range(6))
+        valid = []
+        for g in range(G):
+            keys.append(PipelinedRAM(W, NW, f"keys{g}"))
+            links.append(PipelinedRAM(WW, NW, f"links{g}"))
+            cmem = Memory(shape=unsigned(BCW), depth=B, init=[])
+            hmems = [Memory(shape=unsigned(WW), depth=B, init=[]) for _ in range(2)]
+            m.submodules[f"keys{g}"], m.submodules[f"links{g}"] = keys[g], links[g]
+            m.submodules[f"count{g}"] = cmem
+            m.submodules[f"head{g}_0"], m.submodules[f"head{g}_1"] = hmems
+            cnt_push_r.append(cmem.read_port(domain="comb"))
+            head_push_r.append([hmem.read_port(domain="comb") for hmem in hmems])
+            cnt_sel_r.append(cmem.read_port(domain="comb"))   # the select's own read ports
+            head_sel_r.append([hmem.read_port(domain="comb") for hmem in hmems])
+            cnt_w.append(cmem.write_port())
+            head_w.append([hmem.write_port() for hmem in hmems])
+            valid.append(Signal(B, name=f"valid{g}"))
+            m.d.comb += [keys[g].r_en.eq(1), links[g].r_en.eq(1)]
+
+        # ---------------- push: s = count[d] mod 2; link[node] = head[d, s]; head[d, s] = node;
+        # count[d] += 1 ----------------
+        # Three register stages per bank: Q (the request: digit, node), X (the bucket's count
+        # and list s's head read; registered) and Y (count + 1, head and link written, valid bit
+        # set). X misses Y's write of the same bucket in the same cycle: ``x_meet`` (registered
+        # when the request enters X) adds one to the count read. The heads need no such care:
+        # back-to-back pushes of one bucket go to different lists. ``x_live`` says whether the
+        # RAM's count of the bucket belongs to the current lists when X reads it: its valid
+        # bit, or Y setting it in the cycle before (registered in Q). The list s (the count mod
+        # 2) is known in Q from a parity bit per bucket, toggled by every push, and the pushes
+        # of the same bucket still in X and Y.
+        q_v = [Signal(name=f"q_v{g}") for g in range(G)]
+        q_d = [Signal(R, name=f"q_d{g}") for g in range(G)]
+        q_n = [Signal(WW, name=f"q_n{g}") for g in range(G)]
+        x_v = [Signal(name=f"x_v{g}") for g in range(G)]
+        x_d = [Signal(R, name=f"x_d{g}") for g in range(G)]
+        x_n = [Signal(WW, name=f"x_n{g}") for g in range(G)]
+        x_meet = [Signal(name=f"x_meet{g}") for g in range(G)]
+        x_live = [Signal(name=f"x_live{g}") for g in range(G)]
+        y_v = [Signal(name=f"y_v{g}") for g in range(G)]
+        y_d = [Signal(R, name=f"y_d{g}") for g in range(G)]
+        y_n = [Signal(WW, name=f"y_n{g}") for g in range(G)]
+        y_meet = [Signal(name=f"y_meet{g}") for g in range(G)]
+        y_count = [Signal(BCW, name=f"y_count{g}") for g in range(G)]  # the count read (0 if stale)
+        parity = [Signal(B, name=f"parity{g}") for g in range(G)]     # count mod 2 of every list pair
+        x_sub = [Signal(name=f"x_sub{g}") for g in range(G)]           # the list pushed: count mod 2
+        y_sub = [Signal(name=f"y_sub{g}") for g in range(G)]
+        y_link = [Signal(WW, name=f"y_link{g}") for g in range(G)]     # ... and its old head
+        clear_lists = Signal()      # registered: empty every bank's lists (no push is in flight)
+        for g in range(G):
+            meet_x = x_v[g] & (x_d[g] == q_d[g])   # X's push will be in Y with this one in X
+            meet_y = y_v[g] & (y_d[g] == q_d[g])   # Y's push is written as this one enters X
+            m.d.sync += [x_v[g].eq(q_v[g]), x_d[g].eq(q_d[g]), x_n[g].eq(q_n[g]),
+                         x_live[g].eq(valid[g].bit_select(q_d[g], 1) | meet_y), x_meet[g].eq(meet_x),
+                         x_sub[g].eq(parity[g].bit_select(q_d[g], 1) ^ meet_x ^ meet_y),
+                         y_v[g].eq(x_v[g]), y_d[g].eq(x_d[g]), y_n[g].eq(x_n[g]), y_meet[g].eq(x_meet[g]),
+                         y_count[g].eq(Mux(x_live[g], cnt_push_r[g].data, 0)), y_sub[g].eq(x_sub[g]),
+                         y_link[g].eq(Mux(x_sub[g], head_push_r[g][1].data, head_push_r[g][0].data))]
+            m.d.comb += [cnt_push_r[g].addr.eq(x_d[g]),
+                         cnt_w[g].addr.eq(y_d[g]), cnt_w[g].data.eq(y_count[g] + Cat(~y_meet[g], y_meet[g])),
+                         cnt_w[g].en.eq(y_v[g]),
+                         head_w[g][0].addr.eq(y_d[g]), head_w[g][0].data.eq(y_n[g]), head_w[g][0].en.eq(y_v[g] & ~y_sub[g]),
+                         head_w[g][1].addr.eq(y_d[g]), head_w[g][1].data.eq(y_n[g]), head_w[g][1].en.eq(y_v[g] & y_sub[g]),
+                         links[g].w_addr.eq(y_n[g]), links[g].w_data.eq(y_link[g]),
+                         links[g].w_en.eq(y_v[g])]
+            m.d.comb += [head_push_r[g][s].addr.eq(x_d[g]) for s in range(2)]
+            with m.If(clear_lists):
+                m.d.sync += [valid[g].eq(0), parity[g].eq(0)]
+            with m.Elif(y_v[g]):
+                m.d.sync += [valid[g].bit_select(y_d[g], 1).eq(1), parity[g].bit_select(y_d[g], 1).eq(~y_sub[g])]
+        push_busy = Signal()        # (with a beat taken or registered: it pushes next)
+
+        # ---------------- load ----------------
+        in_ready = Signal()
+        take = self.i.valid & in_ready
+        m.d.comb += self.i.ready.eq(in_ready)
+        l_valid = Signal()          # the beat taken last cycle (registered before any use)
+        l_keys = [Signal(W, name=f"l_key{j}") for j in range(P)]
+        l_n = Signal(range(P + 1))  # keys in it
+        lane_ok = Signal(P, init=(1 << P) - 1)  # cnt + j < N: lane j of the next beat is stored
+        cnt = Signal(CW)            # keys stored
         ovf = Signal()
-        # per-packet select results (shared with the scan: the next select waits for it)
+        cnt_p3g = Signal(CW + 3, init=3 * G)  # cnt + 3 G: three words ahead (room check)
+        room = Signal()
+        m.d.sync += l_valid.eq(take)
+        m.d.comb += push_busy.eq(Cat(take, l_valid, *q_v, *x_v, *y_v).any())
+        with m.If(take):
+            if P == 1:
+                m.d.sync += [l_keys[0].eq(self.i.payload.key), l_n.eq(1)]
+            else:
+                count_in = self.i.payload.count
+                m.d.sync += [l_keys[j].eq(self.i.payload.key[j]) for j in range(P)]
+                m.d.sync += l_n.eq(Mux(self.i.payload.last & (count_in >= 1) & (count_in < P), count_in, P))
+            with m.If(self.i.payload.last):
+                m.d.sync += in_ready.eq(0)
+        lane_store = [l_valid & (l_n > j) & lane_ok[j] for j in range(P)]
+        n_stored = Signal(range(P + 1))
+        m.d.comb += n_stored.eq(sum(lane_store[1:], lane_store[0]))
+        load_bank = cnt[:GB] if GB else Const(0, 1)
+        load_word = cnt[GB:GB + WW]
+        with m.If(l_valid):
+            m.d.sync += cnt.eq(cnt + n_stored)
+            m.d.sync += [lane_ok[j].eq(cnt + P + j < N) for j in range(P)]
+            m.d.sync += cnt_p3g.eq(cnt_p3g + n_stored)
+            with m.If(Cat(*[(l_n > j) & ~lane_ok[j] for j in range(P)]).any()):
+                m.d.sync += ovf.eq(1)
+        # the key RAMs' write ports are driven by registers (a cycle after the beat's L stage)
+        kw_addr = Signal(WW)
+        kw_data = [Signal(W, name=f"kw_data{g}") for g in range(G)]
+        kw_en = Signal(G)
+        m.d.sync += [kw_addr.eq(load_word), kw_en.eq(0)]
+        for g in range(G):
+            m.d.comb += [keys[g].w_addr.eq(kw_addr), keys[g].w_data.eq(kw_data[g]), keys[g].w_en.eq(kw_en[g])]
+            m.d.sync += q_v[g].eq(0)
+            for j in range(P):
+                # lane j of a beat is position cnt + j: bank cnt mod G + j (cnt is a multiple of
+                # P until the last beat, and G of P), word cnt // G
+                in_bank = ((load_bank + j)[:GB] == g) if GB else Const(1, 1)
+                with m.If(lane_store[j] & in_bank):
+                    m.d.sync += [kw_data[g].eq(l_keys[j]), kw_en[g].eq(1),
+                                 q_v[g].eq(1), q_d[g].eq(l_keys[j][top_lo:top_hi]), q_n[g].eq(load_word)]
+
+        # ---------------- command and the k rules ----------------
         keff = Signal(CW)
         code = Signal(2)
         unord = Signal()
+        cmd_k = Signal(self.k_bits)
+        k_zero = Signal()
+        k_over = Signal()           # k > cnt
+        k_all = Signal()            # k >= cnt
         thr = Signal(W)
         k_left = Signal(CW)
+        need = Signal(CW)           # k_left less the keys of the buckets visited above
         level = Signal(range(max(D, 2)))
-        avail = Signal(B)        # buckets of this digit not visited yet
-        # k_left less the keys of the buckets visited above the chosen one, so the visit's test
-        # is one compare of the bucket's total (not an add and a compare)
-        need = Signal(CW)
-        cur = [Signal(WW, name=f"cur{g}") for g in range(G)]
-        trem = [Signal(BCW, name=f"trem{g}") for g in range(G)]
-        tq = [Signal(name=f"tq{g}") for g in range(G)]  # a walk read in the RAMs' first stage
-        tv = [Signal(name=f"tv{g}") for g in range(G)]  # ... at the RAMs' output (node ``tnode``)
-        tnode = [Signal(WW, name=f"tnode{g}") for g in range(G)]
-        # Every push is registered (digit and node) and done the cycle after its key arrives (a
-        # load beat, or a walked node's key read): keeps the key RAM's clock-to-out and the
-        # load's handshake and bounds compares off the bucket lists' read-add-write.
-        pv = [Signal(name=f"pv{g}") for g in range(G)]
-        pdig = [Signal(R, name=f"pdig{g}") for g in range(G)]
-        pnode = [Signal(WW, name=f"pnode{g}") for g in range(G)]
-        # scan engine
+        level_zero = Signal()
+        quiet = Signal()            # last cycle: no push, no walk (registered, see TRAV)
+
+        # ---------------- select: visit the buckets from the top ----------------
+        # V0 takes the highest remaining bucket of ``avail`` (one-hot), V1 encodes it, V2 reads
+        # every bank's count and head (masked by its valid bit), V3 adds the counts, V4 adds
+        # the total to the running sum ``acc`` of the buckets visited (``acc_before`` without
+        # it), V5 compares: the first bucket whose running sum reaches ``need`` (k, or k_left of
+        # the level above) holds the k-th key, and k_left is need - acc_before. The visit order
+        # does not depend on the compares, so every stage runs ahead and is dropped once V5 has
+        # chosen; no compare feeds back into an adder.
+        avail = Signal(B)
+        v1_v, v2_v, v3_v, v4_v = (Signal(name=f"v{i}_v") for i in range(1, 5))  # (V5: v5_v)
+        v1_hot = Signal(B)
+        v2_in = Signal(G)           # bank g's list of the bucket is valid
+        v2_b, v3_b, v4_b = (Signal(R, name=f"v{i}_b") for i in range(2, 5))
+        v3_count = [Signal(BCW, name=f"v3_count{g}") for g in range(G)]
+        v4_count = [Signal(BCW, name=f"v4_count{g}") for g in range(G)]
+        v3_head = [[Signal(WW, name=f"v3_head{g}_{s}") for s in range(2)] for g in range(G)]
+        v4_head = [[Signal(WW, name=f"v4_head{g}_{s}") for s in range(2)] for g in range(G)]
+        v4_total = Signal(CW)
+        v5_v = Signal()
+        acc = Signal(CW + 1)
+        acc_before = Signal(CW + 1)
+        chosen = Signal()
+        # SELECT's first cycle (``sel_first``) loads avail from the lists' valid bits; the visits
+        # start in the next
+        sel_first = Signal()
+        visiting = s_select & ~chosen & ~sel_first
+        m.d.sync += sel_first.eq(0)
+        c_b = Signal(R)
+        v4_nz = Signal(G)           # bank g's count of the bucket is >= 1 / >= 2 (its lists' turns)
+        v4_ge2 = Signal(G)
+        c_count = [Signal(BCW, name=f"c_count{g}") for g in range(G)]
+        c_head = [[Signal(WW, name=f"c_head{g}_{s}") for s in range(2)] for g in range(G)]
+        c_nz = Signal(G)
+        c_ge2 = Signal(G)
+        # the highest set bit of avail, one-hot: set, and none set above it.
+        if B <= 16:
+            # Groups of four buckets with a registered "not empty" flag each (``avail_grp``): the
+            # top group (none above it) and the top bucket within each group are one LUT each
+            avail_grp = Signal(-(-B // 4))
+            groups = [(lo, min(lo + 4, B)) for lo in range(0, B, 4)]
+            top_grp = [avail_grp[j] & ~avail_grp[j + 1:].any() if j + 1 < len(groups) else avail_grp[j]
+                       for j in range(len(groups))]
+            top_hot = []
+            for j, (lo, hi) in enumerate(groups):
+                for b in range(lo, hi):
+                    none_above = ~avail[b + 1:hi].any() if b + 1 < hi else Const(1, 1)
+                    top_hot.append(top_grp[j] & avail[b] & none_above)
+            above = [avail[b] & ~top_hot[b] for b in range(B)]  # (what stays: "above" of the scan below)
+            single = [(avail[lo:hi] & (avail[lo:hi] - 1)) == 0 for lo, hi in groups]  # at most one set
+            with m.If(sel_first):
+                m.d.sync += avail_grp.eq(Cat(*[_or_all(valid)[lo:hi].any() for lo, hi in groups]))
+            with m.Elif(visiting):
+                m.d.sync += avail_grp.eq(Cat(*[avail_grp[j] & ~(top_grp[j] & single[j]) for j in range(len(groups))]))
+            avail_any = avail_grp.any()
+        else:
+            # beyond 16 buckets: a log-depth suffix scan of the bits above each position
+            suffix = avail
+            step = 1
+            while step < B:
+                scan = Signal(B, name=f"avail_suffix{step}")
+                m.d.comb += scan.eq(Cat(*[suffix[i] | suffix[i + step] if i + step < B else suffix[i]
+                                          for i in range(B)]))
+                suffix, step = scan, step * 2
+            above = [suffix[b + 1] for b in range(B - 1)] + [Const(0, 1)]
+            top_hot = [avail[b] & ~above[b] for b in range(B)]
+            above = [avail[b] & above[b] for b in range(B)]
+            avail_any = avail.any()
+        m.d.sync += [v1_v.eq(visiting & avail_any), v1_hot.eq(Cat(*top_hot)),
+                     v2_v.eq(visiting & v1_v), v2_in.eq(Cat(*[(v1_hot & valid[g]).any() for g in range(G)])),
+                     v2_b.eq(_or_all([Mux(v1_hot[b], b, 0) for b in range(1, B)], Const(0, R))),
+                     v3_v.eq(visiting & v2_v), v3_b.eq(v2_b),
+                     v4_v.eq(visiting & v3_v), v4_b.eq(v3_b)]
+        with m.If(sel_first):
+            m.d.sync += avail.eq(_or_all(valid))
+        with m.Elif(visiting):
+            m.d.sync += avail.eq(Cat(*above))  # the top one dropped
+        for g in range(G):
+            m.d.comb += cnt_sel_r[g].addr.eq(v2_b)
+            m.d.comb += [head_sel_r[g][s].addr.eq(v2_b) for s in range(2)]
+            m.d.sync += [v3_count[g].eq(Mux(v2_in[g], cnt_sel_r[g].data, 0)), v4_count[g].eq(v3_count[g])]
+            m.d.sync += [v3_head[g][s].eq(head_sel_r[g][s].data) for s in range(2)]
+            m.d.sync += [v4_head[g][s].eq(v3_head[g][s]) for s in range(2)]
+        m.d.sync += [v4_total.eq(sum(v3_count[1:], v3_count[0])),
+                     v4_nz.eq(Cat(*[v3_count[g] != 0 for g in range(G)])),
+                     v4_ge2.eq(Cat(*[v3_count[g] >= 2 for g in range(G)]))]
+        # V5's bucket (v5_*) and, a stage behind, the c_* registers follow the visits until a
+        # bucket is chosen and then hold: the chosen bucket (in V5 when ``chosen`` is set) is
+        # in c_* one cycle later, when the FSM reads it. A plain clock enable, not the
+        # compare's fan-out, and the same for k_left less the buckets above (``kl``).
+        v5_b = Signal(R)
+        v5_nz, v5_ge2 = Signal(G), Signal(G)
+        v5_count = [Signal(BCW, name=f"v5_count{g}") for g in range(G)]
+        v5_head = [[Signal(WW, name=f"v5_head{g}_{s}") for s in range(2)] for g in range(G)]
+        kl = Signal(CW)
+        m.d.sync += v5_v.eq(visiting & v4_v)
+        with m.If(~chosen):
+            m.d.sync += [v5_b.eq(v4_b), v5_nz.eq(v4_nz), v5_ge2.eq(v4_ge2),
+                         c_b.eq(v5_b), c_nz.eq(v5_nz), c_ge2.eq(v5_ge2), kl.eq(need - acc_before)]
+            m.d.sync += [v5_count[g].eq(v4_count[g]) for g in range(G)]
+            m.d.sync += [v5_head[g][s].eq(v4_head[g][s]) for g in range(G) for s in range(2)]
+            m.d.sync += [c_count[g].eq(v5_count[g]) for g in range(G)]
+            m.d.sync += [c_head[g][s].eq(v5_head[g][s]) for g in range(G) for s in range(2)]
+            with m.If(v4_v):
+                m.d.sync += [acc.eq(acc + v4_total), acc_before.eq(acc)]
+        with m.If(visiting & v5_v & (acc >= need)):
+            m.d.sync += chosen.eq(1)
+
+        # ---------------- walk: every bank walks both lists of the chosen bucket ----------------
+        # List s issues its reads in the cycles where ``phase`` = s. A node's link comes out of
+        # the link RAM's output register two cycles after its read, which is that list's next
+        # turn, so a bank walks one node a cycle; the link goes straight back into the link
+        # RAM's address. The key RAM reads the node a cycle later, from a register (the two
+        # block RAMs may sit far apart). Each node's key gives its digit of the next level, and
+        # the node is pushed onto that digit's lists.
+        phase = Signal()
+        m.d.sync += phase.eq(~phase)
+        cur = [[Signal(WW, name=f"cur{g}_{s}") for s in range(2)] for g in range(G)]
+        trem = [[Signal(BCW, name=f"trem{g}_{s}") for s in range(2)] for g in range(G)]
+        trem_nz = [[Signal(name=f"trem_nz{g}_{s}") for s in range(2)] for g in range(G)]
+        tq = [Signal(name=f"tq{g}") for g in range(G)]    # a walk read in the RAMs' first stage
+        tv = [Signal(name=f"tv{g}") for g in range(G)]    # ... at their output registers
+        tk = [Signal(name=f"tk{g}") for g in range(G)]    # ... its key at the key RAM's output
+        tnode_q = [Signal(WW, name=f"tnode_q{g}") for g in range(G)]
+        tnode_v = [Signal(WW, name=f"tnode_v{g}") for g in range(G)]
+        walk_addr = [Signal(WW, name=f"walk_addr{g}") for g in range(G)]
+        walk_addr_r = [Signal(WW, name=f"walk_addr_r{g}") for g in range(G)]  # the key RAM's address
+        walking = Signal()
+        for g in range(G):
+            issue = s_trav & Mux(phase, trem_nz[g][1], trem_nz[g][0])
+            # the read data at the output was issued two cycles ago by the same list
+            m.d.comb += [walk_addr[g].eq(Mux(tv[g], links[g].r_data, Mux(phase, cur[g][1], cur[g][0]))),
+                         links[g].r_addr.eq(walk_addr[g])]
+            m.d.sync += [tq[g].eq(issue), tv[g].eq(tq[g]), tk[g].eq(tv[g]), walk_addr_r[g].eq(walk_addr[g]),
+                         tnode_q[g].eq(walk_addr_r[g]), tnode_v[g].eq(tnode_q[g])]
+            for s in range(2):
+                with m.If(issue & (phase == s)):
+                    # trem never falls below 1 while issuing: ">= 2" is "!= 1", on a carry chain
+                    m.d.sync += [trem[g][s].eq(trem[g][s] - 1), trem_nz[g][s].eq(trem[g][s] >= 2)]
+            if D > 1:
+                with m.If(tk[g]):
+                    # digit level - 1 (every digit below the top one is R bits wide)
+                    digit = Array([keys[g].r_data[lo:hi] for lo, hi in slices[:-1]])[level - 1]
+                    m.d.sync += [q_v[g].eq(1), q_d[g].eq(digit), q_n[g].eq(tnode_v[g])]
+        m.d.comb += walking.eq(Cat(*[t for tt in trem_nz for t in tt], *tq, *tv, *tk).any())
+        m.d.sync += quiet.eq(~walking & ~push_busy)
+
+        # ---------------- emission scan ----------------
+        # S0 issues a word read (``sptr``) while the FIFO has a credit for it; the key RAMs'
+        # two read stages; K registers the word; C1 compares its keys with T (above, equal);
+        # C2 ranks the ties in the word; C3 selects (above, or a tie ranked below the tie
+        # budget) and updates the budget; C4 counts the selected keys and the keys still to
+        # find (marking the word that holds the k-th); C5 writes words with selected keys into
+        # the FIFO (the others give their credit back). The emitter takes up to P selected keys
+        # a beat from the head word. FIFO level and credits are thermometer codes (shift
+        # registers), so "empty" and "no credit" are single flip-flops.
         scan_active = Signal()
-        sptr = Signal(WW + 1)    # next word to read
-        swords = Signal(WW + 1)  # words of the packet being scanned
-        sn = Signal(CW)
-        sq = Signal()            # the key RAMs' first read stage holds word ``sqw``
-        sqw = Signal(WW)
-        sv = Signal()            # the key RAMs' read data (output register) hold word ``sw``
-        sw = Signal(WW)
-        # The word under selection is one register stage behind the key RAMs (``bv``, word ``bw``):
-        # its keys and their compares with T were registered off the RAM outputs, so the RAM's
-        # 5.8 ns clock-to-out and the key compares are not on the path to the next read enable.
-        bv = Signal()
-        bw = Signal(WW)
-        bkey = [Signal(W, name=f"bkey{g}") for g in range(G)]
-        bgt = Signal(G)          # key > T (and in the packet)
-        btie = Signal(G)         # key == T (and in the packet)
-        btb = [Signal(range(G), name=f"btb{g}") for g in range(G)]  # ties before it in the word
-        bties = Signal(range(G + 1))  # ties in the word
-        fresh = Signal()         # ... and it has not been looked at yet
-        rem = Signal(G)          # selected keys of word ``bw`` still to emit
-        # ties still allowed: max(0, k_left - ties so far), so a tie's test is a compare with its
-        # rank in the word (< G), not an add of the running tie count
-        tbudget = Signal(CW)
-        left = Signal(CW)        # keys still to emit: keff - emitted
+        sptr = Signal(WW + 1)
+        s_more = Signal()           # words left to read
+        s_at_last = Signal()        # sptr is the packet's last word
+        s_stop = Signal()           # the k-th key has been found
+        last_word_m1 = Signal(WW + 1)
+        last_mask = Signal(G)       # keys of the last word that are in the packet
+        credits = Signal(F)         # thermometer: credits[i] = more than i credits left
+        sq, sv = Signal(), Signal()
+        sq_last, sv_last = Signal(), Signal()
+        sqw, sw = Signal(WW), Signal(WW)
+        k_v, k_last = Signal(), Signal()
+        k_w = Signal(WW)
+        c_v = [Signal(name=f"c{i}_v") for i in range(6)]      # C1..C5 valid (index 0 unused)
+        c_w = [Signal(WW, name=f"c{i}_w") for i in range(6)]
+        c_k = [[Signal(W, name=f"c{i}_k{g}") for g in range(G)] for i in range(6)]
+        k_k = [Signal(W, name=f"kk{g}") for g in range(G)]
+        c1_gt, c1_lt, c1_in, c2_gt, c2_tie = (Signal(G, name=n) for n in ("c1_gt", "c1_lt", "c1_in", "c2_gt",
+                                                                          "c2_tie"))
+        c2_rank = [Signal(range(G), name=f"c2_rank{g}") for g in range(G)]
+        c2_nt = Signal(range(G + 1))
+        c3_sel, c4_sel, c5_sel = Signal(G), Signal(G), Signal(G)
+        c4_nsel = Signal(range(G + 1))
+        c4_any = Signal()
+        c5_last = Signal()          # the word holds the k-th key
+        budget = Signal(signed(CW + 2))  # ties still allowed (may go below zero)
+        remaining = Signal(CW)      # selected keys not yet found
+        issue_s = Signal()
+        m.d.comb += [issue_s.eq(scan_active & s_more & credits[0] & ~s_stop)]
+        with m.If(s_trav):
+            m.d.comb += [keys[g].r_addr.eq(walk_addr_r[g]) for g in range(G)]
+        with m.Else():
+            m.d.comb += [keys[g].r_addr.eq(sptr[:WW]) for g in range(G)]
+        with m.If(issue_s):
+            m.d.sync += [sptr.eq(sptr + 1), s_at_last.eq(sptr >= last_word_m1)]
+            with m.If(s_at_last):
+                m.d.sync += s_more.eq(0)
+        m.d.sync += [sq.eq(issue_s), sq_last.eq(s_at_last), sqw.eq(sptr[:WW]),
+                     sv.eq(sq), sv_last.eq(sq_last), sw.eq(sqw),
+                     k_v.eq(sv), k_last.eq(sv_last), k_w.eq(sw)]
+        m.d.sync += [k_k[g].eq(keys[g].r_data) for g in range(G)]
+        # C1: carry-chain compares only, straight into registers
+        m.d.sync += [c_v[1].eq(k_v), c_w[1].eq(k_w),
+                     c1_gt.eq(Cat(*[k_k[g] > thr for g in range(G)])), c1_lt.eq(Cat(*[k_k[g] < thr for g in range(G)])),
+                     c1_in.eq(Cat(*[~k_last | last_mask[g] for g in range(G)]))]
+        m.d.sync += [c_k[1][g].eq(k_k[g]) for g in range(G)]
+        # C2: tie ranks within the word (keys of the packet only)
+        c1_tie = c1_in & ~c1_gt & ~c1_lt
+        m.d.sync += [c_v[2].eq(c_v[1]), c_w[2].eq(c_w[1]), c2_gt.eq(c1_in & c1_gt), c2_tie.eq(c1_tie)]
+        ties_before = Const(0, 1)
+        for g in range(G):
+            m.d.sync += c2_rank[g].eq(ties_before)
+            ties_before = ties_before + c1_tie[g]
+        m.d.sync += c2_nt.eq(ties_before)
+        # C3: selection; the budget less this word's ties for the next word
+        m.d.sync += [c_v[3].eq(c_v[2]), c_w[3].eq(c_w[2]),
+                     c3_sel.eq(Cat(*[c2_gt[g] | (c2_tie[g] & (c2_rank[g] < budget)) for g in range(G)]))]
+        with m.If(c_v[2]):
+            m.d.sync += budget.eq(budget - c2_nt)
+        # C4: selected keys counted
+        n_sel = Const(0, 1)
+        for g in range(G):
+            n_sel = n_sel + c3_sel[g]
+        m.d.sync += [c_v[4].eq(c_v[3]), c_w[4].eq(c_w[3]), c4_sel.eq(c3_sel), c4_nsel.eq(n_sel),
+                     c4_any.eq(c3_sel.any())]
+        # C5: the keys still to find; the word with the k-th key is marked, and stops the reads
+        found_last = remaining <= c4_nsel  # remaining >= nsel always: this is "=="
+        m.d.sync += [c_v[5].eq(c_v[4] & c4_any), c_w[5].eq(c_w[4]), c5_sel.eq(c4_sel), c5_last.eq(found_last)]
+        with m.If(c_v[4]):
+            m.d.sync += remaining.eq(remaining - c4_nsel)
+        with m.If(c_v[5] & c5_last):  # (the word holding the k-th key has selected keys)
+            m.d.sync += s_stop.eq(1)
+        for i in range(2, 6):
+            m.d.sync += [c_k[i][g].eq(c_k[i - 1][g]) for g in range(G)]
+        drop = c_v[4] & ~c4_any     # a word without selected keys gives its credit back
+        # FIFO of words with selected keys: (keys, word, selection, holds the k-th key)
+        fifo_w = G * W + WW + G + 1
+        fifo = Memory(shape=unsigned(fifo_w), depth=F, init=[])
+        m.submodules.scan_fifo = fifo
+        f_wr = fifo.write_port()
+        f_rd = fifo.read_port(domain="comb")
+        f_wp = Signal(range(F))
+        f_rp = Signal(range(F))
+        f_fill = Signal(F)          # thermometer: f_fill[i] = more than i words held
+        push_f = c_v[5]
+        m.d.comb += [f_wr.addr.eq(f_wp), f_wr.en.eq(push_f),
+                     f_wr.data.eq(Cat(*c_k[5], c_w[5], c5_sel, c5_last)), f_rd.addr.eq(f_rp)]
+        with m.If(push_f):
+            m.d.sync += f_wp.eq(f_wp + 1)
+
+        # ---------------- emitter: the head word's selected keys, up to P a beat ----------------
+        h_v = Signal()
+        h_k = [Signal(W, name=f"h_k{g}") for g in range(G)]
+        h_w = Signal(WW)
+        h_sel = Signal(G)
+        h_last = Signal()
         ov = Signal()
-        okey = [Signal(W, name=f"okey{t}") for t in range(P)]     # output beat: P lanes, ocount valid
+        okey = [Signal(W, name=f"okey{t}") for t in range(P)]
         oidx = [Signal(IW, name=f"oidx{t}") for t in range(P)]
         ocount = Signal(range(P + 1))
         olast = Signal()
-        # status slot
-        st_valid = Signal()
-        pending = Signal(range(8))  # packets inside the sorter
-
-        # ---------------- load ----------------
-        loading = Signal()
-        write_ok = ~scan_active | (cnt < (sptr << GB)) | (cnt >= N)
-        m.d.comb += self.i.ready.eq(loading & write_ok)
-        take = self.i.valid & self.i.ready
-        # Lane j of a beat is the key at position cnt + j. cnt is a multiple of P until the
-        # packet's last beat and G a multiple of P, so a beat's keys share one word and land in
-        # P different banks (bank cnt mod G + j).
-        if P == 1:
-            keys_in, n_in = [self.i.payload.key], 1
-        else:
-            keys_in = [self.i.payload.key[j] for j in range(P)]
-            count = self.i.payload.count
-            n_in = Mux(self.i.payload.last & (count >= 1) & (count < P), count, P)
-        lane_in = [take & (n_in > j) for j in range(P)]
-        lane_store = [lane_in[j] & (cnt + j < N) for j in range(P)]
-        n_stored = sum(lane_store[1:], lane_store[0])
-        load_word = cnt[GB:GB + WW]
-        load_bank = cnt[:GB] if GB else Const(0, 1)
-
-        status_free = ~st_valid | self.status.ready
-        with m.If(self.status.ready):
-            m.d.sync += st_valid.eq(0)
-
-        # the bucket visited this cycle of SELECT: the highest not yet visited non-empty one, a
-        # register found from ``avail`` whenever that changes, so the priority encoder is not in
-        # front of the count reads
-        bucket = Signal(R)
-        avail_next = avail & ~(Const(1, B) << bucket)
-        counts = [Mux(valid[g].bit_select(bucket, 1), hist_s[g].data, 0) for g in range(G)]
-        m.d.comb += [hist_s[g].addr.eq(bucket) for g in range(G)]
-        m.d.comb += [head_s[g].addr.eq(bucket) for g in range(G)]
-        total = counts[0]
-        for g in range(1, G):
-            total = total + counts[g]
-        # The visit is two stages: the bucket's counts, heads and their total are registered
-        # (``sel_*``), then compared with ``need``. The buckets' order does not depend on the
-        # compare, so the first stage runs one bucket ahead (dropped when the compare chooses):
-        # the bucket-list reads and the adder are off the compare and its wide fan-out.
-        sel_v = Signal()
-        sel_bucket = Signal(R)
-        sel_total = Signal(CW)
-        sel_count = [Signal(BCW, name=f"sel_count{g}") for g in range(G)]
-        sel_head = [Signal(WW, name=f"sel_head{g}") for g in range(G)]
-
-        for g in range(G):
-            m.d.sync += pv[g].eq(0)  # set again by a load beat or a walked key, below
-            with m.If(pv[g]):
-                m.d.comb += [push[g].eq(1), push_d[g].eq(pdig[g]), push_node[g].eq(pnode[g])]
-        with m.FSM(init="LOAD"):
-            with m.State("LOAD"):
-                m.d.comb += loading.eq(1)
-                for j in range(P):
-                    for g in range(G):
-                        with m.If(lane_store[j] & (load_bank + j == g)):
-                            m.d.comb += [kwr[g].addr.eq(load_word), kwr[g].data.eq(keys_in[j]), kwr[g].en.eq(1)]
-                            m.d.sync += [pv[g].eq(1), pdig[g].eq(keys_in[j][top_lo:top_hi]),
-                                         pnode[g].eq(load_word)]
-                m.d.sync += cnt.eq(cnt + n_stored)
-                with m.If(Cat(*[lane_in[j] & ~lane_store[j] for j in range(P)]).any()):
-                    m.d.sync += ovf.eq(1)
-                with m.If(take & self.i.payload.last):
-                    m.next = "CMD"
-            with m.State("CMD"):
-                # (and after the last beat's push: the select reads the lists' valid bits)
-                cmd_ok = ~scan_active & ~Cat(*pv).any()
-                m.d.comb += self.cmd.ready.eq(cmd_ok)
-                with m.If(self.cmd.valid & cmd_ok):
-                    k = self.cmd.payload.k
-                    m.d.sync += [unord.eq(self.cmd.payload.unordered), thr.eq(0), need.eq(k),
-                                 level.eq(D - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1]),
-                                 sel_v.eq(0)]
-                    with m.If(k == 0):
-                        m.d.sync += [keff.eq(0), k_left.eq(0), code.eq(STATUS_K_ZERO)]
-                        m.next = "EMIT"
-                    with m.Elif(k >= cnt):
-                        # every key is selected: threshold 0, all of its ties allowed
-                        m.d.sync += [keff.eq(cnt), k_left.eq(cnt),
-                                     code.eq(Mux(k > cnt, STATUS_K_CLAMPED, STATUS_OK))]
-                        m.next = "EMIT"
-                    with m.Else():
-                        m.d.sync += [keff.eq(k), k_left.eq(k), code.eq(STATUS_OK)]
-                        m.next = "SELECT"
-            with m.State("SELECT"):
-                # k_left <= keys in the current set, so the chosen bucket comes before avail empties
-                m.d.sync += [sel_v.eq(1), sel_bucket.eq(bucket), sel_total.eq(total),
-                             avail.eq(avail_next), bucket.eq(highest_set(avail_next)[1])]
-                m.d.sync += [sel_count[g].eq(counts[g]) for g in range(G)]
-                m.d.sync += [sel_head[g].eq(head_s[g].data) for g in range(G)]
-                with m.If(sel_v & (sel_total >= need)):
-                    m.d.sync += k_left.eq(need)
-                    for g in range(G):
-                        m.d.sync += [cur[g].eq(sel_head[g]), trem[g].eq(sel_count[g]), tq[g].eq(0), tv[g].eq(0),
-                                     valid[g].eq(0)]
-                    for lv, (lo, hi) in enumerate(slices):
-                        with m.If(level == lv):
-                            m.d.sync += thr[lo:hi].eq(sel_bucket[:hi - lo])
-                    with m.If(level == 0):
-                        m.next = "EMIT"
-                    with m.Else():
-                        m.next = "TRAV"
-                with m.Elif(sel_v):
-                    m.d.sync += need.eq(need - sel_total)
-            with m.State("TRAV"):
-                busy = []
-                for g in range(G):
-                    # A node's link (the next address) arrives two cycles after its read, so a
-                    # bank walks one node every other cycle: the RAMs' output register keeps
-                    # their clock-to-out off the address path.
-                    issue = (trem[g] != 0) & ~tq[g]
-                    addr = Mux(tv[g], lrd[g].data, cur[g])
-                    m.d.comb += [krd[g].addr.eq(addr), krd[g].en.eq(1), lrd[g].addr.eq(addr), lrd[g].en.eq(1)]
-                    m.d.sync += [tq[g].eq(issue), tv[g].eq(tq[g]), pv[g].eq(tv[g])]
-                    with m.If(issue):
-                        m.d.sync += [trem[g].eq(trem[g] - 1), tnode[g].eq(addr)]
-                    with m.If(tv[g]):
-                        digit = Array([krd[g].data[lo:hi] for lo, hi in slices])[level - 1][:R]
-                        m.d.sync += [pdig[g].eq(digit), pnode[g].eq(tnode[g])]
-                    busy.append(issue | tq[g] | tv[g] | pv[g])
-                with m.If(~Cat(*busy).any()):
-                    m.d.sync += [level.eq(level - 1), avail.eq(any_valid), bucket.eq(highest_set(any_valid)[1]),
-                                 sel_v.eq(0)]
-                    m.next = "SELECT"
-            with m.State("EMIT"):
-                with m.If(status_free & (~unord | (pending == 0))):
-                    m.d.sync += [st_valid.eq(1),
-                                 self.status.payload.code.eq(code), self.status.payload.k.eq(keff),
-                                 self.status.payload.n.eq(cnt), self.status.payload.overflow.eq(ovf),
-                                 scan_active.eq(keff != 0), sptr.eq(0), swords.eq((cnt + G - 1) >> GB),
-                                 sn.eq(cnt), sq.eq(0), sv.eq(0), bv.eq(0), fresh.eq(0), rem.eq(0),
-                                 tbudget.eq(k_left), left.eq(keff), ov.eq(0), cnt.eq(0), ovf.eq(0)]
-                    m.d.sync += [valid[g].eq(0) for g in range(G)]
-                    m.next = "LOAD"
-        m.d.comb += self.status.valid.eq(st_valid)
-
-        # ---------------- emission scan: one word of G keys per cycle ----------------
-        # Three stages: the key RAMs' two read stages (words ``sqw``, then ``sw`` in their output
-        # registers), the RAMs' outputs compared with T and registered (word ``bw``); the selected
-        # keys of the registered word leave from there. All advance together (``adv``, also the
-        # RAMs' read enable) when the registered word is empty or fully taken.
-        direct = scan_active & unord
+        direct = Signal()           # registered: the scan's beats are the core's output
         dst_ready = Mux(unord, self.o.ready, sorter.i.ready)
         en = ~ov | dst_ready
-        done = left == 0
-        s_issue = scan_active & (sptr < swords) & ~done
-        a_gt, a_tie = [], []
-        for g in range(G):
-            kg = krd[g].data
-            in_packet = Cat(Const(g, GB), sw) < sn if GB else sw < sn
-            a_gt.append(in_packet & (kg > thr))
-            a_tie.append(in_packet & (kg == thr))
-        # selection of the registered word (its tie ranks continue the earlier words' ties)
-        sel = Signal(G)
-        for g in range(G):
-            m.d.comb += sel[g].eq(bgt[g] | (btie[g] & (btb[g] < tbudget)))
-        mask = Mux(fresh, sel, rem) & Mux(bv, (1 << G) - 1, 0)
-        # The lowest P set bits of the mask leave this cycle, in index order: to the output
-        # (unordered) or to the sorter (sorted), as one beat of up to P lanes either way.
+        # the lowest P selected keys of the head word leave this beat, in index order
         rank = Const(0, 1)
         taken = []
         for g in range(G):
             taken.append(Signal(name=f"taken{g}"))
-            m.d.comb += taken[g].eq(mask[g] & (rank < P))
-            rank = rank + mask[g]
-        n_taken = sum(taken[1:], taken[0])
-        rest = mask & ~Cat(*taken)
-        # output lane t gets the taken key of rank t
+            m.d.comb += taken[g].eq(h_sel[g] & (rank < P))
+            rank = rank + h_sel[g]
+        rest = h_sel & ~Cat(*taken)
+        # the head word has at most P selected keys left: this beat finishes it (a register,
+        # set from the selection that is loaded)
+        h_done = Signal()
+        word_done = h_done
+
+        def at_most_p(sel):
+            return sum(sel[g] for g in range(G)) <= P
+        pop = en & (~h_v | word_done) & f_fill[0]
         beat_keys = [Signal(W, name=f"beat_key{t}") for t in range(P)]
         beat_idx = [Signal(IW, name=f"beat_idx{t}") for t in range(P)]
         rank = Const(0, 1)
         for g in range(G):
             for t in range(P):
                 with m.If(taken[g] & (rank == t)):
-                    m.d.comb += [beat_keys[t].eq(bkey[g]), beat_idx[t].eq(Cat(Const(g, GB), bw) if GB else bw)]
+                    m.d.comb += [beat_keys[t].eq(h_k[g]), beat_idx[t].eq(Cat(Const(g, GB), h_w) if GB else h_w)]
             rank = rank + taken[g]
-        adv = ~bv | (en & (rest == 0))
-        with m.If(scan_active):
-            m.d.comb += [krd[g].addr.eq(sptr[:WW]) for g in range(G)]
-            with m.If(en):
-                m.d.sync += [ov.eq(mask.any()), ocount.eq(n_taken), olast.eq(n_taken == left)]
-                m.d.sync += [okey[t].eq(beat_keys[t]) for t in range(P)]
-                m.d.sync += [oidx[t].eq(beat_idx[t]) for t in range(P)]
-                m.d.sync += left.eq(left - n_taken)
-                with m.If(fresh & bv):
-                    m.d.sync += tbudget.eq(Mux(tbudget > bties, tbudget - bties, 0))
-                with m.If(rest != 0):
-                    m.d.sync += [rem.eq(rest), fresh.eq(0)]
-            with m.If(adv):  # word done (or none held): take the RAMs' word, read the next one
-                m.d.comb += [krd[g].en.eq(1) for g in range(G)]
-                m.d.sync += [sq.eq(s_issue), sqw.eq(sptr[:WW]), sv.eq(sq), sw.eq(sqw),
-                             bv.eq(sv), bw.eq(sw), fresh.eq(1),
-                             bgt.eq(Cat(*a_gt)), btie.eq(Cat(*a_tie))]
-                m.d.sync += [bkey[g].eq(krd[g].data) for g in range(G)]
-                n_before = Const(0, 1)
+        n_taken = sum(taken[1:], taken[0])
+        with m.If(en):
+            m.d.sync += [ov.eq(h_v), ocount.eq(n_taken), olast.eq(h_last & word_done)]
+            m.d.sync += [okey[t].eq(beat_keys[t]) for t in range(P)]
+            m.d.sync += [oidx[t].eq(beat_idx[t]) for t in range(P)]
+            with m.If(h_v & ~word_done):
+                m.d.sync += [h_sel.eq(rest), h_done.eq(at_most_p(rest))]
+            with m.Elif(pop):
+                entry = f_rd.data
+                entry_sel = entry[G * W + WW:G * W + WW + G]
+                m.d.sync += [h_v.eq(1), h_w.eq(entry[G * W:G * W + WW]), h_sel.eq(entry_sel),
+                             h_done.eq(at_most_p(entry_sel)), h_last.eq(entry[-1]), f_rp.eq(f_rp + 1)]
+                m.d.sync += [h_k[g].eq(entry[g * W:(g + 1) * W]) for g in range(G)]
+            with m.Else():
+                m.d.sync += h_v.eq(0)
+        up = Cat(Const(1, 1), f_fill[:-1])
+        down = Cat(f_fill[1:], Const(0, 1))
+        m.d.sync += f_fill.eq(Mux(push_f & ~pop, up, Mux(pop & ~push_f, down, f_fill)))
+        # credits: a word read takes one; a dropped word and a popped word give one back a
+        # cycle later (so the read decision does not wait for the emitter's)
+        back_drop, back_pop = Signal(), Signal()
+        m.d.sync += [back_drop.eq(drop), back_pop.eq(pop)]
+        shifted = {d: Cat(*([Const(1, 1)] * d), credits[:F - d]) if d > 0 else
+                   Cat(credits[-d:], Const(0, -d)) if d < 0 else credits for d in (-1, 0, 1, 2)}
+        with m.Switch(Cat(issue_s, back_drop, back_pop)):
+            for case in range(8):
+                i_s, b_d, b_p = case & 1, (case >> 1) & 1, (case >> 2) & 1
+                with m.Case(case):
+                    m.d.sync += credits.eq(shifted[b_d + b_p - i_s])
+        with m.If(en & ov & olast):  # the k-th key leaves: the scan is over
+            m.d.sync += [scan_active.eq(0), direct.eq(0)]
+
+        # ---------------- room for the next packet's load behind the scan ----------------
+        # A beat taken at t is written at t + 2 to the word of cnt at t + 1, at most three
+        # words past that of cnt at t - 2 (when ``room`` was computed; sptr never falls,
+        # scan_active only falls and a scan starts only with the load of a packet), whose read
+        # was then issued by t: ready may come late, never early, and a write never meets a
+        # read of the same word.
+        m.d.sync += room.eq(~scan_active | (cnt_p3g[GB:] < sptr))
+        with m.If(s_load & ~(take & self.i.payload.last)):
+            m.d.sync += in_ready.eq(room)
+
+        # ---------------- phases ----------------
+        status_free = ~self.status.valid | self.status.ready
+        st_valid = Signal()
+        with m.If(self.status.ready):
+            m.d.sync += st_valid.eq(0)
+        m.d.comb += self.status.valid.eq(st_valid)
+        pending = Signal(range(8))  # packets inside the sorter
+        m.d.sync += clear_lists.eq(0)
+
+        with m.If(s_load & take & self.i.payload.last):
+            m.d.sync += [s_load.eq(0), s_cmd.eq(1)]
+        # the command is taken once the last beat's pushes are done and the previous scan is over
+        cmd_ok = s_cmd & quiet & ~scan_active
+        m.d.comb += self.cmd.ready.eq(cmd_ok)
+        with m.If(self.cmd.valid & cmd_ok):
+            m.d.sync += [cmd_k.eq(self.cmd.payload.k), unord.eq(self.cmd.payload.unordered), s_cmd.eq(0),
+                         s_decide.eq(1)]
+        # the scan's view of the packet, ready before EMIT
+        e_at_last = Signal()        # one word
+        e_last_m1 = Signal(WW + 1)  # words - 2
+        e_last_mask = Signal(G)
+        keff_nz = Signal()
+        # (from registers that hold still from CMD to EMIT, so computed every cycle, no enable)
+        m.d.sync += [k_zero.eq(cmd_k == 0), k_over.eq(cmd_k > cnt), k_all.eq(cmd_k >= cnt),
+                     e_at_last.eq(cnt <= G), e_last_m1.eq(((cnt + G - 1) >> GB) - 2),
+                     e_last_mask.eq(Mux(cnt[:GB] == 0, (1 << G) - 1, (Const(1, G + 1) << cnt[:GB]) - 1)
+                                    if GB else 1)]
+        with m.If(s_decide):
+            m.d.sync += [s_decide.eq(0), s_start.eq(1)]
+        with m.If(s_start):
+            # k rules: k = 0 emits nothing; k >= n every key (threshold 0, every tie allowed)
+            m.d.sync += [thr.eq(0), level.eq(D - 1), level_zero.eq(D == 1), s_start.eq(0)]
+            m.d.sync += keff_nz.eq(~k_zero)
+            with m.If(k_zero):
+                m.d.sync += [keff.eq(0), k_left.eq(0), code.eq(STATUS_K_ZERO), s_emit.eq(1)]
+            with m.Elif(k_all):
+                m.d.sync += [keff.eq(cnt), k_left.eq(cnt), code.eq(Mux(k_over, STATUS_K_CLAMPED, STATUS_OK)),
+                             s_emit.eq(1)]
+            with m.Else():
+                m.d.sync += [keff.eq(cmd_k), need.eq(cmd_k), code.eq(STATUS_OK), s_select.eq(1), sel_first.eq(1),
+                             chosen.eq(0), acc.eq(0)]
+        with m.If(s_select & chosen):
+            # the chosen bucket is digit ``level`` of T; its list in every bank is walked next
+            m.d.sync += [k_left.eq(kl), need.eq(kl), chosen.eq(0), s_select.eq(0), acc.eq(0)]
+            for lv, (lo, hi) in enumerate(slices):
+                with m.If(level == lv):
+                    m.d.sync += thr[lo:hi].eq(c_b[:hi - lo])
+            with m.If(level_zero):
+                m.d.sync += s_emit.eq(1)
+            with m.Else():
+                m.d.sync += [clear_lists.eq(1), s_trav.eq(1)]
                 for g in range(G):
-                    m.d.sync += btb[g].eq(n_before)
-                    n_before = n_before + a_tie[g]
-                m.d.sync += bties.eq(n_before)
-                with m.If(s_issue):
-                    m.d.sync += sptr.eq(sptr + 1)
-            # under ``en``: the last beat is out before the scan ends
-            with m.If(en & (done | ((sptr == swords) & ~sq & ~sv & ~bv))):
-                m.d.sync += [scan_active.eq(0), ov.eq(0), sq.eq(0), sv.eq(0), bv.eq(0)]
+                    # list 0 holds the first, third, ... pushes of the bucket: ceil(count / 2)
+                    m.d.sync += [cur[g][0].eq(c_head[g][0]), cur[g][1].eq(c_head[g][1]),
+                                 trem[g][0].eq((c_count[g] + 1) >> 1), trem[g][1].eq(c_count[g] >> 1),
+                                 trem_nz[g][0].eq(c_nz[g]), trem_nz[g][1].eq(c_ge2[g])]
+        # the walk is over once nothing was walked or pushed last cycle (``quiet``), from the
+        # second TRAV cycle on (in the first, quiet still reflects the select)
+        trav_old = Signal()
+        m.d.sync += trav_old.eq(s_trav)
+        with m.If(s_trav & trav_old & quiet):
+            m.d.sync += [s_trav.eq(0), s_select.eq(1), sel_first.eq(1), level.eq(level - 1),
+                         level_zero.eq(level == 1)]
+        # (no packet enters the sorter while EMIT waits, so the registered test is safe)
+        emit_ok = Signal()
+        m.d.sync += emit_ok.eq(s_emit & (~unord | (pending == 0)))
+        with m.If(s_emit & emit_ok & status_free):
+            m.d.sync += [st_valid.eq(1), self.status.payload.code.eq(code), self.status.payload.k.eq(keff),
+                         self.status.payload.n.eq(cnt), self.status.payload.overflow.eq(ovf),
+                         scan_active.eq(keff_nz), direct.eq(keff_nz & unord), sptr.eq(0), s_more.eq(1),
+                         s_at_last.eq(e_at_last), last_word_m1.eq(e_last_m1), s_stop.eq(0),
+                         last_mask.eq(e_last_mask),
+                         credits.eq((1 << F) - 1), f_wp.eq(0), f_rp.eq(0), f_fill.eq(0), h_v.eq(0),
+                         back_drop.eq(0), back_pop.eq(0), sq.eq(0), sv.eq(0), k_v.eq(0), ov.eq(0),
+                         *[v.eq(0) for v in c_v[1:]],
+                         budget.eq(k_left), remaining.eq(keff),
+                         cnt.eq(0), ovf.eq(0), lane_ok.eq((1 << P) - 1), cnt_p3g.eq(3 * G),
+                         room.eq(0), s_emit.eq(0), s_load.eq(1)]
+            m.d.sync += clear_lists.eq(1)
 
         # ---------------- outputs ----------------
         m.d.comb += [
