@@ -137,7 +137,7 @@ def main(argv=None):
         banks = "" if r["G"] is None else str(r["G"])
         print(f"{r['case']:40s} {r['P']:2d} {r['R']:2d} {banks:>2s} {r['cycles']:8d} {args.n / r['cycles']:8.3f} "
               f"{model:>7s} {goal:>7s} {met:>4s}")
-    print("sort: each LSD pass moves P keys per cycle (n + 5 cycles a pass at P = 1, ceil(n / P) + 2 at P > 1); the P > 1 "
+    print("sort: each LSD pass moves P keys per cycle (n + 10 cycles a pass at P = 1, ceil(n / P) + 2 at P > 1); the P > 1 "
           "emission merges P sorted banks at one key per beat; model = sorter_cycles(n, 16, R, lanes=P)")
     for line in unsupported:
         print(line)

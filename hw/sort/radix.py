@@ -337,7 +337,7 @@ class RadixSorter(wiring.Component):
         y2_valid = Signal()
         y2_entry = Signal(EW)
         w_valid = Signal()          # the RAM write registers hold a scattered entry
-        quiet = Signal()            # last cycle, no pass read was issued or in flight
+        pass_end = Signal()         # last cycle: in PASS, nothing issued or in flight (and not ending)
         # ---- prefix ----
         pfx_start = Signal()        # COUNT's last cycle: the prefix reads from bucket 0 next
         pfx_end = Signal()          # PREFIX's last cycle
@@ -456,8 +456,11 @@ class RadixSorter(wiring.Component):
             with m.Else():
                 m.d.comb += rptr_clear.eq(1)
                 m.d.sync += [issue.eq(1), at_last.eq(single), s_setup.eq(0), s_pass.eq(1)]
-        m.d.sync += quiet.eq(~issue & ~rq & ~rv & ~e_valid & ~x_valid & ~y1_valid & ~y2_valid & ~w_valid)
-        with m.If(s_pass & quiet & ~issue):
+        # (one register for the pass's end: PASS, its reads all issued and none in flight; it
+        # is first set in the cycle after PASS's first, where ``issue`` is still set)
+        m.d.sync += pass_end.eq(s_pass & ~pass_end & ~issue & ~rq & ~rv & ~e_valid & ~x_valid & ~y1_valid
+                                & ~y2_valid & ~w_valid)
+        with m.If(pass_end):
             m.d.sync += [src.eq(~src), pass_sel.eq(pass_sel << 1), cur_skip.eq(next_skip), s_pass.eq(0)]
             with m.If(pass_sel[D - 1]):
                 m.d.sync += s_hand.eq(1)

@@ -254,6 +254,8 @@ class TopK(wiring.Component):
         y_meet = [Signal(name=f"y_meet{g}") for g in range(G)]
         y_count = [Signal(BCW, name=f"y_count{g}") for g in range(G)]  # the count read (0 if stale)
         parity = [Signal(B, name=f"parity{g}") for g in range(G)]     # count mod 2 of every list pair
+        x_par = [Signal(name=f"x_par{g}") for g in range(G)]           # parity read at Q
+        x_my = [Signal(name=f"x_my{g}") for g in range(G)]             # Y's push met at Q
         x_sub = [Signal(name=f"x_sub{g}") for g in range(G)]           # the list pushed: count mod 2
         y_sub = [Signal(name=f"y_sub{g}") for g in range(G)]
         y_link = [Signal(WW, name=f"y_link{g}") for g in range(G)]     # ... and its old head
@@ -263,10 +265,13 @@ class TopK(wiring.Component):
             meet_y = y_v[g] & (y_d[g] == q_d[g])   # Y's push is written as this one enters X
             m.d.sync += [x_v[g].eq(q_v[g]), x_d[g].eq(q_d[g]), x_n[g].eq(q_n[g]),
                          x_live[g].eq(valid[g].bit_select(q_d[g], 1) | meet_y), x_meet[g].eq(meet_x),
-                         x_sub[g].eq(parity[g].bit_select(q_d[g], 1) ^ meet_x ^ meet_y),
+                         x_par[g].eq(parity[g].bit_select(q_d[g], 1)), x_my[g].eq(meet_y),
                          y_v[g].eq(x_v[g]), y_d[g].eq(x_d[g]), y_n[g].eq(x_n[g]), y_meet[g].eq(x_meet[g]),
                          y_count[g].eq(Mux(x_live[g], cnt_push_r[g].data, 0)), y_sub[g].eq(x_sub[g]),
                          y_link[g].eq(Mux(x_sub[g], head_push_r[g][1].data, head_push_r[g][0].data))]
+            # (the parity read and the meets are registered apart and joined here: a 16:1
+            # mux and two compares in front of an XOR were too deep for Q)
+            m.d.comb += x_sub[g].eq(x_par[g] ^ x_meet[g] ^ x_my[g])
             m.d.comb += [cnt_push_r[g].addr.eq(x_d[g]),
                          cnt_w[g].addr.eq(y_d[g]), cnt_w[g].data.eq(y_count[g] + Cat(~y_meet[g], y_meet[g])),
                          cnt_w[g].en.eq(y_v[g]),
@@ -279,7 +284,7 @@ class TopK(wiring.Component):
                 m.d.sync += [valid[g].eq(0), parity[g].eq(0)]
             with m.Elif(y_v[g]):
                 m.d.sync += [valid[g].bit_select(y_d[g], 1).eq(1), parity[g].bit_select(y_d[g], 1).eq(~y_sub[g])]
-        push_busy = Signal()        # (with a beat taken or registered: it pushes next)
+        push_busy = Signal()        # (with a beat registered: it pushes next)
 
         # ---------------- load ----------------
         in_ready = Signal()
@@ -289,29 +294,44 @@ class TopK(wiring.Component):
         l_keys = [Signal(W, name=f"l_key{j}") for j in range(P)]
         l_n = Signal(range(P + 1))  # keys in it
         lane_ok = Signal(P, init=(1 << P) - 1)  # cnt + j < N: lane j of the next beat is stored
+        ok2_init = sum(1 << j for j in range(P) if P + j < N)
+        lane_ok2 = Signal(P, init=ok2_init)     # cnt + P + j < N: ... of the beat after it
+        l_store = Signal(P)         # registered: lane j of the beat in L is stored
         cnt = Signal(CW)            # keys stored
         ovf = Signal()
         cnt_p3g = Signal(CW + 3, init=3 * G)  # cnt + 3 G: three words ahead (room check)
         room = Signal()
         m.d.sync += l_valid.eq(take)
-        m.d.comb += push_busy.eq(Cat(take, l_valid, *q_v, *x_v, *y_v).any())
+        m.d.comb += push_busy.eq(Cat(l_valid, *q_v, *x_v, *y_v).any())
+        # Which lanes of a beat are stored is decided as it is taken, with the lane_ok that
+        # holds when it is in L (updated by the beat in L now, if any), so that the key RAM
+        # writes and the pushes are enabled from a register.
+        ok_at_l = Mux(l_valid, lane_ok2, lane_ok)
+        if P == 1:
+            n_in = Const(1, 1)
+        else:
+            count_in = self.i.payload.count
+            n_in = Mux(self.i.payload.last & (count_in >= 1) & (count_in < P), count_in, P)
+        m.d.sync += l_store.eq(Cat(*[take & (n_in > j) & ok_at_l[j] for j in range(P)]))
         with m.If(take):
+            m.d.sync += l_n.eq(n_in)
             if P == 1:
-                m.d.sync += [l_keys[0].eq(self.i.payload.key), l_n.eq(1)]
+                m.d.sync += l_keys[0].eq(self.i.payload.key)
             else:
-                count_in = self.i.payload.count
                 m.d.sync += [l_keys[j].eq(self.i.payload.key[j]) for j in range(P)]
-                m.d.sync += l_n.eq(Mux(self.i.payload.last & (count_in >= 1) & (count_in < P), count_in, P))
             with m.If(self.i.payload.last):
                 m.d.sync += in_ready.eq(0)
-        lane_store = [l_valid & (l_n > j) & lane_ok[j] for j in range(P)]
+        lane_store = [l_store[j] for j in range(P)]
         n_stored = Signal(range(P + 1))
         m.d.comb += n_stored.eq(sum(lane_store[1:], lane_store[0]))
         load_bank = cnt[:GB] if GB else Const(0, 1)
         load_word = cnt[GB:GB + WW]
         with m.If(l_valid):
             m.d.sync += cnt.eq(cnt + n_stored)
-            m.d.sync += [lane_ok[j].eq(cnt + P + j < N) for j in range(P)]
+            # (compares with constants: Yosys shares "cnt + constant" adders between
+            # expressions and had chained them into one long carry path)
+            m.d.sync += [lane_ok[j].eq(cnt < N - P - j) for j in range(P)]
+            m.d.sync += [lane_ok2[j].eq(cnt < N - 2 * P - j) for j in range(P)]
             m.d.sync += cnt_p3g.eq(cnt_p3g + n_stored)
             with m.If(Cat(*[(l_n > j) & ~lane_ok[j] for j in range(P)]).any()):
                 m.d.sync += ovf.eq(1)
@@ -376,7 +396,9 @@ class TopK(wiring.Component):
         c_b = Signal(R)
         v4_nz = Signal(G)           # bank g's count of the bucket is >= 1 / >= 2 (its lists' turns)
         v4_ge2 = Signal(G)
-        c_count = [Signal(BCW, name=f"c_count{g}") for g in range(G)]
+        # each list's node count less 2 (list 0 holds ceil(count / 2) nodes, list 1 the rest),
+        # so that "more than one left" is a sign bit when the walk issues
+        c_t2 = [[Signal(signed(BCW + 1), name=f"c_t2_{g}_{s}") for s in range(2)] for g in range(G)]
         c_head = [[Signal(WW, name=f"c_head{g}_{s}") for s in range(2)] for g in range(G)]
         c_nz = Signal(G)
         c_ge2 = Signal(G)
@@ -446,7 +468,10 @@ class TopK(wiring.Component):
                          c_b.eq(v5_b), c_nz.eq(v5_nz), c_ge2.eq(v5_ge2), kl.eq(need - acc_before)]
             m.d.sync += [v5_count[g].eq(v4_count[g]) for g in range(G)]
             m.d.sync += [v5_head[g][s].eq(v4_head[g][s]) for g in range(G) for s in range(2)]
-            m.d.sync += [c_count[g].eq(v5_count[g]) for g in range(G)]
+            for g in range(G):
+                wide = Cat(v5_count[g], Const(0, 1)).as_signed()
+                # ceil(c / 2) - 2 = (c - 3) >> 1 and floor(c / 2) - 2 = (c - 4) >> 1 (arithmetic)
+                m.d.sync += [c_t2[g][0].eq((wide - 3) >> 1), c_t2[g][1].eq((wide - 4) >> 1)]
             m.d.sync += [c_head[g][s].eq(v5_head[g][s]) for g in range(G) for s in range(2)]
             with m.If(v4_v):
                 m.d.sync += [acc.eq(acc + v4_total), acc_before.eq(acc)]
@@ -463,7 +488,7 @@ class TopK(wiring.Component):
         phase = Signal()
         m.d.sync += phase.eq(~phase)
         cur = [[Signal(WW, name=f"cur{g}_{s}") for s in range(2)] for g in range(G)]
-        trem = [[Signal(BCW, name=f"trem{g}_{s}") for s in range(2)] for g in range(G)]
+        trem = [[Signal(signed(BCW + 1), name=f"trem{g}_{s}") for s in range(2)] for g in range(G)]  # left - 2
         trem_nz = [[Signal(name=f"trem_nz{g}_{s}") for s in range(2)] for g in range(G)]
         tq = [Signal(name=f"tq{g}") for g in range(G)]    # a walk read in the RAMs' first stage
         tv = [Signal(name=f"tv{g}") for g in range(G)]    # ... at their output registers
@@ -482,8 +507,8 @@ class TopK(wiring.Component):
                          tnode_q[g].eq(walk_addr_r[g]), tnode_v[g].eq(tnode_q[g])]
             for s in range(2):
                 with m.If(issue & (phase == s)):
-                    # trem never falls below 1 while issuing: ">= 2" is "!= 1", on a carry chain
-                    m.d.sync += [trem[g][s].eq(trem[g][s] - 1), trem_nz[g][s].eq(trem[g][s] >= 2)]
+                    # more than one node left before this one: trem (left - 2) is not negative
+                    m.d.sync += [trem[g][s].eq(trem[g][s] - 1), trem_nz[g][s].eq(~trem[g][s][-1])]
             if D > 1:
                 with m.If(tk[g]):
                     # digit level - 1 (every digit below the top one is R bits wide)
@@ -503,9 +528,7 @@ class TopK(wiring.Component):
         # registers), so "empty" and "no credit" are single flip-flops.
         scan_active = Signal()
         sptr = Signal(WW + 1)
-        s_more = Signal()           # words left to read
         s_at_last = Signal()        # sptr is the packet's last word
-        s_stop = Signal()           # the k-th key has been found
         last_word_m1 = Signal(WW + 1)
         last_mask = Signal(G)       # keys of the last word that are in the packet
         credits = Signal(F)         # thermometer: credits[i] = more than i credits left
@@ -525,19 +548,26 @@ class TopK(wiring.Component):
         c3_sel, c4_sel, c5_sel = Signal(G), Signal(G), Signal(G)
         c4_nsel = Signal(range(G + 1))
         c4_any = Signal()
-        c5_last = Signal()          # the word holds the k-th key
+        c5_last = Signal()          # the word holds the k-th key (combinational, in C5)
         budget = Signal(signed(CW + 2))  # ties still allowed (may go below zero)
         remaining = Signal(CW)      # selected keys not yet found
         issue_s = Signal()
-        m.d.comb += [issue_s.eq(scan_active & s_more & credits[0] & ~s_stop)]
+        # words left to read and the k-th key not yet found: one register, so that a read's
+        # issue is two inputs
+        scan_go = Signal()
+        m.d.comb += [issue_s.eq(scan_go & credits[0])]
+        # (the k-th key's word stops the reads a cycle after C5: the zero test of ``remaining``
+        # is registered first; the one or two words read meanwhile have no selected keys and
+        # are dropped)
+        found_r = Signal()
+        with m.If((issue_s & s_at_last) | found_r):
+            m.d.sync += scan_go.eq(0)
         with m.If(s_trav):
             m.d.comb += [keys[g].r_addr.eq(walk_addr_r[g]) for g in range(G)]
         with m.Else():
             m.d.comb += [keys[g].r_addr.eq(sptr[:WW]) for g in range(G)]
         with m.If(issue_s):
             m.d.sync += [sptr.eq(sptr + 1), s_at_last.eq(sptr >= last_word_m1)]
-            with m.If(s_at_last):
-                m.d.sync += s_more.eq(0)
         m.d.sync += [sq.eq(issue_s), sq_last.eq(s_at_last), sqw.eq(sptr[:WW]),
                      sv.eq(sq), sv_last.eq(sq_last), sw.eq(sqw),
                      k_v.eq(sv), k_last.eq(sv_last), k_w.eq(sw)]
@@ -567,12 +597,13 @@ class TopK(wiring.Component):
         m.d.sync += [c_v[4].eq(c_v[3]), c_w[4].eq(c_w[3]), c4_sel.eq(c3_sel), c4_nsel.eq(n_sel),
                      c4_any.eq(c3_sel.any())]
         # C5: the keys still to find; the word with the k-th key is marked, and stops the reads
-        found_last = remaining <= c4_nsel  # remaining >= nsel always: this is "=="
-        m.d.sync += [c_v[5].eq(c_v[4] & c4_any), c_w[5].eq(c_w[4]), c5_sel.eq(c4_sel), c5_last.eq(found_last)]
+        # remaining >= nsel always, so the word holds the k-th key when the count left after it
+        # is 0: a zero test in C5 of the register C4 has just updated (no compare in C4)
+        m.d.sync += [c_v[5].eq(c_v[4] & c4_any), c_w[5].eq(c_w[4]), c5_sel.eq(c4_sel)]
+        m.d.comb += c5_last.eq(remaining == 0)
+        m.d.sync += found_r.eq(c_v[5] & c5_last)
         with m.If(c_v[4]):
             m.d.sync += remaining.eq(remaining - c4_nsel)
-        with m.If(c_v[5] & c5_last):  # (the word holding the k-th key has selected keys)
-            m.d.sync += s_stop.eq(1)
         for i in range(2, 6):
             m.d.sync += [c_k[i][g].eq(c_k[i - 1][g]) for g in range(G)]
         drop = c_v[4] & ~c4_any     # a word without selected keys gives its credit back
@@ -683,23 +714,36 @@ class TopK(wiring.Component):
         with m.If(s_load & take & self.i.payload.last):
             m.d.sync += [s_load.eq(0), s_cmd.eq(1)]
         # the command is taken once the last beat's pushes are done and the previous scan is over
-        cmd_ok = s_cmd & quiet & ~scan_active
+        # (from CMD's second cycle on: ``quiet`` leaves out the beat taken in the cycle before
+        # CMD, which is registered in CMD's first)
+        cmd_old = Signal()
+        m.d.sync += cmd_old.eq(s_cmd)
+        cmd_ok = s_cmd & cmd_old & quiet & ~scan_active
         m.d.comb += self.cmd.ready.eq(cmd_ok)
         with m.If(self.cmd.valid & cmd_ok):
             m.d.sync += [cmd_k.eq(self.cmd.payload.k), unord.eq(self.cmd.payload.unordered), s_cmd.eq(0),
                          s_decide.eq(1)]
         # the scan's view of the packet, ready before EMIT
         e_at_last = Signal()        # one word
+        e_words = Signal(WW + 1)    # words (a stage before e_last_m1)
         e_last_m1 = Signal(WW + 1)  # words - 2
         e_last_mask = Signal(G)
         keff_nz = Signal()
         # (from registers that hold still from CMD to EMIT, so computed every cycle, no enable)
-        m.d.sync += [k_zero.eq(cmd_k == 0), k_over.eq(cmd_k > cnt), k_all.eq(cmd_k >= cnt),
-                     e_at_last.eq(cnt <= G), e_last_m1.eq(((cnt + G - 1) >> GB) - 2),
+        # The k rules in two stages (DECIDE, DECIDE2): compares of k's low bits with cnt, then
+        # joined with "k's high bits are not all zero".
+        kc_hi, kc_gt, kc_ge, kc_z = Signal(), Signal(), Signal(), Signal()
+        k_low = cmd_k[:CW]
+        m.d.sync += [kc_hi.eq(cmd_k[CW:].any()), kc_gt.eq(k_low > cnt), kc_ge.eq(k_low >= cnt), kc_z.eq(k_low == 0),
+                     k_zero.eq(~kc_hi & kc_z), k_over.eq(kc_hi | kc_gt), k_all.eq(kc_hi | kc_ge),
+                     e_at_last.eq(cnt <= G), e_words.eq((cnt + G - 1) >> GB), e_last_m1.eq(e_words - 2),
                      e_last_mask.eq(Mux(cnt[:GB] == 0, (1 << G) - 1, (Const(1, G + 1) << cnt[:GB]) - 1)
                                     if GB else 1)]
+        s_decide2 = Signal()
         with m.If(s_decide):
-            m.d.sync += [s_decide.eq(0), s_start.eq(1)]
+            m.d.sync += [s_decide.eq(0), s_decide2.eq(1)]
+        with m.If(s_decide2):
+            m.d.sync += [s_decide2.eq(0), s_start.eq(1)]
         with m.If(s_start):
             # k rules: k = 0 emits nothing; k >= n every key (threshold 0, every tie allowed)
             m.d.sync += [thr.eq(0), level.eq(D - 1), level_zero.eq(D == 1), s_start.eq(0)]
@@ -725,7 +769,7 @@ class TopK(wiring.Component):
                 for g in range(G):
                     # list 0 holds the first, third, ... pushes of the bucket: ceil(count / 2)
                     m.d.sync += [cur[g][0].eq(c_head[g][0]), cur[g][1].eq(c_head[g][1]),
-                                 trem[g][0].eq((c_count[g] + 1) >> 1), trem[g][1].eq(c_count[g] >> 1),
+                                 trem[g][0].eq(c_t2[g][0]), trem[g][1].eq(c_t2[g][1]),
                                  trem_nz[g][0].eq(c_nz[g]), trem_nz[g][1].eq(c_ge2[g])]
         # the walk is over once nothing was walked or pushed last cycle (``quiet``), from the
         # second TRAV cycle on (in the first, quiet still reflects the select)
@@ -740,14 +784,15 @@ class TopK(wiring.Component):
         with m.If(s_emit & emit_ok & status_free):
             m.d.sync += [st_valid.eq(1), self.status.payload.code.eq(code), self.status.payload.k.eq(keff),
                          self.status.payload.n.eq(cnt), self.status.payload.overflow.eq(ovf),
-                         scan_active.eq(keff_nz), direct.eq(keff_nz & unord), sptr.eq(0), s_more.eq(1),
-                         s_at_last.eq(e_at_last), last_word_m1.eq(e_last_m1), s_stop.eq(0),
+                         scan_active.eq(keff_nz), scan_go.eq(keff_nz), direct.eq(keff_nz & unord), sptr.eq(0),
+                         s_at_last.eq(e_at_last), last_word_m1.eq(e_last_m1),
                          last_mask.eq(e_last_mask),
                          credits.eq((1 << F) - 1), f_wp.eq(0), f_rp.eq(0), f_fill.eq(0), h_v.eq(0),
                          back_drop.eq(0), back_pop.eq(0), sq.eq(0), sv.eq(0), k_v.eq(0), ov.eq(0),
                          *[v.eq(0) for v in c_v[1:]],
                          budget.eq(k_left), remaining.eq(keff),
-                         cnt.eq(0), ovf.eq(0), lane_ok.eq((1 << P) - 1), cnt_p3g.eq(3 * G),
+                         cnt.eq(0), ovf.eq(0), lane_ok.eq((1 << P) - 1), lane_ok2.eq(ok2_init),
+                         cnt_p3g.eq(3 * G),
                          room.eq(0), s_emit.eq(0), s_load.eq(1)]
             m.d.sync += clear_lists.eq(1)
 
