@@ -39,10 +39,13 @@ Four units work concurrently, connected by small buffers:
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
 * **Row update (U)**: per (row, block), 7 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
-  golden model, one register stage each for the state read, the rescale (two: multiplier
-  pieces, their sum), the shift amounts and the aligned sum. After the row's last kept block the result goes to the divider instead.
-* **Divider**: ``D`` restoring dividers (``div_steps`` quotient bits per cycle) give
-  ``y_d = round_half_up(acc_d * 2^p_bits / l)``; one output beat per query row.
+  golden model: the state read (two cycles, the RAM's output register), the rescale in two
+  stages (multiplier pieces, their sum; the exponent differences and then the shift amounts are
+  formed beside them), the aligned terms, their sum, the write-back. After the row's last kept
+  block the result goes to the divider instead.
+* **Divider**: ``D`` dividers give ``y_d = round_half_up(acc_d * 2^p_bits / l)``, ``div_steps``
+  quotient bits per cycle as one radix-``2^div_steps`` digit (all ``2^div_steps - 1`` trial
+  subtractions side by side), then a rounding and a sign cycle; one output beat per query row.
 
 With ``2 * D`` multipliers (``D`` for q.k, ``D`` for p.V) a dense job needs ``Lq * Lk`` cycles
 at 100 % MAC utilisation; A and B each take one key per cycle and run back to back across
@@ -96,6 +99,7 @@ from amaranth.lib.wiring import In, Out
 from golden.numerics import fp as fpnum
 from golden.numerics.attention import E8M0_BIAS, AttnNumerics, exp2_table
 from ..common import check_int
+from ..common.ram import PipelinedRAM
 from ..fp.lutmul import magnitude_product
 
 __all__ = ["AttentionCore", "MODE_ATTENTION", "MODE_SIMILARITY"]
@@ -211,23 +215,30 @@ class AttentionCore(wiring.Component):
         # ---------------------------------------------------------------- memories
         q_width = data.Layout.cast(self.q_layout).size
         v_width = data.Layout.cast(self.v_layout).size
-        m.submodules.qmem = qmem = Memory(shape=unsigned(q_width), depth=Br, init=[])
-        m.submodules.kmem = kmem = Memory(shape=unsigned(q_width), depth=2 * Bc, init=[])
-        m.submodules.vmem = vmem = Memory(shape=unsigned(v_width), depth=2 * Bc, init=[])
-        m.submodules.sbuf = sbuf = Memory(shape=signed(SW), depth=N_SLOTS * Bc, init=[])
+        # Block RAMs read through an output register (PipelinedRAM: two cycles of read latency,
+        # always enabled; DP16KD with REGMODE OUTREG on ECP5). A DP16KD without it has a 5.8 ns
+        # clock-to-out (sim/synth_probe.py), which alone would fill most of a 150 MHz cycle.
+        # None of them is read at an address written at the same edge: the loader writes a bank
+        # (or the Q rows) only while no unit reads it, A and B use different score slots, and the
+        # row update reads the row state in U0 and writes it back in U3.
+        m.submodules.qmem = qmem = PipelinedRAM(q_width, Br, "qmem")
+        m.submodules.kmem = kmem = PipelinedRAM(q_width, 2 * Bc, "kmem")
+        m.submodules.vmem = vmem = PipelinedRAM(v_width, 2 * Bc, "vmem")
+        m.submodules.sbuf = sbuf = PipelinedRAM(SW, N_SLOTS * Bc, "sbuf")
         m.submodules.mreg = mreg = Memory(shape=signed(SW), depth=Br, init=[])
         state_layout = data.StructLayout({"acc": data.ArrayLayout(signed(AW), D), "l": unsigned(LW),
                                           "e": data.ArrayLayout(8, nb)})
         state_width = data.Layout.cast(state_layout).size
-        m.submodules.smem = smem = Memory(shape=unsigned(state_width), depth=Br, init=[])
+        m.submodules.smem = smem = PipelinedRAM(state_width, Br, "smem")
         table = [int(x) for x in exp2_table(nm)]
         m.submodules.rom = rom = Memory(shape=unsigned(PW), depth=len(table), init=table)
 
-        q_wr, k_wr, v_wr = qmem.write_port(), kmem.write_port(), vmem.write_port()
-        q_rd, k_rd, v_rd = qmem.read_port(), kmem.read_port(), vmem.read_port()
-        s_wr, s_rd = sbuf.write_port(), sbuf.read_port()
+        q_wr, k_wr, v_wr = qmem.write, kmem.write, vmem.write
+        q_rd, k_rd, v_rd = qmem.read, kmem.read, vmem.read
+        s_wr, s_rd = sbuf.write, sbuf.read
         m_wr, m_rd = mreg.write_port(), mreg.read_port(domain="comb")
-        st_wr, st_rd = smem.write_port(), smem.read_port()
+        st_wr, st_rd = smem.write, smem.read
+        m.d.comb += [ram.r_en.eq(1) for ram in (qmem, kmem, vmem, sbuf, smem)]
         rom_p, rom_a = rom.read_port(domain="comb"), rom.read_port(domain="comb")
 
         # ---------------------------------------------------------------- job registers
@@ -265,7 +276,18 @@ class AttentionCore(wiring.Component):
         keys_left = Signal(signed(LB + 2))
         qcnt = Signal(range(Br))
         kcnt = Signal(range(Bc))
-        ld_n = Signal(range(Bc + 1))
+        ld_last = Signal(range(Bc))   # index of the block's last key (its key count - 1)
+        # Registered tests on rem_bits and keys_left, kept with them, so that the block scan
+        # decides from single bits: a wide zero test and a compare were in front of the loader's
+        # and the bank descriptors' updates.
+        rem_zero = Signal()           # rem_bits == 0
+        rem_last = Signal()           # rem_bits[1:] == 0
+        keys_big = Signal()           # keys_left > Bc
+
+        def scan_next_block():
+            """rem_bits and keys_left move on by one key block (with their tests)."""
+            return [rem_bits.eq(rem_bits >> 1), rem_zero.eq(rem_last), rem_last.eq(rem_bits[2:] == 0),
+                    keys_left.eq(keys_left - Bc), keys_big.eq(keys_left > 2 * Bc)]
         ld_final = Signal()
 
         vpay = data.View(self.v_layout, self.v.payload.as_value())
@@ -285,9 +307,10 @@ class AttentionCore(wiring.Component):
                 # Similarity jobs are dense and take no mask beat: every valid key block is kept.
                 m.d.comb += self.mask.ready.eq(~sim_reg)
                 with m.If(self.mask.valid | sim_reg):
-                    m.d.sync += [rem_bits.eq(Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)),
+                    kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
+                    m.d.sync += [rem_bits.eq(kept), rem_zero.eq(kept == 0), rem_last.eq(kept[1:] == 0),
                                  seen_kept.eq(0),
-                                 keys_left.eq(lk_reg),
+                                 keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc),
                                  nr_reg.eq(Mux(lq_left > Br, Br, lq_left)), lastjob_reg.eq(lq_left <= Br)]
                     m.next = "QWAIT"
             with m.State("QWAIT"):
@@ -305,12 +328,11 @@ class AttentionCore(wiring.Component):
             with m.State("BLK"):
                 bank_free = ~pick(bk_full, ld_bank)
                 alloc = Signal()
-                with m.If(rem_bits == 0):
+                with m.If(rem_zero):
                     # Only reachable when no block of the tile is kept: an empty bank makes every
                     # row of the tile flow through as a fully masked row (y = 0).
                     with m.If(bank_free):
                         m.d.comb += alloc.eq(1)
-                        m.d.sync += ld_n.eq(0)
                         for b in range(2):
                             with m.If(ld_bank == b):
                                 m.d.sync += [bk_n[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
@@ -318,12 +340,12 @@ class AttentionCore(wiring.Component):
                         m.d.sync += ld_bank.eq(~ld_bank)
                         m.next = "NEXT"
                 with m.Elif(~rem_bits[0]):
-                    m.d.sync += [rem_bits.eq(rem_bits >> 1), keys_left.eq(keys_left - Bc)]
+                    m.d.sync += scan_next_block()
                 with m.Elif(bank_free):
                     m.d.comb += alloc.eq(1)
-                    n_val = Mux(keys_left > Bc, Bc, keys_left)
-                    final = rem_bits[1:] == 0
-                    m.d.sync += [ld_n.eq(n_val), ld_final.eq(final), kcnt.eq(0)]
+                    n_val = Mux(keys_big, Bc, keys_left)
+                    final = rem_last
+                    m.d.sync += [ld_last.eq(Mux(keys_big, Bc - 1, keys_left - 1)), ld_final.eq(final), kcnt.eq(0)]
                     for b in range(2):
                         with m.If(ld_bank == b):
                             m.d.sync += [bk_n[b].eq(n_val), bk_first[b].eq(~seen_kept), bk_final[b].eq(final)]
@@ -347,12 +369,11 @@ class AttentionCore(wiring.Component):
                             for i in range(nb):
                                 sc = vpay.scales[i]
                                 m.d.sync += bk_xt[b][i].eq(Mux((kcnt == 0) | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
-                    with m.If(kcnt == ld_n - 1):
+                    with m.If(kcnt == ld_last):
                         for b in range(2):
                             with m.If(ld_bank == b):
                                 m.d.sync += bk_full[b].eq(1)
-                        m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1), rem_bits.eq(rem_bits >> 1),
-                                     keys_left.eq(keys_left - Bc)]
+                        m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1)] + scan_next_block()
                         with m.If(ld_final):
                             m.next = "NEXT"
                         with m.Else():
@@ -425,8 +446,8 @@ class AttentionCore(wiring.Component):
         a1_last, a1_empty = reg(a_lastkey, "a1_last"), reg(a_empty, "a1_empty")
         a1_jlast = reg(a_jlast, "a1_jlast")
         a_stages = 1  # registers from issue to the score register (sizes the score FIFO)
-        qv = data.View(self.q_layout, reg(q_rd.data, "a1q_q"))
-        kv = data.View(self.q_layout, reg(k_rd.data, "a1q_k"))
+        qv = data.View(self.q_layout, q_rd.data)
+        kv = data.View(self.q_layout, k_rd.data)
         side = [reg(x, f"a1q_side{k}") for k, x in enumerate([a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast])]
         a_stages += 1
         lanes = []
@@ -441,14 +462,29 @@ class AttentionCore(wiring.Component):
         side = [reg(x, f"a2_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
-        # Stage a3: exact signed products.
+        # Stage a3: exact product magnitudes, and each MX block's shift onto the 2^-dot_frac grid
+        # decoded for the term stage (out of range, left or right, and the amounts). a3n: the
+        # products signed. Shift and negation in one stage were a critical path.
         pw = fpnum.product_width(fq, fq)
-        prods = []
+        mags = []
         for d, (value, shift, neg) in enumerate(lanes):
-            mag = (value << shift)[:pw]
-            prods.append(reg(Mux(neg, -mag, mag), f"a3_p{d}", signed(pw + 1)))
-        esh = [reg(x, f"a3_esh{i}") for i, x in enumerate(esh)]
+            mags.append((reg((value << shift)[:pw], f"a3_mag{d}", unsigned(pw)), reg(neg, f"a3_neg{d}")))
+        sum_bits = pw + 1 + (B - 1).bit_length()   # width of an MX block's adder-tree sum
+        esh_dec = []
+        for i, sh in enumerate(esh):
+            esh_dec.append(dict(
+                zero=reg(sh >= W, f"a3_shzero{i}"),
+                left=reg(sh >= 0, f"a3_shleft{i}"),
+                left_amt=reg(sh[:_bits(W)], f"a3_shl{i}"),
+                right_amt=reg(Mux(-sh > sum_bits, sum_bits, -sh)[:_bits(sum_bits + 1)], f"a3_shr{i}")))
         side = [reg(x, f"a3_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        prods = [reg(Mux(neg, -mag, mag), f"a3n_p{d}", signed(pw + 1)) for d, (mag, neg) in enumerate(mags)]
+
+        def delay_dec(dec, name):
+            return [{k: reg(v, f"{name}_{k}{i}") for k, v in x.items()} for i, x in enumerate(dec)]
+        esh_dec = delay_dec(esh_dec, "a3n")
+        side = [reg(x, f"a3n_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
         # Adder trees, one per MX block, one register level per halving.
@@ -469,26 +505,22 @@ class AttentionCore(wiring.Component):
                     ng.append(reg(x, f"at{depth}_{gi}_{i // 2}", signed(width)))
                 new_groups.append(ng)
             groups = new_groups
-            esh = [reg(x, f"at{depth}_esh{i}") for i, x in enumerate(esh)]
+            esh_dec = delay_dec(esh_dec, f"at{depth}")
             side = [reg(x, f"at{depth}_side{k}") for k, x in enumerate(side)]
             a_stages += 1
         sums = [g[0] for g in groups]
 
         # Term stage: each block sum onto the 2^-dot_frac grid, modulo 2^W (left shift or floor).
         terms = []
-        for i, (S, sh) in enumerate(zip(sums, esh)):
-            sbits = len(S)
-            left_amt = Signal(range(W), name=f"left_amt{i}")
-            m.d.comb += left_amt.eq(sh[:len(left_amt)])
-            right_amt = Signal(range(sbits + 1), name=f"right_amt{i}")
-            m.d.comb += right_amt.eq(Mux(-sh > sbits, sbits, -sh))
+        for i, (S, dec) in enumerate(zip(sums, esh_dec)):
+            assert len(S) == sum_bits
             term = Signal(W, name=f"term{i}")
-            with m.If(sh >= W):
+            with m.If(dec["zero"]):
                 m.d.comb += term.eq(0)
-            with m.Elif(sh >= 0):
-                m.d.comb += term.eq((S << left_amt)[:W])
+            with m.Elif(dec["left"]):
+                m.d.comb += term.eq((S << dec["left_amt"])[:W])
             with m.Else():
-                m.d.comb += term.eq(S >> right_amt)  # signed: sign-extends to W bits (floor)
+                m.d.comb += term.eq(S >> dec["right_amt"])  # signed: sign-extends to W bits (floor)
             terms.append(reg(term, f"ad_term{i}"))
         side = [reg(x, f"ad_side{k}") for k, x in enumerate(side)]
         a_stages += 1
@@ -575,22 +607,19 @@ class AttentionCore(wiring.Component):
         b_empty = b_n == 0
         b_rowstart = b_key == 0
         b_issue = Signal()
-        m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) &
+        # A row's running max is read from ``mreg`` at issue and its new value written back in
+        # the next stage (b0), so a rowstart of the same row in the very next cycle (a tile of
+        # one row and a block of at most one key) would read the old value: it waits a cycle.
+        b_same_row_next = Signal()
+        m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) & ~b_same_row_next &
                                (~b_rowstart | (slot_ready[b_seq] & (inflight < 2))))
         b_lastkey = b_empty | (b_key == b_n - 1)
         b_lastrow = b_row == pick(bk_nr, b_ptr) - 1
         b_first = pick(bk_first, b_ptr)
+        m.d.sync += b_same_row_next.eq(b_issue & b_rowstart & b_lastkey & b_lastrow & (b_row == 0))
         m.d.comb += m_rd.addr.eq(b_row)
-        mold_now = Mux(b_first, smin, m_rd.data)
-        bmax_now = slot_bmax[b_seq]
-        mnew_now = Mux(bmax_now > mold_now, bmax_now, mold_now)
-        cur_mnew = Signal(signed(SW))
-        cur_mold = Signal(signed(SW))
         m.d.comb += [s_rd.addr.eq(b_seq * Bc + b_key), v_rd.addr.eq(Mux(b_ptr, Bc, 0) + b_key)]
         with m.If(b_issue):
-            with m.If(b_rowstart):
-                m.d.comb += [m_wr.addr.eq(b_row), m_wr.data.eq(mnew_now), m_wr.en.eq(1)]
-                m.d.sync += [cur_mnew.eq(mnew_now), cur_mold.eq(mold_now)]
             with m.If(b_lastkey):
                 m.d.sync += [slot_ready[b_seq].eq(0), slot_busy[b_seq].eq(0), b_key.eq(0),
                              b_seq.eq(b_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
@@ -608,114 +637,142 @@ class AttentionCore(wiring.Component):
         start_row = b_issue & b_rowstart
         m.d.sync += inflight.eq(inflight + start_row - pop)
 
-        # b0: memory outputs valid.
-        b1 = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty,
-                  mnew=Mux(b_rowstart, mnew_now, cur_mnew), mold=Mux(b_rowstart, mold_now, cur_mold),
-                  first=b_first, final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow)
-        b1 = {k: reg(v, f"b0_{k}", signed(SW) if k in ("mnew", "mold") else None) for k, v in b1.items()}
-        b1_xt = [reg(pick([bk_xt[0][i], bk_xt[1][i]], b_ptr), f"b0_xt{i}") for i in range(nb)]
-        # b1: the score and V reads registered once more. A block RAM's output without its own
-        # register has a long clock-to-out (5.8 ns on ECP5, sim/synth_probe.py), which was in
-        # front of the exp2 index and the V decode.
-        b1 = {k: reg(v, f"b1_{k}") for k, v in b1.items()}
-        b1_xt = [reg(x, f"b1_xt{i}") for i, x in enumerate(b1_xt)]
-        s_val = reg(s_rd.data, "b1_s")
-        vview = data.View(self.v_layout, reg(v_rd.data, "b1_v"))
+        def delay(ctl, name):
+            """The control fields of a B stage, registered into the next one."""
+            return {k: reg(v, f"{name}_{k}") for k, v in ctl.items()}
+
+        # b0: block-RAM reads in flight (their output registers); the row's old running max (the
+        # LUT-RAM read, or score_min before the row's first kept block) and the block max
+        # registered. m_new = max(m, block max) is formed here, written back to ``mreg`` and
+        # held for the row's other keys: at issue, the read, the compare and the write-back
+        # were in series.
+        ctl = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty, first=b_first,
+                   final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow,
+                   **{f"xt{i}": pick([bk_xt[0][i], bk_xt[1][i]], b_ptr) for i in range(nb)})
+        ctl = delay(ctl, "b0")
+        mold0 = reg(Mux(b_first, smin, m_rd.data), "b0_mold", signed(SW))
+        bmax0 = reg(slot_bmax[b_seq], "b0_bmax", signed(SW))
+        mnew0 = Mux(bmax0 > mold0, bmax0, mold0)
+        cur_mnew = Signal(signed(SW))
+        cur_mold = Signal(signed(SW))
+        with m.If(ctl["v"] & ctl["fk"]):
+            m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(mnew0), m_wr.en.eq(1)]
+            m.d.sync += [cur_mnew.eq(mnew0), cur_mold.eq(mold0)]
+        mnew1 = reg(Mux(ctl["fk"], mnew0, cur_mnew), "b1_mnew", signed(SW))
+        mold1 = reg(Mux(ctl["fk"], mold0, cur_mold), "b1_mold", signed(SW))
+        # b1: the score and V reads leave their RAM output registers.
+        ctl = delay(ctl, "b1")
+        s_val = s_rd.data.as_signed()
+        vview = data.View(self.v_layout, v_rd.data)
 
         r_sh = nm.score_frac - nm.exp_bits
 
         def exp_index(t, name):
-            """(shift n clamped to p_bits + 2, table index) of 2^-t, t >= 0 in score units."""
-            u = (t + (1 << (r_sh - 1))) >> r_sh if r_sh > 0 else t
+            """(shift n clamped to p_bits + 2, table index) of 2^-t, t >= 0 in score units,
+            registered. The clamp does not wait for the rounding add: n > p_bits + 2 exactly when
+            t >= ((p_bits + 3) << (exp_bits + r)) - 2^(r - 1), a compare of t beside the add."""
+            half = (1 << (r_sh - 1)) if r_sh > 0 else 0
+            u = (t + half) >> r_sh
             u_s = Signal(len(t) + 1, name=f"{name}_u")
             m.d.comb += u_s.eq(u)
-            n_int = u_s >> nm.exp_bits
-            n_cl = Mux(n_int > PB + 2, PB + 2, n_int)
+            big = t >= ((PB + 3) << (nm.exp_bits + r_sh)) - half
+            n_cl = Mux(big, PB + 2, (u_s >> nm.exp_bits)[:_bits(PB + 3)])
             return reg(n_cl, f"{name}_n", range(PB + 3)), reg(u_s[:nm.exp_bits], f"{name}_i")
 
         # b1 -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
-        # decode and each MX block's alignment amount (Xt_b - scale, clamped) are registered
-        # before the index rounding and the V shift: the amount's subtract, clamp compare and
-        # fan-out to the block's shifters were in series with the shift (the critical path).
-        t_p = reg(b1["mnew"] - s_val, "b1d_tp", SW + 1)
-        t_a = reg(b1["mnew"] - b1["mold"], "b1d_ta", SW + 1)
-        v_int = []
+        # magnitudes and signs and each MX block's alignment amount (Xt_b - scale, clamped) are
+        # registered before the index rounding and the V negation.
+        t_p = reg(mnew1 - s_val, "b1d_tp", SW + 1)
+        t_a = reg(mnew1 - mold1, "b1d_ta", SW + 1)
+        v_mag, v_neg = [], []
         for d in range(D):
             code = vview.codes[d]
             mag_code = code[:fv.code_width - 1]
             exp = mag_code[fv.mbits:]
             normal = exp.any()
             sig = Cat(mag_code[:fv.mbits], normal)
-            mag = Signal(vbits, name=f"b1_vmag{d}")
-            m.d.comb += mag.eq(sig << Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)])
-            v_int.append(reg(Mux(code[fv.code_width - 1], -mag, mag), f"b1d_vint{d}", signed(vbits + 1)))
+            v_mag.append(reg(sig << Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)], f"b1d_vmag{d}", vbits))
+            v_neg.append(reg(code[fv.code_width - 1], f"b1d_vneg{d}"))
         v_align = []
         for i in range(nb):
             dsh = Signal(9, name=f"b1_dsh{i}")
-            m.d.comb += dsh.eq(b1_xt[i] - vview.scales[i])
+            m.d.comb += dsh.eq(ctl[f"xt{i}"] - vview.scales[i])
             v_align.append(reg(Mux(dsh > VFW, VFW, dsh)[:_bits(VFW + 1) + 1], f"b1d_dsh{i}"))
-        b1d = {k: reg(v, f"b1d_{k}") for k, v in b1.items() if k not in ("mnew", "mold")}
-        b1d_xt = [reg(x, f"b1d_xt{i}") for i, x in enumerate(b1_xt)]
+        ctl = delay(ctl, "b1d")
 
-        # b1d -> b2: exp2 index rounding and clamp, V aligned to Xt_b (floor shift).
+        # b1d -> b2: exp2 index rounding and clamp; V signed.
         p_n, p_i = exp_index(t_p, "b2_p")
-        a_n2, a_i = exp_index(t_a, "b2_a")
-        vfix = [reg((x << nm.v_guard) >> v_align[d // B], f"b2_vfix{d}", signed(VFW)) for d, x in enumerate(v_int)]
-        b2 = {k: reg(v, f"b2_{k}") for k, v in b1d.items()}
-        b2_xt = [reg(x, f"b2_xt{i}") for i, x in enumerate(b1d_xt)]
+        a_n, a_i = exp_index(t_a, "b2_a")
+        v_int = [reg(Mux(neg, -mag, mag), f"b2_vint{d}", signed(vbits + 1)) for d, (mag, neg) in enumerate(zip(v_mag, v_neg))]
+        v_align = [reg(x, f"b2_dsh{i}") for i, x in enumerate(v_align)]
+        ctl = delay(ctl, "b2")
 
-        # b2 -> b3: table lookup and rounding shift.
+        # b2 -> b3: the exp2 table entries T registered, with n - 1 and n == 0; V aligned to Xt_b
+        # (floor shift).
         m.d.comb += [rom_p.addr.eq(p_i), rom_a.addr.eq(a_i)]
+        p_T, a_T = reg(rom_p.data, "b3_pT"), reg(rom_a.data, "b3_aT")
+        p_n0, a_n0 = reg(p_n == 0, "b3_pn0"), reg(a_n == 0, "b3_an0")
+        p_nm1, a_nm1 = reg(p_n - 1, "b3_pnm1", range(PB + 2)), reg(a_n - 1, "b3_anm1", range(PB + 2))
+        vfix = [reg((x << nm.v_guard) >> v_align[d // B], f"b3_vfix{d}", signed(VFW)) for d, x in enumerate(v_int)]
+        ctl = delay(ctl, "b3")
 
-        def exp_value(tval, n):
-            half = Mux(n == 0, 0, (Const(1, PB + 3) << n) >> 1)
-            return (tval + half) >> n
-        p3 = reg(Mux(b2["empty"], 0, exp_value(rom_p.data, p_n)), "b3_p", unsigned(PW))
-        alpha3 = reg(exp_value(rom_a.data, a_n2), "b3_alpha", unsigned(PW))
-        vfix3 = [reg(x, f"b3_vfix{d}") for d, x in enumerate(vfix)]
-        b3 = {k: reg(v, f"b3_{k}") for k, v in b2.items()}
-        b3_xt = [reg(x, f"b3_xt{i}") for i, x in enumerate(b2_xt)]
+        # b3 -> b4 -> b5: the rounding shift (T + 2^(n-1)) >> n (T itself when n = 0) in two
+        # stages: y = T >> (n - 1) (2 T when n = 0), then (y >> 1) + (y & 1). Table read, add
+        # and variable shift in one stage were a critical path.
+        def half_shift(T, n0, nm1, name):
+            return reg(Mux(n0, T << 1, T >> nm1), name, unsigned(PW + 1))
 
-        # b4: products.
-        prod4 = [reg(p3 * x, f"b4_prod{d}", signed(PRW)) for d, x in enumerate(vfix3)]
-        p4 = reg(p3, "b4_p")
-        alpha4 = reg(alpha3, "b4_alpha")
-        b4 = {k: reg(v, f"b4_{k}") for k, v in b3.items()}
-        b4_xt = [reg(x, f"b4_xt{i}") for i, x in enumerate(b3_xt)]
+        def round_off(y):
+            return (y >> 1) + y[0]
+        p_y, a_y = half_shift(p_T, p_n0, p_nm1, "b4_py"), half_shift(a_T, a_n0, a_nm1, "b4_ay")
+        vfix = [reg(x, f"b4_vfix{d}") for d, x in enumerate(vfix)]
+        ctl = delay(ctl, "b4")
+        p5 = reg(Mux(ctl["empty"], 0, round_off(p_y)), "b5_p", unsigned(PW))
+        alpha5 = reg(round_off(a_y), "b5_alpha", unsigned(PW))
+        vfix = [reg(x, f"b5_vfix{d}") for d, x in enumerate(vfix)]
+        ctl = delay(ctl, "b5")
 
-        # b5: exact block sums; the row's last key pushes the row into the FIFO.
+        # b6: products.
+        prod6 = [reg(p5 * x, f"b6_prod{d}", signed(PRW)) for d, x in enumerate(vfix)]
+        p6 = reg(p5, "b6_p")
+        alpha6 = reg(alpha5, "b6_alpha")
+        ctl = delay(ctl, "b6")
+
+        # b7: exact block sums; the row's last key pushes the row into the FIFO.
         acc_P = [Signal(signed(PSW), name=f"P{d}") for d in range(D)]
         acc_ps = Signal(PSUMW)
         alpha_keep = Signal(PW)
-        new_P = [Mux(b4["fk"], 0, a) + x for a, x in zip(acc_P, prod4)]
-        new_ps = Mux(b4["fk"], 0, acc_ps) + p4
-        with m.If(b4["v"]):
+        new_P = [Mux(ctl["fk"], 0, a) + x for a, x in zip(acc_P, prod6)]
+        new_ps = Mux(ctl["fk"], 0, acc_ps) + p6
+        with m.If(ctl["v"]):
             m.d.sync += [a.eq(x) for a, x in zip(acc_P, new_P)]
             m.d.sync += acc_ps.eq(new_ps)
-            with m.If(b4["fk"]):
-                m.d.sync += alpha_keep.eq(alpha4)
+            with m.If(ctl["fk"]):
+                m.d.sync += alpha_keep.eq(alpha6)
         fw = data.View(fifo_layout, fifo.w_data)
-        m.d.comb += [fw.row.eq(b4["row"]), fw.psum.eq(new_ps), fw.alpha.eq(Mux(b4["fk"], alpha4, alpha_keep)),
-                     fw.first.eq(b4["first"]), fw.final.eq(b4["final"]), fw.lastrow.eq(b4["lastrow"]),
-                     fifo.w_en.eq(b4["v"] & b4["lk"])]
+        m.d.comb += [fw.row.eq(ctl["row"]), fw.psum.eq(new_ps), fw.alpha.eq(Mux(ctl["fk"], alpha6, alpha_keep)),
+                     fw.first.eq(ctl["first"]), fw.final.eq(ctl["final"]), fw.lastrow.eq(ctl["lastrow"]),
+                     fifo.w_en.eq(ctl["v"] & ctl["lk"])]
         m.d.comb += [fw.P[d].eq(x) for d, x in enumerate(new_P)]
-        m.d.comb += [fw.xt[i].eq(x) for i, x in enumerate(b4_xt)]
+        m.d.comb += [fw.xt[i].eq(ctl[f"xt{i}"]) for i in range(nb)]
 
         # ---------------------------------------------------------------- row update (U)
         ent = Signal(fifo_layout)
         fr = data.View(fifo_layout, fifo.r_data)
-        st_reg = Signal(state_width)         # the row state read, registered (RAM clock-to-out)
-        stv = data.View(state_layout, st_reg)
+        stv = data.View(state_layout, st_rd.data)   # the row state, valid in U1M
+        # A row's first kept block starts from a zero state (acc, l and e): alpha is taken as 0
+        # for the rescale and e as 0 for the exponents, so the state read needs no mux.
+        u_alpha = Signal(PW)
+        e_old = [Mux(ent.first, 0, stv.e[i]) for i in range(nb)]
         uA = [Signal(signed(AW + PW + 1), name=f"u_accx{d}") for d in range(D)]
         uL = Signal(LW + PW)
-        uE = [Signal(8, name=f"u_e{i}") for i in range(nb)]
         div_idle = Signal()
         div_start = Signal()
         # The update is cut into register stages for timing (it was the core's critical path:
         # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
-        # U1 registers the state read, U1M the pieces of the rescaled state and U1P their sum,
-        # U2 the new exponents and the shift amounts, U3 the shifted sums, and U4 writes the
-        # state or hands the row to the divider from registers only.
+        # U1 registers the state read, U1M the pieces of the rescaled state (and the exponent
+        # differences) and U1P their sum (and the shift amounts), U2 the shifted sums, and U3
+        # writes the state or hands the row to the divider from registers only.
         # U1M multiplies the state by alpha in pieces of at most 17 bits of the state (one ECP5
         # MULT18X18D each, alpha being unsigned) and U1P adds the registered pieces: the whole
         # product in one stage (multiplier blocks, routing, then the LUT adders that join their
@@ -728,7 +785,7 @@ class AttentionCore(wiring.Component):
                 piece = x[lo:hi]
                 if x.shape().signed and hi == len(x):
                     piece = piece.as_signed()
-                prod = piece * ent.alpha
+                prod = piece * u_alpha
                 pieces.append((Signal(prod.shape(), name=f"{name}_p{n}"), prod, lo))
             return pieces
         uA_pieces = [mul_pieces(stv.acc[d], f"u_accx{d}") for d in range(D)]
@@ -737,8 +794,13 @@ class AttentionCore(wiring.Component):
         def join_pieces(pieces):
             return sum(p << lo for p, _, lo in pieces)
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
+        e_up = [Signal(8, name=f"u_eup{i}") for i in range(nb)]        # e_new - e (>= 0)
+        xt_down = [Signal(8, name=f"u_xtdown{i}") for i in range(nb)]  # e_new - Xt (>= 0)
         amt_a = [Signal(range(AW + PW + 1), name=f"u_amta{i}") for i in range(nb)]
         amt_p = [Signal(range(PSW + 1), name=f"u_amtp{i}") for i in range(nb)]
+        acc_term = [Signal(signed(AW), name=f"u_accterm{d}") for d in range(D)]  # rescaled state, aligned
+        p_term = [Signal(signed(AW), name=f"u_pterm{d}") for d in range(D)]      # block sum, aligned
+        l_term = Signal(LW)
         acc_new = [Signal(signed(AW), name=f"u_accnew{d}") for d in range(D)]
         l_new = Signal(LW)
         stw = data.View(state_layout, st_wr.data)
@@ -750,37 +812,50 @@ class AttentionCore(wiring.Component):
                 m.d.comb += st_rd.addr.eq(fr.row)
                 with m.If(fifo.r_rdy):
                     m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
-                    m.d.sync += ent.eq(fifo.r_data)
+                    m.d.sync += [ent.eq(fifo.r_data), u_alpha.eq(Mux(fr.first, 0, fr.alpha))]
                     m.next = "U1"
             with m.State("U1"):
-                # A row's first kept block starts from a zero state (acc, l and e).
-                m.d.sync += st_reg.eq(Mux(ent.first, 0, st_rd.data))
+                # The state read passes the RAM's output register.
                 m.next = "U1M"
             with m.State("U1M"):
                 for pieces in uA_pieces + [uL_pieces]:
                     m.d.sync += [p.eq(prod) for p, prod, _ in pieces]
-                m.d.sync += [uE[i].eq(stv.e[i]) for i in range(nb)]
+                # The exponent alignment does not wait for the rescale: e_new - e and e_new - Xt
+                # come from two subtractors side by side (each then one sign test), and U1P turns
+                # them into the clamped shift amounts. Done after the rescale in one stage
+                # (compare, subtract, clamp compare in series) it was the critical path.
+                for i in range(nb):
+                    xt_minus_e = Signal(signed(9), name=f"u_xtme{i}")
+                    e_minus_xt = Signal(signed(9), name=f"u_emxt{i}")
+                    m.d.comb += [xt_minus_e.eq(ent.xt[i] - e_old[i]), e_minus_xt.eq(e_old[i] - ent.xt[i])]
+                    m.d.sync += [e_new[i].eq(Mux(xt_minus_e[8], e_old[i], ent.xt[i])),
+                                 e_up[i].eq(Mux(xt_minus_e[8], 0, xt_minus_e[:8])),
+                                 xt_down[i].eq(Mux(e_minus_xt[8], 0, e_minus_xt[:8]))]
                 m.next = "U1P"
             with m.State("U1P"):
                 m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
                 m.d.sync += uL.eq(join_pieces(uL_pieces))
+                # sh_acc = p_bits + e_new - e, sh_P = p_bits - acc_frac + e_new - Xt, each clamped
+                # (a shift by the clamp value already gives the sign fill).
+                for i in range(nb):
+                    m.d.sync += [amt_a[i].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
+                                 amt_p[i].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
+                                                 PB - nm.acc_frac + xt_down[i]))]
                 m.next = "U2"
             with m.State("U2"):
-                for i in range(nb):
-                    e_max = Mux(ent.xt[i] > uE[i], ent.xt[i], uE[i])
-                    sh_acc = Signal(range(PB + 256), name=f"u_shacc{i}")
-                    sh_P = Signal(range(PB + 256), name=f"u_shP{i}")
-                    m.d.comb += [sh_acc.eq(PB + e_max - uE[i]), sh_P.eq(PB - nm.acc_frac + e_max - ent.xt[i])]
-                    m.d.sync += [e_new[i].eq(e_max), amt_a[i].eq(Mux(sh_acc > AW + PW, AW + PW, sh_acc)),
-                                 amt_p[i].eq(Mux(sh_P > PSW, PSW, sh_P))]
-                m.next = "U3"
-            with m.State("U3"):
+                # The aligned terms, then their sums in U2S: shift and add in one stage (a 56-bit
+                # barrel shift fanned out from one amount per MX block, then a 40-bit add) were
+                # a critical path.
                 for d in range(D):
                     i = d // B
-                    m.d.sync += acc_new[d].eq(((uA[d] >> amt_a[i]) + (ent.P[d] >> amt_p[i]))[:AW])
-                m.d.sync += l_new.eq(((uL >> PB) + ent.psum)[:LW])
-                m.next = "U4"
-            with m.State("U4"):
+                    m.d.sync += [acc_term[d].eq(uA[d] >> amt_a[i]), p_term[d].eq(ent.P[d] >> amt_p[i])]
+                m.d.sync += l_term.eq(uL >> PB)
+                m.next = "U2S"
+            with m.State("U2S"):
+                m.d.sync += [acc_new[d].eq((acc_term[d] + p_term[d])[:AW]) for d in range(D)]
+                m.d.sync += l_new.eq((l_term + ent.psum)[:LW])
+                m.next = "U3"
+            with m.State("U3"):
                 with m.If(ent.final):
                     with m.If(div_idle):
                         m.d.comb += div_start.eq(1)
@@ -801,6 +876,10 @@ class AttentionCore(wiring.Component):
         dv_e = [Signal(8, name=f"dv_e{i}") for i in range(nb)]
         dv_last = Signal()
         dv_cnt = Signal(range(Wq + 1))
+        n_digits = 1 << steps
+        dv_lk = [None] + [Signal(LW + steps, name=f"dv_l_times{k}") for k in range(1, n_digits)]  # k * l
+        dv_up = [Signal(name=f"dv_up{d}") for d in range(D)]
+        dv_masked = Signal()
         with m.FSM(name="divider"):
             with m.State("IDLE"):
                 m.d.comb += div_idle.eq(1)
@@ -814,33 +893,50 @@ class AttentionCore(wiring.Component):
                         m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
                                      dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
                     m.d.sync += [dv_l.eq(l_new), dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
+                    m.d.sync += [dv_lk[k].eq(l_new * k) for k in range(1, n_digits)]
                     m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
                     m.next = "ITER"
             with m.State("ITER"):
+                # div_steps quotient bits a cycle as one radix-2^steps digit: the next remainder
+                # candidates X - k l for every digit k are formed side by side, and the largest k
+                # that leaves X - k l >= 0 is taken (the tests are monotone in k). Restoring steps
+                # one after another put div_steps subtractors in series in one cycle.
                 for d in range(D):
                     rem, num, q = dv_rem[d], dv_num[d], dv_q[d]
-                    for s in range(steps):
-                        r2 = Cat(num[Wq - 1], rem)
-                        ge = r2 >= dv_l
-                        rem = Mux(ge, r2 - dv_l, r2)[:LW + 1]
-                        num = (num << 1)[:Wq]
-                        q = Cat(ge, q)[:Wq]
-                    m.d.sync += [dv_rem[d].eq(rem), dv_num[d].eq(num), dv_q[d].eq(q)]
+                    x = Cat(num[Wq - steps:], rem[:LW])        # rem * 2^steps + the next bits
+                    fits = [Const(1)] + [Signal(name=f"dv_fits{d}_{k}") for k in range(1, n_digits)]
+                    diffs = [x] + [Signal(signed(LW + steps + 1), name=f"dv_diff{d}_{k}") for k in range(1, n_digits)]
+                    for k in range(1, n_digits):
+                        m.d.comb += [diffs[k].eq(x - dv_lk[k]), fits[k].eq(~diffs[k][-1])]
+                    fits.append(Const(0))
+                    digit, rem_new = 0, 0
+                    for k in range(n_digits):
+                        pick_k = fits[k] & ~fits[k + 1]
+                        digit = digit | Mux(pick_k, k, 0)
+                        rem_new = rem_new | Mux(pick_k, diffs[k][:LW], 0)
+                    m.d.sync += [dv_rem[d].eq(rem_new), dv_num[d].eq((num << steps)[:Wq]),
+                                 dv_q[d].eq(Cat(Const(0, steps) | digit, q)[:Wq])]
                 m.d.sync += dv_cnt.eq(dv_cnt + steps)
                 with m.If(dv_cnt + steps >= Wq):
                     m.next = "ROUND"
             with m.State("ROUND"):
-                masked = dv_l == 0
+                # Round half up: one more quotient bit from the remainder (ties go up for y >= 0
+                # and toward zero in magnitude for y < 0, i.e. toward +inf); applied with the sign
+                # in SIGN: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
                 for d in range(D):
                     twice = Cat(0, dv_rem[d])
-                    up_pos = twice >= dv_l
-                    up_neg = twice > dv_l
-                    mag = dv_q[d] + Mux(dv_neg[d], up_neg, up_pos)
-                    y = Mux(masked, 0, Mux(dv_neg[d], -mag, mag))
-                    m.d.sync += self.o.payload.y[d].eq(y)
+                    m.d.sync += dv_up[d].eq(Mux(dv_neg[d], twice > dv_l, twice >= dv_l))
+                m.d.sync += dv_masked.eq(dv_l == 0)
+                m.next = "SIGN"
+            with m.State("SIGN"):
+                ow = self.out_width
+                for d in range(D):
+                    flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
+                    y = ((dv_q[d][:ow] ^ flip) + (dv_up[d] ^ dv_neg[d]))[:ow]
+                    m.d.sync += self.o.payload.y[d].eq(Mux(dv_masked, 0, y))
                 for i in range(nb):
                     m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
-                m.d.sync += [self.o.payload.masked.eq(masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
+                m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
                 m.next = "OUT"
             with m.State("OUT"):
                 with m.If(self.o.ready):
