@@ -37,12 +37,12 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 7 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 8 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
   golden model: the state read (two cycles, the RAM's output register), the rescale in two
   stages (multiplier pieces, their sum; the exponent differences and then the shift amounts are
-  formed beside them), the aligned terms, their sum, the write-back. After the row's last kept
-  block the result goes to the divider instead.
+  formed beside them), the aligned terms in two shifts, their sum, the write-back. After the
+  row's last kept block the result goes to the divider instead.
 * **Divider**: ``D`` dividers give ``y_d = round_half_up(acc_d * 2^p_bits / l)``, ``div_steps``
   quotient bits per cycle as one radix-``2^div_steps`` digit (all ``2^div_steps - 1`` trial
   subtractions side by side), then a rounding and a sign cycle; one output beat per query row.
@@ -92,7 +92,7 @@ to back (the core pulls each in the order above); every stream may stall at any 
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -100,7 +100,7 @@ from golden.numerics import fp as fpnum
 from golden.numerics.attention import E8M0_BIAS, AttnNumerics, exp2_table
 from ..common import check_int
 from ..common.ram import PipelinedRAM
-from ..fp.lutmul import magnitude_product
+from .dsp import registered_product
 
 __all__ = ["AttentionCore", "MODE_ATTENTION", "MODE_SIMILARITY"]
 
@@ -117,6 +117,32 @@ def _code_int_bits(f):
 def _bits(n):
     """Bits to count 0..n-1 (at least 1)."""
     return max((n - 1).bit_length(), 1)
+
+
+def slices_17(x):
+    """``(slice, offset)`` of ``x`` cut into 17-bit slices from bit 0: unsigned, but the top slice
+    of a signed ``x`` is signed. A slice times an unsigned operand of at most 17 bits is one ECP5
+    MULT18X18D (18 x 18 signed)."""
+    bounds = list(range(0, len(x), 17)) + [len(x)]
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        piece = x[lo:hi]
+        if x.shape().signed and hi == len(x):
+            piece = piece.as_signed()
+        out.append((piece, lo))
+    return out
+
+
+def split_product(m, platform, x, y, name, en=None):
+    """``x * y`` as registered slice products ``(register, offset)`` (registered_product: one
+    MULT18X18D with its output register each on ECP5); ``join_pieces`` adds them a stage later."""
+    return [(registered_product(m, platform, piece, y, f"{name}_p{n}", en), lo)
+            for n, (piece, lo) in enumerate(slices_17(x))]
+
+
+def join_pieces(pieces):
+    """Sum of the registered slice products, each at its offset."""
+    return sum(p << lo for p, lo in pieces)
 
 
 class AttentionCore(wiring.Component):
@@ -231,7 +257,10 @@ class AttentionCore(wiring.Component):
         state_width = data.Layout.cast(state_layout).size
         m.submodules.smem = smem = PipelinedRAM(state_width, Br, "smem")
         table = [int(x) for x in exp2_table(nm)]
-        m.submodules.rom = rom = Memory(shape=unsigned(PW), depth=len(table), init=table)
+        # The exp2 table stays in LUTs (rom_style "logic"): with its registered output Yosys would
+        # otherwise infer a DP16KD without the output register (5.8 ns clock-to-out).
+        m.submodules.rom = rom = Memory(shape=unsigned(PW), depth=len(table), init=table,
+                                        attrs={"rom_style": "logic"})
 
         q_wr, k_wr, v_wr = qmem.write, kmem.write, vmem.write
         q_rd, k_rd, v_rd = qmem.read, kmem.read, vmem.read
@@ -255,8 +284,13 @@ class AttentionCore(wiring.Component):
             return [Signal(shape, name=f"bank{b}_{name}") for b in range(2)]
         bk_full = bank_sig(1, "full")
         bk_adone = bank_sig(1, "adone")
-        bk_n = bank_sig(range(Bc + 1), "n")
-        bk_nr = bank_sig(range(Br + 1), "nr")
+        # A bank's keys and rows as the units test them: empty (no key), the index of its last
+        # key and of its last row, set by the loader with the bank (a subtract and a compare
+        # of the count at every issue were on the score and softmax units' issue paths).
+        bk_empty = bank_sig(1, "empty")
+        bk_lastkey = bank_sig(range(Bc), "lastkey")
+        bk_lastrow = bank_sig(range(Br), "lastrow")
+        bk_tiny = bank_sig(1, "tiny")   # at most two rows (see b_hold)
         bk_first = bank_sig(1, "first")
         bk_final = bank_sig(1, "final")
         bk_lastjob = bank_sig(1, "lastjob")
@@ -270,6 +304,7 @@ class AttentionCore(wiring.Component):
         # ---------------------------------------------------------------- loader
         ld_bank = Signal()
         nr_reg = Signal(range(Br + 1))
+        nr_last = Signal(range(Br))   # nr_reg - 1
         lastjob_reg = Signal()
         rem_bits = Signal(KB)
         seen_kept = Signal()
@@ -311,7 +346,8 @@ class AttentionCore(wiring.Component):
                     m.d.sync += [rem_bits.eq(kept), rem_zero.eq(kept == 0), rem_last.eq(kept[1:] == 0),
                                  seen_kept.eq(0),
                                  keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc),
-                                 nr_reg.eq(Mux(lq_left > Br, Br, lq_left)), lastjob_reg.eq(lq_left <= Br)]
+                                 nr_reg.eq(Mux(lq_left > Br, Br, lq_left)),
+                                 nr_last.eq(Mux(lq_left > Br, Br - 1, lq_left - 1)), lastjob_reg.eq(lq_left <= Br)]
                     m.next = "QWAIT"
             with m.State("QWAIT"):
                 with m.If(~q_busy):
@@ -322,7 +358,7 @@ class AttentionCore(wiring.Component):
                              q_wr.en.eq(self.q.valid)]
                 with m.If(self.q.valid):
                     m.d.sync += qcnt.eq(qcnt + 1)
-                    with m.If(qcnt == nr_reg - 1):
+                    with m.If(qcnt == nr_last):
                         m.d.sync += q_busy.eq(1)
                         m.next = "BLK"
             with m.State("BLK"):
@@ -335,7 +371,7 @@ class AttentionCore(wiring.Component):
                         m.d.comb += alloc.eq(1)
                         for b in range(2):
                             with m.If(ld_bank == b):
-                                m.d.sync += [bk_n[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
+                                m.d.sync += [bk_empty[b].eq(1), bk_lastkey[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
                                              bk_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
                         m.d.sync += ld_bank.eq(~ld_bank)
                         m.next = "NEXT"
@@ -343,17 +379,19 @@ class AttentionCore(wiring.Component):
                     m.d.sync += scan_next_block()
                 with m.Elif(bank_free):
                     m.d.comb += alloc.eq(1)
-                    n_val = Mux(keys_big, Bc, keys_left)
+                    last_key = Mux(keys_big, Bc - 1, keys_left - 1)
                     final = rem_last
-                    m.d.sync += [ld_last.eq(Mux(keys_big, Bc - 1, keys_left - 1)), ld_final.eq(final), kcnt.eq(0)]
+                    m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0)]
                     for b in range(2):
                         with m.If(ld_bank == b):
-                            m.d.sync += [bk_n[b].eq(n_val), bk_first[b].eq(~seen_kept), bk_final[b].eq(final)]
+                            m.d.sync += [bk_empty[b].eq(0), bk_lastkey[b].eq(last_key), bk_first[b].eq(~seen_kept),
+                                         bk_final[b].eq(final)]
                     m.next = "KVLOAD"
                 with m.If(alloc):
                     for b in range(2):
                         with m.If(ld_bank == b):
-                            m.d.sync += [bk_nr[b].eq(nr_reg), bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
+                            m.d.sync += [bk_lastrow[b].eq(nr_last), bk_tiny[b].eq(nr_last <= 1),
+                                         bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
             with m.State("KVLOAD"):
                 # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
                 # and B, which would read it, is idle).
@@ -397,15 +435,14 @@ class AttentionCore(wiring.Component):
         a_row = Signal(range(Br))
         a_key = Signal(range(Bc))
         a_seq = Signal(range(N_SLOTS))
-        a_n = pick(bk_n, a_ptr)
-        a_empty = a_n == 0
-        a_rowstart = a_key == 0
+        a_empty = pick(bk_empty, a_ptr)
+        a_rowstart = Signal(init=1)   # a_key == 0, kept as a flag
         a_issue = Signal()
         s_room = Signal()  # similarity: the score FIFO has room for one more pair in flight
         m.d.comb += a_issue.eq(pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr) &
                                Mux(sim_reg, s_room, ~a_rowstart | ~slot_busy[a_seq]))
-        a_lastkey = a_empty | (a_key == a_n - 1)
-        a_lastrow = a_row == pick(bk_nr, a_ptr) - 1
+        a_lastkey = a_empty | Mux(a_ptr, a_key == bk_lastkey[1], a_key == bk_lastkey[0])
+        a_lastrow = Mux(a_ptr, a_row == bk_lastrow[1], a_row == bk_lastrow[0])
         m.d.comb += [q_rd.addr.eq(a_row), k_rd.addr.eq(Mux(a_ptr, Bc, 0) + a_key)]
         # In similarity mode the softmax unit (B) stays idle: A neither claims score slots nor
         # advances the slot sequence (so that A and B agree on it in the next attention job),
@@ -418,7 +455,7 @@ class AttentionCore(wiring.Component):
             with m.If(a_rowstart & ~sim_reg):
                 m.d.sync += slot_busy[a_seq].eq(1)
             with m.If(a_lastkey):
-                m.d.sync += a_key.eq(0)
+                m.d.sync += [a_key.eq(0), a_rowstart.eq(1)]
                 with m.If(~sim_reg):
                     m.d.sync += a_seq.eq(a_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
                                          Mux(a_seq == N_SLOTS - 1, 0, a_seq + 1))
@@ -437,7 +474,7 @@ class AttentionCore(wiring.Component):
                 with m.Else():
                     m.d.sync += a_row.eq(a_row + 1)
             with m.Else():
-                m.d.sync += a_key.eq(a_key + 1)
+                m.d.sync += [a_key.eq(a_key + 1), a_rowstart.eq(0)]
 
         # Stage a1: memory outputs valid. a1q: the Q and K reads registered once more before the
         # LUT magnitude products (the block RAM's 5.8 ns clock-to-out was in front of them).
@@ -445,30 +482,55 @@ class AttentionCore(wiring.Component):
         a1_slot, a1_key = reg(a_seq, "a1_slot"), reg(a_key, "a1_key")
         a1_last, a1_empty = reg(a_lastkey, "a1_last"), reg(a_empty, "a1_empty")
         a1_jlast = reg(a_jlast, "a1_jlast")
+        a1_first = reg(a_rowstart, "a1_first")   # the row's first key of the block
         a_stages = 1  # registers from issue to the score register (sizes the score FIFO)
         qv = data.View(self.q_layout, q_rd.data)
         kv = data.View(self.q_layout, k_rd.data)
-        side = [reg(x, f"a1q_side{k}") for k, x in enumerate([a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast])]
+        side = [reg(x, f"a1q_side{k}") for k, x in enumerate([a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast, a1_first])]
         a_stages += 1
-        lanes = []
+
+        # a1d: each Q and K magnitude code split into its significand (implicit bit included) and
+        # its exponent shift, the magnitude being sig << shift (as in hw/fp/lutmul.py), registered
+        # before the significand product table: the exponent test in front of the table (one
+        # function of both whole codes) mapped to a chain of LUTs too deep for the cycle.
+        def split_code(code, name):
+            mag = code[:fq.code_width - 1]
+            exp = mag[fq.mbits:]
+            normal = exp.any()
+            return (reg(Cat(mag[:fq.mbits], normal), f"{name}_sig"),
+                    reg(Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)], f"{name}_sh"))
+        split = []
         for d in range(D):
             a, b = qv.codes[d], kv.codes[d]
-            value, shift = magnitude_product(m, a[:fq.code_width - 1], fq, b[:fq.code_width - 1], fq)
-            lanes.append((reg(value, f"a2_val{d}"), reg(shift, f"a2_sh{d}"),
-                          reg(a[fq.code_width - 1] ^ b[fq.code_width - 1], f"a2_neg{d}")))
+            split.append(split_code(a, f"a1d_q{d}") + split_code(b, f"a1d_k{d}") +
+                         (reg(a[fq.code_width - 1] ^ b[fq.code_width - 1], f"a1d_neg{d}"),))
         fprod = fpnum.product_frac_bits(fq, fq)
-        esh = [reg(qv.scales[i] + kv.scales[i] - (2 * E8M0_BIAS + fprod - nm.dot_frac), f"a2_esh{i}", signed(11))
+        esh = [reg(qv.scales[i] + kv.scales[i] - (2 * E8M0_BIAS + fprod - nm.dot_frac), f"a1d_esh{i}", signed(11))
                for i in range(nb)]
+        side = [reg(x, f"a1d_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+
+        # a2: signed significand products from a table (the sign is one more table input, so no
+        # negation follows the shift), exponent shifts added.
+        sig_bits = fq.mbits + 1
+        lanes = []
+        for d, (sig_q, sh_q, sig_k, sh_k, neg) in enumerate(split):
+            value = Signal(signed(2 * sig_bits + 1), name=f"sig_product{d}")
+            with m.Switch(Cat(sig_k, sig_q, neg)):
+                for sq in range(1, 1 << sig_bits):
+                    for sk in range(1, 1 << sig_bits):
+                        for sign in (0, 1):
+                            with m.Case(sign << (2 * sig_bits) | sq << sig_bits | sk):
+                                m.d.comb += value.eq(-sq * sk if sign else sq * sk)
+            lanes.append((reg(value, f"a2_val{d}"), reg(sh_q + sh_k, f"a2_sh{d}")))
+        esh = [reg(x, f"a2_esh{i}") for i, x in enumerate(esh)]
         side = [reg(x, f"a2_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
-        # Stage a3: exact product magnitudes, and each MX block's shift onto the 2^-dot_frac grid
-        # decoded for the term stage (out of range, left or right, and the amounts). a3n: the
-        # products signed. Shift and negation in one stage were a critical path.
+        # Stage a3: exact signed products, and each MX block's shift onto the 2^-dot_frac grid
+        # decoded for the term stage (out of range, left or right, and the amounts).
         pw = fpnum.product_width(fq, fq)
-        mags = []
-        for d, (value, shift, neg) in enumerate(lanes):
-            mags.append((reg((value << shift)[:pw], f"a3_mag{d}", unsigned(pw)), reg(neg, f"a3_neg{d}")))
+        prods = [reg((value << shift)[:pw + 1], f"a3_p{d}", signed(pw + 1)) for d, (value, shift) in enumerate(lanes)]
         sum_bits = pw + 1 + (B - 1).bit_length()   # width of an MX block's adder-tree sum
         esh_dec = []
         for i, sh in enumerate(esh):
@@ -479,13 +541,9 @@ class AttentionCore(wiring.Component):
                 right_amt=reg(Mux(-sh > sum_bits, sum_bits, -sh)[:_bits(sum_bits + 1)], f"a3_shr{i}")))
         side = [reg(x, f"a3_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        prods = [reg(Mux(neg, -mag, mag), f"a3n_p{d}", signed(pw + 1)) for d, (mag, neg) in enumerate(mags)]
 
         def delay_dec(dec, name):
             return [{k: reg(v, f"{name}_{k}{i}") for k, v in x.items()} for i, x in enumerate(dec)]
-        esh_dec = delay_dec(esh_dec, "a3n")
-        side = [reg(x, f"a3n_side{k}") for k, x in enumerate(side)]
-        a_stages += 1
 
         # Adder trees, one per MX block, one register level per halving.
         sums = []
@@ -510,17 +568,34 @@ class AttentionCore(wiring.Component):
             a_stages += 1
         sums = [g[0] for g in groups]
 
-        # Term stage: each block sum onto the 2^-dot_frac grid, modulo 2^W (left shift or floor).
-        terms = []
+        # Term stages: each block sum onto the 2^-dot_frac grid, modulo 2^W (left shift or floor),
+        # in two shifts: by the amount's multiple of 8 (ad1), then by the rest (ad2); one
+        # 6-level shift was too long for a stage. Left: (S << a)[:W] = (((S << a1)[:W]) << a2)[:W];
+        # right (floor): S >> a = (S >> a1) >> a2.
+        tw = max(W, sum_bits)
+        coarse = []
         for i, (S, dec) in enumerate(zip(sums, esh_dec)):
             assert len(S) == sum_bits
+            c = Signal(signed(tw), name=f"ad1_coarse{i}")
+            with m.If(dec["left"]):
+                m.d.sync += c.eq((S << Cat(Const(0, 3), dec["left_amt"][3:]))[:W])
+            with m.Else():
+                m.d.sync += c.eq(S >> Cat(Const(0, 3), dec["right_amt"][3:]))
+            coarse.append(c)
+        fine_dec = [dict(zero=reg(dec["zero"], f"ad1_zero{i}"), left=reg(dec["left"], f"ad1_left{i}"),
+                         left_amt=reg(dec["left_amt"][:3], f"ad1_lfine{i}"),
+                         right_amt=reg(dec["right_amt"][:3], f"ad1_rfine{i}")) for i, dec in enumerate(esh_dec)]
+        side = [reg(x, f"ad1_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        terms = []
+        for i, (c, dec) in enumerate(zip(coarse, fine_dec)):
             term = Signal(W, name=f"term{i}")
             with m.If(dec["zero"]):
                 m.d.comb += term.eq(0)
             with m.Elif(dec["left"]):
-                m.d.comb += term.eq((S << dec["left_amt"])[:W])
+                m.d.comb += term.eq((c << dec["left_amt"])[:W])
             with m.Else():
-                m.d.comb += term.eq(S >> dec["right_amt"])  # signed: sign-extends to W bits (floor)
+                m.d.comb += term.eq(c >> dec["right_amt"])  # signed: sign-extends to W bits (floor)
             terms.append(reg(term, f"ad_term{i}"))
         side = [reg(x, f"ad_side{k}") for k, x in enumerate(side)]
         a_stages += 1
@@ -530,9 +605,15 @@ class AttentionCore(wiring.Component):
         dot = reg(total[:W].as_signed(), "as_dot", signed(W))
         side = [reg(x, f"as_side{k}") for k, x in enumerate(side)]
         a_stages += 1
+        # am: dot * C in pieces of at most 17 bits of dot (one ECP5 MULT18X18D each, C being
+        # unsigned and at most 17 bits wide), registered; amp: their sum. The multiplier blocks
+        # and the adders joining their outputs were too long for one stage.
         prod_w = W + nm.const_bits + 1
-        prod = reg(dot * c_reg, "am_prod", signed(prod_w))
+        pieces = split_product(m, platform, dot, c_reg, "am_prod")
         side = [reg(x, f"am_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        prod = reg(join_pieces(pieces), "amp_prod", signed(prod_w))
+        side = [reg(x, f"amp_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
         # Rounding shift and saturation, score = clamp(floor((prod + rnd) / 2^shift)), in two
@@ -547,28 +628,41 @@ class AttentionCore(wiring.Component):
 
         def sat_threshold(bound, sh):
             return min(max((bound << sh) - ((1 << sh) >> 1), thr_min), thr_max)
-        # The thresholds and the rounding constant follow sh_reg one cycle behind (a table read:
-        # the shift is set with the command, long before the job's first pair reaches ar1).
+        # The thresholds follow sh_reg one cycle behind (a table read: the shift is set with the
+        # command, long before the job's first pair reaches ar1).
         sh_values = range(1 << len(sh_reg))
-        rnd_job = reg(Array([Const((1 << sh) >> 1, 63) for sh in sh_values])[sh_reg], "a_rnd_job", 63)
         hi_job = reg(Array([Const(sat_threshold(smax + 1, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
                      "a_sat_hi_job", signed(prod_w + 1))
         lo_job = reg(Array([Const(sat_threshold(smin, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
                      "a_sat_lo_job", signed(prod_w + 1))
-        rounded = reg(prod + rnd_job, "ar1_rounded")
-        over = reg(prod >= hi_job, "ar1_over")
-        under = reg(prod < lo_job, "ar1_under")
+        # The rounding shift as floor((prod + 2^(sh-1)) / 2^sh) = (floor(prod / 2^(sh-1)) + 1) >> 1
+        # (sh >= 1; with y = 2 prod for sh = 0 the same formula gives prod): the variable shift
+        # in ar1, an add of the SW + 1 bits that are kept in ar2, so that no wide add precedes
+        # the shift. Only the low SW bits of the result are used: exact when not saturated.
+        sh_zero = reg(sh_reg == 0, "a_sh_zero_job")
+        sh_less1 = reg(sh_reg - 1, "a_sh_less1_job", unsigned(len(sh_reg)))
+        half_shifted = reg(Mux(sh_zero, prod << 1, prod >> sh_less1)[:SW + 1], "ar1_half", signed(SW + 1))
+        # The saturation tests in two halves: the low halves compared (unsigned) in ar1, the high
+        # halves (signed) and the result in ar2 (one compare across all prod_w bits was too long):
+        # x >= y  <=>  x_hi > y_hi | (x_hi == y_hi & x_lo >= y_lo), likewise for <.
+        cut = prod_w // 2
+        prod_hi = reg(prod[cut:].as_signed(), "ar1_prod_hi")
+        lo_ge_hi = reg(prod[:cut] >= hi_job[:cut], "ar1_lo_ge")
+        lo_lt_lo = reg(prod[:cut] < lo_job[:cut], "ar1_lo_lt")
         side = [reg(x, f"ar1_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        shifted = Signal(signed(SW))   # only its low SW bits are used: exact when not saturated
-        m.d.comb += shifted.eq(rounded >> sh_reg)
+        hi_hi, lo_hi = hi_job[cut:].as_signed(), lo_job[cut:].as_signed()
+        over = (prod_hi > hi_hi) | ((prod_hi == hi_hi) & lo_ge_hi)
+        under = (prod_hi < lo_hi) | ((prod_hi == lo_hi) & lo_lt_lo)
+        shifted = Signal(signed(SW))
+        m.d.comb += shifted.eq((half_shifted + 1) >> 1)
         score = reg(Mux(under, smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
-        ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
+        ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast, ae_first = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
         # End of A: score buffer write, block max, slot handoff.
         run_max = Signal(signed(SW))
-        new_max = Mux(ae_empty, smin, Mux((ae_key == 0) | (score > run_max), score, run_max))
+        new_max = Mux(ae_empty, smin, Mux(ae_first | (score > run_max), score, run_max))
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
                      s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
         with m.If(ae_v):
@@ -598,30 +692,39 @@ class AttentionCore(wiring.Component):
             "row": range(Br), "P": data.ArrayLayout(signed(PSW), D), "psum": unsigned(PSUMW),
             "alpha": unsigned(PW), "xt": data.ArrayLayout(8, nb), "first": 1, "final": 1, "lastrow": 1,
         })
-        m.submodules.fifo = fifo = SyncFIFO(width=data.Layout.cast(fifo_layout).size, depth=2)
+        # Row FIFO (B -> U) with a registered output: the row update addresses the row state
+        # with the entry's row, which through the asynchronous read of a SyncFIFO was too long.
+        # At most 2 rows are in B and the FIFO (``inflight``), but a SyncFIFOBuffered of depth 2
+        # refuses a write while its one inner entry moves to the output register, so two rows
+        # finishing in consecutive cycles (blocks of one key or none) need depth 3.
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=data.Layout.cast(fifo_layout).size, depth=3)
         inflight = Signal(range(3))
         b_row = Signal(range(Br))
         b_key = Signal(range(Bc))
         b_seq = Signal(range(N_SLOTS))
-        b_n = pick(bk_n, b_ptr)
-        b_empty = b_n == 0
-        b_rowstart = b_key == 0
+        b_empty = pick(bk_empty, b_ptr)
+        b_rowstart = Signal(init=1)   # b_key == 0, kept as a flag
         b_issue = Signal()
-        # A row's running max is read from ``mreg`` at issue and its new value written back in
-        # the next stage (b0), so a rowstart of the same row in the very next cycle (a tile of
-        # one row and a block of at most one key) would read the old value: it waits a cycle.
-        b_same_row_next = Signal()
-        m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) & ~b_same_row_next &
+        # A row's running max is read from ``mreg`` at its rowstart and the new one written back
+        # two cycles later (b1), so two rowstarts of one row must be at least 3 cycles apart.
+        # Between them B issues every other row of the tile once (at least a cycle each): only
+        # tiles of one or two rows can come closer, and after the last key of such a bank B
+        # waits two cycles (b_hold, a shift register: waiting while its bit 0 is set).
+        b_hold = Signal(2)
+        m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) & ~b_hold[0] &
                                (~b_rowstart | (slot_ready[b_seq] & (inflight < 2))))
-        b_lastkey = b_empty | (b_key == b_n - 1)
-        b_lastrow = b_row == pick(bk_nr, b_ptr) - 1
+        b_lastkey = b_empty | Mux(b_ptr, b_key == bk_lastkey[1], b_key == bk_lastkey[0])
+        b_lastrow = Mux(b_ptr, b_row == bk_lastrow[1], b_row == bk_lastrow[0])
         b_first = pick(bk_first, b_ptr)
-        m.d.sync += b_same_row_next.eq(b_issue & b_rowstart & b_lastkey & b_lastrow & (b_row == 0))
+        with m.If(b_issue & b_lastkey & b_lastrow & pick(bk_tiny, b_ptr)):
+            m.d.sync += b_hold.eq(0b11)
+        with m.Else():
+            m.d.sync += b_hold.eq(b_hold >> 1)
         m.d.comb += m_rd.addr.eq(b_row)
         m.d.comb += [s_rd.addr.eq(b_seq * Bc + b_key), v_rd.addr.eq(Mux(b_ptr, Bc, 0) + b_key)]
         with m.If(b_issue):
             with m.If(b_lastkey):
-                m.d.sync += [slot_ready[b_seq].eq(0), slot_busy[b_seq].eq(0), b_key.eq(0),
+                m.d.sync += [slot_ready[b_seq].eq(0), slot_busy[b_seq].eq(0), b_key.eq(0), b_rowstart.eq(1),
                              b_seq.eq(b_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
                                       Mux(b_seq == N_SLOTS - 1, 0, b_seq + 1))]
                 with m.If(b_lastrow):
@@ -632,7 +735,7 @@ class AttentionCore(wiring.Component):
                 with m.Else():
                     m.d.sync += b_row.eq(b_row + 1)
             with m.Else():
-                m.d.sync += b_key.eq(b_key + 1)
+                m.d.sync += [b_key.eq(b_key + 1), b_rowstart.eq(0)]
         pop = Signal()
         start_row = b_issue & b_rowstart
         m.d.sync += inflight.eq(inflight + start_row - pop)
@@ -643,25 +746,28 @@ class AttentionCore(wiring.Component):
 
         # b0: block-RAM reads in flight (their output registers); the row's old running max (the
         # LUT-RAM read, or score_min before the row's first kept block) and the block max
-        # registered. m_new = max(m, block max) is formed here, written back to ``mreg`` and
-        # held for the row's other keys: at issue, the read, the compare and the write-back
-        # were in series.
+        # registered, then compared (registered into b1). b1: m_new = max(m, block max) is
+        # selected, written back to ``mreg`` and held for the row's other keys. The read, the
+        # compare and the write-back were in series at issue, and the compare and the write-back
+        # still too long for one stage.
         ctl = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty, first=b_first,
                    final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow,
                    **{f"xt{i}": pick([bk_xt[0][i], bk_xt[1][i]], b_ptr) for i in range(nb)})
         ctl = delay(ctl, "b0")
         mold0 = reg(Mux(b_first, smin, m_rd.data), "b0_mold", signed(SW))
         bmax0 = reg(slot_bmax[b_seq], "b0_bmax", signed(SW))
-        mnew0 = Mux(bmax0 > mold0, bmax0, mold0)
+        bmax_gt = reg(bmax0 > mold0, "b1_bmax_gt")
+        bmax1, mold1_read = reg(bmax0, "b1_bmax"), reg(mold0, "b1_mold_read")
+        # b1: the score and V reads leave their RAM output registers.
+        ctl = delay(ctl, "b1")
+        mnew_fk = Mux(bmax_gt, bmax1, mold1_read)
         cur_mnew = Signal(signed(SW))
         cur_mold = Signal(signed(SW))
         with m.If(ctl["v"] & ctl["fk"]):
-            m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(mnew0), m_wr.en.eq(1)]
-            m.d.sync += [cur_mnew.eq(mnew0), cur_mold.eq(mold0)]
-        mnew1 = reg(Mux(ctl["fk"], mnew0, cur_mnew), "b1_mnew", signed(SW))
-        mold1 = reg(Mux(ctl["fk"], mold0, cur_mold), "b1_mold", signed(SW))
-        # b1: the score and V reads leave their RAM output registers.
-        ctl = delay(ctl, "b1")
+            m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(mnew_fk), m_wr.en.eq(1)]
+            m.d.sync += [cur_mnew.eq(mnew_fk), cur_mold.eq(mold1_read)]
+        mnew1 = Mux(ctl["fk"], mnew_fk, cur_mnew)
+        mold1 = Mux(ctl["fk"], mold1_read, cur_mold)
         s_val = s_rd.data.as_signed()
         vview = data.View(self.v_layout, v_rd.data)
 
@@ -689,9 +795,11 @@ class AttentionCore(wiring.Component):
             code = vview.codes[d]
             mag_code = code[:fv.code_width - 1]
             exp = mag_code[fv.mbits:]
+            # sig << (exp - 1) for a normal code, as (sig << exp) >> 1 (no subtract in front of
+            # the shift); a subnormal one is its mantissa field
             normal = exp.any()
-            sig = Cat(mag_code[:fv.mbits], normal)
-            v_mag.append(reg(sig << Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)], f"b1d_vmag{d}", vbits))
+            shifted = (Cat(mag_code[:fv.mbits], Const(1)) << exp) >> 1
+            v_mag.append(reg(Mux(normal, shifted, mag_code[:fv.mbits]), f"b1d_vmag{d}", vbits))
             v_neg.append(reg(code[fv.code_width - 1], f"b1d_vneg{d}"))
         v_align = []
         for i in range(nb):
@@ -713,7 +821,10 @@ class AttentionCore(wiring.Component):
         p_T, a_T = reg(rom_p.data, "b3_pT"), reg(rom_a.data, "b3_aT")
         p_n0, a_n0 = reg(p_n == 0, "b3_pn0"), reg(a_n == 0, "b3_an0")
         p_nm1, a_nm1 = reg(p_n - 1, "b3_pnm1", range(PB + 2)), reg(a_n - 1, "b3_anm1", range(PB + 2))
-        vfix = [reg((x << nm.v_guard) >> v_align[d // B], f"b3_vfix{d}", signed(VFW)) for d, x in enumerate(v_int)]
+        # The alignment shift in two parts: by the amount's multiple of 4 here, the rest in b4.
+        vfix = [reg((x << nm.v_guard) >> Cat(Const(0, 2), v_align[d // B][2:]), f"b3_vcoarse{d}", signed(VFW))
+                for d, x in enumerate(v_int)]
+        v_align = [reg(x[:2], f"b3_dsh{i}") for i, x in enumerate(v_align)]
         ctl = delay(ctl, "b3")
 
         # b3 -> b4 -> b5: the rounding shift (T + 2^(n-1)) >> n (T itself when n = 0) in two
@@ -725,35 +836,45 @@ class AttentionCore(wiring.Component):
         def round_off(y):
             return (y >> 1) + y[0]
         p_y, a_y = half_shift(p_T, p_n0, p_nm1, "b4_py"), half_shift(a_T, a_n0, a_nm1, "b4_ay")
-        vfix = [reg(x, f"b4_vfix{d}") for d, x in enumerate(vfix)]
+        vfix = [reg(x >> v_align[d // B], f"b4_vfix{d}") for d, x in enumerate(vfix)]
         ctl = delay(ctl, "b4")
         p5 = reg(Mux(ctl["empty"], 0, round_off(p_y)), "b5_p", unsigned(PW))
         alpha5 = reg(round_off(a_y), "b5_alpha", unsigned(PW))
         vfix = [reg(x, f"b5_vfix{d}") for d, x in enumerate(vfix)]
         ctl = delay(ctl, "b5")
 
-        # b6: products.
-        prod6 = [reg(p5 * x, f"b6_prod{d}", signed(PRW)) for d, x in enumerate(vfix)]
+        # b6: the products p * vfix in pieces of vfix (split_product: one MULT18X18D with its
+        # output register each on ECP5); b7: the pieces joined. vfix is wider than 18 bits, so
+        # one product is two multiplier blocks and an adder: too long for one stage.
+        pieces6 = [split_product(m, platform, x, p5, f"b6_prod{d}") for d, x in enumerate(vfix)]
         p6 = reg(p5, "b6_p")
         alpha6 = reg(alpha5, "b6_alpha")
         ctl = delay(ctl, "b6")
+        prod7 = [reg(join_pieces(pieces), f"b7_prod{d}", signed(PRW)) for d, pieces in enumerate(pieces6)]
+        p7 = reg(p6, "b7_p")
+        alpha7 = reg(alpha6, "b7_alpha")
+        ctl = delay(ctl, "b7")
 
-        # b7: exact block sums; the row's last key pushes the row into the FIFO.
+        # b8: exact block sums. b9: the row's last key has its sums in acc_P / acc_ps, which are
+        # written to the FIFO from these registers (the sums' adders in front of the FIFO's write
+        # were a critical path).
         acc_P = [Signal(signed(PSW), name=f"P{d}") for d in range(D)]
         acc_ps = Signal(PSUMW)
         alpha_keep = Signal(PW)
-        new_P = [Mux(ctl["fk"], 0, a) + x for a, x in zip(acc_P, prod6)]
-        new_ps = Mux(ctl["fk"], 0, acc_ps) + p6
+        new_P = [Mux(ctl["fk"], 0, a) + x for a, x in zip(acc_P, prod7)]
+        new_ps = Mux(ctl["fk"], 0, acc_ps) + p7
         with m.If(ctl["v"]):
             m.d.sync += [a.eq(x) for a, x in zip(acc_P, new_P)]
             m.d.sync += acc_ps.eq(new_ps)
             with m.If(ctl["fk"]):
-                m.d.sync += alpha_keep.eq(alpha6)
+                m.d.sync += alpha_keep.eq(alpha7)
+        row_done = reg(ctl["v"] & ctl["lk"], "b9_row_done")
+        ctl = delay(ctl, "b9")
         fw = data.View(fifo_layout, fifo.w_data)
-        m.d.comb += [fw.row.eq(ctl["row"]), fw.psum.eq(new_ps), fw.alpha.eq(Mux(ctl["fk"], alpha6, alpha_keep)),
+        m.d.comb += [fw.row.eq(ctl["row"]), fw.psum.eq(acc_ps), fw.alpha.eq(alpha_keep),
                      fw.first.eq(ctl["first"]), fw.final.eq(ctl["final"]), fw.lastrow.eq(ctl["lastrow"]),
-                     fifo.w_en.eq(ctl["v"] & ctl["lk"])]
-        m.d.comb += [fw.P[d].eq(x) for d, x in enumerate(new_P)]
+                     fifo.w_en.eq(row_done)]
+        m.d.comb += [fw.P[d].eq(x) for d, x in enumerate(acc_P)]
         m.d.comb += [fw.xt[i].eq(ctl[f"xt{i}"]) for i in range(nb)]
 
         # ---------------------------------------------------------------- row update (U)
@@ -777,27 +898,16 @@ class AttentionCore(wiring.Component):
         # MULT18X18D each, alpha being unsigned) and U1P adds the registered pieces: the whole
         # product in one stage (multiplier blocks, routing, then the LUT adders that join their
         # outputs) was the critical path.
-        def mul_pieces(x, name):
-            """(piece, offset) of x split into 17-bit slices, unsigned but the signed top slice."""
-            bounds = list(range(0, len(x), 17)) + [len(x)]
-            pieces = []
-            for n, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-                piece = x[lo:hi]
-                if x.shape().signed and hi == len(x):
-                    piece = piece.as_signed()
-                prod = piece * u_alpha
-                pieces.append((Signal(prod.shape(), name=f"{name}_p{n}"), prod, lo))
-            return pieces
-        uA_pieces = [mul_pieces(stv.acc[d], f"u_accx{d}") for d in range(D)]
-        uL_pieces = mul_pieces(stv.l, "u_lx")
-
-        def join_pieces(pieces):
-            return sum(p << lo for p, _, lo in pieces)
+        u_rescale = Signal()   # in U1M: the pieces of the state times alpha are registered
+        uA_pieces = [split_product(m, platform, stv.acc[d], u_alpha, f"u_accx{d}", u_rescale) for d in range(D)]
+        uL_pieces = split_product(m, platform, stv.l, u_alpha, "u_lx", u_rescale)
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
         e_up = [Signal(8, name=f"u_eup{i}") for i in range(nb)]        # e_new - e (>= 0)
         xt_down = [Signal(8, name=f"u_xtdown{i}") for i in range(nb)]  # e_new - Xt (>= 0)
         amt_a = [Signal(range(AW + PW + 1), name=f"u_amta{i}") for i in range(nb)]
         amt_p = [Signal(range(PSW + 1), name=f"u_amtp{i}") for i in range(nb)]
+        acc_coarse = [Signal(signed(AW + PW + 1), name=f"u_acccoarse{d}") for d in range(D)]
+        p_coarse = [Signal(signed(PSW), name=f"u_pcoarse{d}") for d in range(D)]
         acc_term = [Signal(signed(AW), name=f"u_accterm{d}") for d in range(D)]  # rescaled state, aligned
         p_term = [Signal(signed(AW), name=f"u_pterm{d}") for d in range(D)]      # block sum, aligned
         l_term = Signal(LW)
@@ -818,8 +928,7 @@ class AttentionCore(wiring.Component):
                 # The state read passes the RAM's output register.
                 m.next = "U1M"
             with m.State("U1M"):
-                for pieces in uA_pieces + [uL_pieces]:
-                    m.d.sync += [p.eq(prod) for p, prod, _ in pieces]
+                m.d.comb += u_rescale.eq(1)
                 # The exponent alignment does not wait for the rescale: e_new - e and e_new - Xt
                 # come from two subtractors side by side (each then one sign test), and U1P turns
                 # them into the clamped shift amounts. Done after the rescale in one stage
@@ -843,13 +952,21 @@ class AttentionCore(wiring.Component):
                                                  PB - nm.acc_frac + xt_down[i]))]
                 m.next = "U2"
             with m.State("U2"):
-                # The aligned terms, then their sums in U2S: shift and add in one stage (a 56-bit
-                # barrel shift fanned out from one amount per MX block, then a 40-bit add) were
-                # a critical path.
+                # The aligned terms in two shifts, by the amount's multiple of 8 (U2) and by the
+                # rest (U2F), then their sums in U2S: the whole 56-bit barrel shift, fanned out
+                # from one amount per MX block, and the add were each too long for one stage
+                # (floor shifts compose: x >> (a + b) = (x >> a) >> b).
                 for d in range(D):
                     i = d // B
-                    m.d.sync += [acc_term[d].eq(uA[d] >> amt_a[i]), p_term[d].eq(ent.P[d] >> amt_p[i])]
+                    m.d.sync += [acc_coarse[d].eq(uA[d] >> Cat(Const(0, 3), amt_a[i][3:])),
+                                 p_coarse[d].eq(ent.P[d] >> Cat(Const(0, 3), amt_p[i][3:]))]
                 m.d.sync += l_term.eq(uL >> PB)
+                m.next = "U2F"
+            with m.State("U2F"):
+                for d in range(D):
+                    i = d // B
+                    m.d.sync += [acc_term[d].eq(acc_coarse[d] >> amt_a[i][:3]),
+                                 p_term[d].eq(p_coarse[d] >> amt_p[i][:3])]
                 m.next = "U2S"
             with m.State("U2S"):
                 m.d.sync += [acc_new[d].eq((acc_term[d] + p_term[d])[:AW]) for d in range(D)]
@@ -882,19 +999,25 @@ class AttentionCore(wiring.Component):
         dv_masked = Signal()
         with m.FSM(name="divider"):
             with m.State("IDLE"):
+                # While idle the divider loads the row update's result every cycle, so that the
+                # start (a handshake with the update FSM) only changes the state: as the enable
+                # of all these registers it was a critical path.
                 m.d.comb += div_idle.eq(1)
+                for d in range(D):
+                    a = acc_new[d]
+                    mag = Signal(AW, name=f"dv_mag{d}")
+                    m.d.comb += mag.eq(Mux(a < 0, -a, a))
+                    num = Signal(NW, name=f"dv_n{d}")
+                    m.d.comb += num.eq(mag << PB)
+                    m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
+                                 dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
+                m.d.sync += [dv_l.eq(l_new), dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
+                # k * l for every digit k, as shifted copies of l added (a constant multiply
+                # would be mapped to a multiplier block)
+                m.d.sync += [dv_lk[k].eq(sum(l_new << j for j in range(steps) if k >> j & 1))
+                             for k in range(1, n_digits)]
+                m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
                 with m.If(div_start):
-                    for d in range(D):
-                        a = acc_new[d]
-                        mag = Signal(AW, name=f"dv_mag{d}")
-                        m.d.comb += mag.eq(Mux(a < 0, -a, a))
-                        num = Signal(NW, name=f"dv_n{d}")
-                        m.d.comb += num.eq(mag << PB)
-                        m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
-                                     dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
-                    m.d.sync += [dv_l.eq(l_new), dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
-                    m.d.sync += [dv_lk[k].eq(l_new * k) for k in range(1, n_digits)]
-                    m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
                     m.next = "ITER"
             with m.State("ITER"):
                 # div_steps quotient bits a cycle as one radix-2^steps digit: the next remainder
@@ -904,18 +1027,19 @@ class AttentionCore(wiring.Component):
                 for d in range(D):
                     rem, num, q = dv_rem[d], dv_num[d], dv_q[d]
                     x = Cat(num[Wq - steps:], rem[:LW])        # rem * 2^steps + the next bits
-                    fits = [Const(1)] + [Signal(name=f"dv_fits{d}_{k}") for k in range(1, n_digits)]
-                    diffs = [x] + [Signal(signed(LW + steps + 1), name=f"dv_diff{d}_{k}") for k in range(1, n_digits)]
+                    fits = []
+                    diffs = [x[:LW]]
                     for k in range(1, n_digits):
-                        m.d.comb += [diffs[k].eq(x - dv_lk[k]), fits[k].eq(~diffs[k][-1])]
-                    fits.append(Const(0))
-                    digit, rem_new = 0, 0
-                    for k in range(n_digits):
-                        pick_k = fits[k] & ~fits[k + 1]
-                        digit = digit | Mux(pick_k, k, 0)
-                        rem_new = rem_new | Mux(pick_k, diffs[k][:LW], 0)
-                    m.d.sync += [dv_rem[d].eq(rem_new), dv_num[d].eq((num << steps)[:Wq]),
-                                 dv_q[d].eq(Cat(Const(0, steps) | digit, q)[:Wq])]
+                        diff = Signal(signed(LW + steps + 1), name=f"dv_diff{d}_{k}")
+                        m.d.comb += diff.eq(x - dv_lk[k])
+                        fits.append(~diff[-1])
+                        diffs.append(diff[:LW])
+                    # the digit is the number of candidates that fit (a thermometer code), and
+                    # it selects the next remainder
+                    digit = Signal(steps, name=f"dv_digit{d}")
+                    m.d.comb += digit.eq(sum(fits))
+                    m.d.sync += [dv_rem[d].eq(Array(diffs)[digit]), dv_num[d].eq((num << steps)[:Wq]),
+                                 dv_q[d].eq(Cat(digit, q)[:Wq])]
                 m.d.sync += dv_cnt.eq(dv_cnt + steps)
                 with m.If(dv_cnt + steps >= Wq):
                     m.next = "ROUND"
@@ -923,17 +1047,21 @@ class AttentionCore(wiring.Component):
                 # Round half up: one more quotient bit from the remainder (ties go up for y >= 0
                 # and toward zero in magnitude for y < 0, i.e. toward +inf); applied with the sign
                 # in SIGN: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
+                # A fully masked row (l = 0) gives y = 0: q, up and the sign are cleared here.
+                masked = dv_l == 0
                 for d in range(D):
                     twice = Cat(0, dv_rem[d])
-                    m.d.sync += dv_up[d].eq(Mux(dv_neg[d], twice > dv_l, twice >= dv_l))
-                m.d.sync += dv_masked.eq(dv_l == 0)
+                    m.d.sync += [dv_up[d].eq(~masked & Mux(dv_neg[d], twice > dv_l, twice >= dv_l)),
+                                 dv_neg[d].eq(~masked & dv_neg[d])]
+                    with m.If(masked):
+                        m.d.sync += dv_q[d].eq(0)
+                m.d.sync += dv_masked.eq(masked)
                 m.next = "SIGN"
             with m.State("SIGN"):
                 ow = self.out_width
                 for d in range(D):
                     flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
-                    y = ((dv_q[d][:ow] ^ flip) + (dv_up[d] ^ dv_neg[d]))[:ow]
-                    m.d.sync += self.o.payload.y[d].eq(Mux(dv_masked, 0, y))
+                    m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + (dv_up[d] ^ dv_neg[d]))
                 for i in range(nb):
                     m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
                 m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
