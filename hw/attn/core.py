@@ -37,9 +37,10 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 8 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 9 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
-  golden model: the state read (two cycles, the RAM's output register), the rescale in two
+  golden model: the FIFO entry into registers, the state read at its row (two cycles, the RAM's
+  output register), the rescale in two
   stages (multiplier pieces, their sum; the exponent differences and then the shift amounts are
   formed beside them), the aligned terms in two shifts, their sum, the write-back. After the
   row's last kept block the result goes to the divider instead.
@@ -92,7 +93,7 @@ to back (the core pulls each in the order above); every stream may stall at any 
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -141,8 +142,26 @@ def split_product(m, platform, x, y, name, en=None):
 
 
 def join_pieces(pieces):
-    """Sum of the registered slice products, each at its offset."""
-    return sum(p << lo for p, lo in pieces)
+    """Sum of the registered slice products, each at its offset. When the other operand has at
+    most 17 bits a product of a 17-bit slice has at most 34 bits, so pieces 0, 2, 4, ... do not
+    overlap and are joined by concatenation, likewise 1, 3, 5, ... (only the top piece can be
+    signed, and it is the last of its group): one adder. Summed one after another, three pieces
+    were two adders in series."""
+    groups = [g for g in (pieces[0::2], pieces[1::2]) if g]
+    if not all(not p.shape().signed and lo + len(p) <= g[k + 1][1]
+               for g in groups for k, (p, lo) in enumerate(g[:-1])):
+        return sum(p << lo for p, lo in pieces)
+
+    def placed(group):
+        parts, pos = [], 0
+        for p, lo in group:
+            if lo > pos:
+                parts.append(Const(0, lo - pos))
+            parts.append(p)
+            pos = lo + len(p)
+        value = Cat(*parts)
+        return value.as_signed() if group[-1][0].shape().signed else value
+    return sum(placed(g) for g in groups)
 
 
 class AttentionCore(wiring.Component):
@@ -246,7 +265,7 @@ class AttentionCore(wiring.Component):
         # clock-to-out (sim/synth_probe.py), which alone would fill most of a 150 MHz cycle.
         # None of them is read at an address written at the same edge: the loader writes a bank
         # (or the Q rows) only while no unit reads it, A and B use different score slots, and the
-        # row update reads the row state in U0 and writes it back in U3.
+        # row update reads the row state in U1 and writes it back in U3.
         m.submodules.qmem = qmem = PipelinedRAM(q_width, Br, "qmem")
         m.submodules.kmem = kmem = PipelinedRAM(q_width, 2 * Bc, "kmem")
         m.submodules.vmem = vmem = PipelinedRAM(v_width, 2 * Bc, "vmem")
@@ -257,10 +276,15 @@ class AttentionCore(wiring.Component):
         state_width = data.Layout.cast(state_layout).size
         m.submodules.smem = smem = PipelinedRAM(state_width, Br, "smem")
         table = [int(x) for x in exp2_table(nm)]
-        # The exp2 table stays in LUTs (rom_style "logic"): with its registered output Yosys would
-        # otherwise infer a DP16KD without the output register (5.8 ns clock-to-out).
-        m.submodules.rom = rom = Memory(shape=unsigned(PW), depth=len(table), init=table,
-                                        attrs={"rom_style": "logic"})
+        # The exp2 table in two halves (by the index's top bit), read side by side and selected
+        # a stage later, in front of the rounding shift: one function of all index bits per
+        # output bit was a LUT level deeper than the cycle allows. They stay in LUTs (rom_style
+        # "logic"): with their registered outputs Yosys would otherwise infer DP16KDs without the
+        # output register (5.8 ns clock-to-out).
+        half_len = len(table) // 2
+        roms = [Memory(shape=unsigned(PW), depth=half_len, init=table[h * half_len:(h + 1) * half_len],
+                       attrs={"rom_style": "logic"}) for h in range(2)]
+        m.submodules.rom_lo, m.submodules.rom_hi = roms
 
         q_wr, k_wr, v_wr = qmem.write, kmem.write, vmem.write
         q_rd, k_rd, v_rd = qmem.read, kmem.read, vmem.read
@@ -268,7 +292,8 @@ class AttentionCore(wiring.Component):
         m_wr, m_rd = mreg.write_port(), mreg.read_port(domain="comb")
         st_wr, st_rd = smem.write, smem.read
         m.d.comb += [ram.r_en.eq(1) for ram in (qmem, kmem, vmem, sbuf, smem)]
-        rom_p, rom_a = rom.read_port(domain="comb"), rom.read_port(domain="comb")
+        rom_p = [r.read_port(domain="comb") for r in roms]   # p's lookup in each half
+        rom_a = [r.read_port(domain="comb") for r in roms]   # alpha's
 
         # ---------------------------------------------------------------- job registers
         c_reg = Signal(nm.const_bits)
@@ -326,6 +351,12 @@ class AttentionCore(wiring.Component):
         ld_final = Signal()
 
         vpay = data.View(self.v_layout, self.v.payload.as_value())
+        # The RAM write addresses and data do not depend on the loader's state (only the write
+        # enables do): decoding the state in front of every data bit was a critical path.
+        kv_addr = Mux(ld_bank, Bc, 0) + kcnt
+        m.d.comb += [q_wr.addr.eq(qcnt), q_wr.data.eq(self.q.payload.as_value()),
+                     k_wr.addr.eq(kv_addr), k_wr.data.eq(self.k.payload.as_value()),
+                     v_wr.addr.eq(kv_addr), v_wr.data.eq(self.v.payload.as_value())]
         with m.FSM(name="loader"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -354,8 +385,7 @@ class AttentionCore(wiring.Component):
                     m.d.sync += qcnt.eq(0)
                     m.next = "QLOAD"
             with m.State("QLOAD"):
-                m.d.comb += [self.q.ready.eq(1), q_wr.addr.eq(qcnt), q_wr.data.eq(self.q.payload.as_value()),
-                             q_wr.en.eq(self.q.valid)]
+                m.d.comb += [self.q.ready.eq(1), q_wr.en.eq(self.q.valid)]
                 with m.If(self.q.valid):
                     m.d.sync += qcnt.eq(qcnt + 1)
                     with m.If(qcnt == nr_last):
@@ -396,10 +426,8 @@ class AttentionCore(wiring.Component):
                 # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
                 # and B, which would read it, is idle).
                 take = self.k.valid & (self.v.valid | sim_reg)
-                addr = Mux(ld_bank, Bc, 0) + kcnt
                 m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take & ~sim_reg),
-                             k_wr.addr.eq(addr), k_wr.data.eq(self.k.payload.as_value()), k_wr.en.eq(take),
-                             v_wr.addr.eq(addr), v_wr.data.eq(self.v.payload.as_value()), v_wr.en.eq(take & ~sim_reg)]
+                             k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
                 with m.If(take):
                     m.d.sync += kcnt.eq(kcnt + 1)
                     for b in range(2):
@@ -515,14 +543,15 @@ class AttentionCore(wiring.Component):
         sig_bits = fq.mbits + 1
         lanes = []
         for d, (sig_q, sh_q, sig_k, sh_k, neg) in enumerate(split):
-            value = Signal(signed(2 * sig_bits + 1), name=f"sig_product{d}")
-            with m.Switch(Cat(sig_k, sig_q, neg)):
-                for sq in range(1, 1 << sig_bits):
-                    for sk in range(1, 1 << sig_bits):
-                        for sign in (0, 1):
-                            with m.Case(sign << (2 * sig_bits) | sq << sig_bits | sk):
-                                m.d.comb += value.eq(-sq * sk if sign else sq * sk)
-            lanes.append((reg(value, f"a2_val{d}"), reg(sh_q + sh_k, f"a2_sh{d}")))
+            # A ROM kept in LUTs (rom_style "logic"): with its registered output Yosys would
+            # otherwise put it in a DP16KD without the output register (5.6 ns clock-to-out).
+            table = [(-(sq * sk) if sign else sq * sk)
+                     for sign in (0, 1) for sq in range(1 << sig_bits) for sk in range(1 << sig_bits)]
+            m.submodules[f"sig_table{d}"] = rom_d = Memory(shape=signed(2 * sig_bits + 1), depth=len(table), init=table,
+                                                           attrs={"rom_style": "logic"})
+            rd = rom_d.read_port(domain="comb")
+            m.d.comb += rd.addr.eq(Cat(sig_k, sig_q, neg))
+            lanes.append((reg(rd.data, f"a2_val{d}"), reg(sh_q + sh_k, f"a2_sh{d}")))
         esh = [reg(x, f"a2_esh{i}") for i, x in enumerate(esh)]
         side = [reg(x, f"a2_side{k}") for k, x in enumerate(side)]
         a_stages += 1
@@ -656,19 +685,27 @@ class AttentionCore(wiring.Component):
         under = (prod_hi < lo_hi) | ((prod_hi == lo_hi) & lo_lt_lo)
         shifted = Signal(signed(SW))
         m.d.comb += shifted.eq((half_shifted + 1) >> 1)
-        score = reg(Mux(under, smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
+        # The pair of an empty block (no key, score unused) gets score_min, which is that
+        # block's max: so the running max below restarts on the score at a row's first key or
+        # at an empty block alike.
+        score = reg(Mux(under | side[4], smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
+        ae_restart = reg(side[6] | side[4], "ar_restart")
         ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast, ae_first = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
-        # End of A: score buffer write, block max, slot handoff.
+        # End of A: score buffer write, block max; a cycle later, the slot handoff with the
+        # block max from run_max (a running-max compare in front of the slot registers' select
+        # was a critical path). B starts a row a cycle later for it: once a job, not a row.
         run_max = Signal(signed(SW))
-        new_max = Mux(ae_empty, smin, Mux(ae_first | (score > run_max), score, run_max))
+        new_max = Mux(ae_restart | (score > run_max), score, run_max)
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
                      s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
         with m.If(ae_v):
             m.d.sync += run_max.eq(new_max)
-            with m.If(ae_last & ~sim_reg):
-                m.d.sync += [slot_ready[ae_slot].eq(1), slot_bmax[ae_slot].eq(new_max)]
+        slot_done = reg(ae_v & ae_last & ~sim_reg, "ae_slot_done")
+        slot_done_seq = reg(ae_slot, "ae_slot_done_seq")
+        with m.If(slot_done):
+            m.d.sync += [slot_ready[slot_done_seq].eq(1), slot_bmax[slot_done_seq].eq(run_max)]
 
         # Similarity output: every score of the job goes into a FIFO that drives ``s``. A pair
         # is issued only when the FIFO will have room for it when it leaves the pipeline:
@@ -692,12 +729,7 @@ class AttentionCore(wiring.Component):
             "row": range(Br), "P": data.ArrayLayout(signed(PSW), D), "psum": unsigned(PSUMW),
             "alpha": unsigned(PW), "xt": data.ArrayLayout(8, nb), "first": 1, "final": 1, "lastrow": 1,
         })
-        # Row FIFO (B -> U) with a registered output: the row update addresses the row state
-        # with the entry's row, which through the asynchronous read of a SyncFIFO was too long.
-        # At most 2 rows are in B and the FIFO (``inflight``), but a SyncFIFOBuffered of depth 2
-        # refuses a write while its one inner entry moves to the output register, so two rows
-        # finishing in consecutive cycles (blocks of one key or none) need depth 3.
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=data.Layout.cast(fifo_layout).size, depth=3)
+        m.submodules.fifo = fifo = SyncFIFO(width=data.Layout.cast(fifo_layout).size, depth=2)
         inflight = Signal(range(3))
         b_row = Signal(range(Br))
         b_key = Signal(range(Bc))
@@ -815,10 +847,12 @@ class AttentionCore(wiring.Component):
         v_align = [reg(x, f"b2_dsh{i}") for i, x in enumerate(v_align)]
         ctl = delay(ctl, "b2")
 
-        # b2 -> b3: the exp2 table entries T registered, with n - 1 and n == 0; V aligned to Xt_b
-        # (floor shift).
-        m.d.comb += [rom_p.addr.eq(p_i), rom_a.addr.eq(a_i)]
-        p_T, a_T = reg(rom_p.data, "b3_pT"), reg(rom_a.data, "b3_aT")
+        # b2 -> b3: the exp2 table entries T registered (both halves and the index's top bit),
+        # with n - 1 and n == 0; V aligned to Xt_b (floor shift).
+        ib = nm.exp_bits - 1
+        m.d.comb += [port.addr.eq(p_i[:ib]) for port in rom_p] + [port.addr.eq(a_i[:ib]) for port in rom_a]
+        p_T = Mux(reg(p_i[ib], "b3_p_top"), reg(rom_p[1].data, "b3_pT_hi"), reg(rom_p[0].data, "b3_pT_lo"))
+        a_T = Mux(reg(a_i[ib], "b3_a_top"), reg(rom_a[1].data, "b3_aT_hi"), reg(rom_a[0].data, "b3_aT_lo"))
         p_n0, a_n0 = reg(p_n == 0, "b3_pn0"), reg(a_n == 0, "b3_an0")
         p_nm1, a_nm1 = reg(p_n - 1, "b3_pnm1", range(PB + 2)), reg(a_n - 1, "b3_anm1", range(PB + 2))
         # The alignment shift in two parts: by the amount's multiple of 4 here, the rest in b4.
@@ -881,6 +915,7 @@ class AttentionCore(wiring.Component):
         ent = Signal(fifo_layout)
         fr = data.View(fifo_layout, fifo.r_data)
         stv = data.View(state_layout, st_rd.data)   # the row state, valid in U1M
+        m.d.comb += st_rd.addr.eq(ent.row)
         # A row's first kept block starts from a zero state (acc, l and e): alpha is taken as 0
         # for the rescale and e as 0 for the exponents, so the state read needs no mux.
         u_alpha = Signal(PW)
@@ -889,13 +924,20 @@ class AttentionCore(wiring.Component):
         uL = Signal(LW + PW)
         div_idle = Signal()
         div_start = Signal()
+        # The start reaches the divider a cycle later, from a register (the two FSMs' state
+        # decodes in series were a critical path); the row's result stays in acc_new, l_new, e_new
+        # and ent for that cycle (the next row's update writes them at the earliest 2 cycles on).
+        div_go = Signal()
+        m.d.sync += div_go.eq(div_start)
         # The update is cut into register stages for timing (it was the core's critical path:
         # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
-        # U1 registers the state read, U1M the pieces of the rescaled state (and the exponent
-        # differences) and U1P their sum (and the shift amounts), U2 the shifted sums, and U3
-        # writes the state or hands the row to the divider from registers only.
+        # U0 takes the FIFO entry, U1 and U1W read the row state, U1M registers the pieces of the
+        # rescaled state (and the exponent differences), U1P their sum (and the shift amounts),
+        # U2 and U2F the aligned terms, U2S their sums, and U3 writes the state or hands the row
+        # to the divider from registers only.
         # U1M multiplies the state by alpha in pieces of at most 17 bits of the state (one ECP5
-        # MULT18X18D each, alpha being unsigned) and U1P adds the registered pieces: the whole
+        # MULT18X18D each with its output register, alpha being unsigned) and U1P adds the
+        # registered pieces (join_pieces: one adder): the whole
         # product in one stage (multiplier blocks, routing, then the LUT adders that join their
         # outputs) was the critical path.
         u_rescale = Signal()   # in U1M: the pieces of the state times alpha are registered
@@ -919,13 +961,18 @@ class AttentionCore(wiring.Component):
         m.d.comb += [stw.e[i].eq(e_new[i]) for i in range(nb)]
         with m.FSM(name="update"):
             with m.State("U0"):
-                m.d.comb += st_rd.addr.eq(fr.row)
+                # ent loads the FIFO's head every cycle here and keeps the one popped: a load
+                # enable from the FIFO's ready was a critical path (it fans out to every bit).
+                m.d.sync += [ent.eq(fifo.r_data), u_alpha.eq(Mux(fr.first, 0, fr.alpha))]
                 with m.If(fifo.r_rdy):
                     m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
-                    m.d.sync += [ent.eq(fifo.r_data), u_alpha.eq(Mux(fr.first, 0, fr.alpha))]
                     m.next = "U1"
             with m.State("U1"):
-                # The state read passes the RAM's output register.
+                # The row state is read at ent.row (from a register: through the FIFO's
+                # asynchronous read the address was too late for the RAM) and passes the RAM's
+                # output register in U1W.
+                m.next = "U1W"
+            with m.State("U1W"):
                 m.next = "U1M"
             with m.State("U1M"):
                 m.d.comb += u_rescale.eq(1)
@@ -1011,13 +1058,13 @@ class AttentionCore(wiring.Component):
                     m.d.comb += num.eq(mag << PB)
                     m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
                                  dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
-                m.d.sync += [dv_l.eq(l_new), dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
+                m.d.sync += [dv_l.eq(l_new), dv_masked.eq(l_new == 0), dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
                 # k * l for every digit k, as shifted copies of l added (a constant multiply
                 # would be mapped to a multiplier block)
                 m.d.sync += [dv_lk[k].eq(sum(l_new << j for j in range(steps) if k >> j & 1))
                              for k in range(1, n_digits)]
                 m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
-                with m.If(div_start):
+                with m.If(div_go):
                     m.next = "ITER"
             with m.State("ITER"):
                 # div_steps quotient bits a cycle as one radix-2^steps digit: the next remainder
@@ -1034,10 +1081,14 @@ class AttentionCore(wiring.Component):
                         m.d.comb += diff.eq(x - dv_lk[k])
                         fits.append(~diff[-1])
                         diffs.append(diff[:LW])
-                    # the digit is the number of candidates that fit (a thermometer code), and
-                    # it selects the next remainder
+                    # the digit is the number of candidates that fit: fits is a thermometer code,
+                    # so bit j of the digit is set when the last fitting k has bit j set (a sum
+                    # would put one more carry chain behind the subtractors)
                     digit = Signal(steps, name=f"dv_digit{d}")
-                    m.d.comb += digit.eq(sum(fits))
+                    fits_ext = [Const(1)] + fits + [Const(0)]
+                    m.d.comb += digit.eq(Cat(*[
+                        Cat(*[fits_ext[k] & ~fits_ext[k + 1] for k in range(1, n_digits) if k >> j & 1]).any()
+                        for j in range(steps)]))
                     m.d.sync += [dv_rem[d].eq(Array(diffs)[digit]), dv_num[d].eq((num << steps)[:Wq]),
                                  dv_q[d].eq(Cat(digit, q)[:Wq])]
                 m.d.sync += dv_cnt.eq(dv_cnt + steps)
@@ -1047,15 +1098,13 @@ class AttentionCore(wiring.Component):
                 # Round half up: one more quotient bit from the remainder (ties go up for y >= 0
                 # and toward zero in magnitude for y < 0, i.e. toward +inf); applied with the sign
                 # in SIGN: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
-                # A fully masked row (l = 0) gives y = 0: q, up and the sign are cleared here.
-                masked = dv_l == 0
+                # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: q, up and the
+                # sign are cleared here.
+                masked = dv_masked
                 for d in range(D):
                     twice = Cat(0, dv_rem[d])
                     m.d.sync += [dv_up[d].eq(~masked & Mux(dv_neg[d], twice > dv_l, twice >= dv_l)),
-                                 dv_neg[d].eq(~masked & dv_neg[d])]
-                    with m.If(masked):
-                        m.d.sync += dv_q[d].eq(0)
-                m.d.sync += dv_masked.eq(masked)
+                                 dv_neg[d].eq(~masked & dv_neg[d]), dv_q[d].eq(Mux(masked, 0, dv_q[d]))]
                 m.next = "SIGN"
             with m.State("SIGN"):
                 ow = self.out_width
