@@ -316,6 +316,13 @@ class AttentionCore(wiring.Component):
         bk_lastkey = bank_sig(range(Bc), "lastkey")
         bk_lastrow = bank_sig(range(Br), "lastrow")
         bk_tiny = bank_sig(1, "tiny")   # at most two rows (see b_hold)
+        # An empty bank (a tile with no kept block) becomes full a cycle after the loader describes
+        # it, like a loaded one (whose keys take at least that cycle): the units' registered
+        # last-key / last-row flags (issue_flags) see the new indices first.
+        empty_full = bank_sig(1, "empty_full")
+        for b in range(2):
+            with m.If(empty_full[b]):
+                m.d.sync += [bk_full[b].eq(1), empty_full[b].eq(0)]
         bk_first = bank_sig(1, "first")
         bk_final = bank_sig(1, "final")
         bk_lastjob = bank_sig(1, "lastjob")
@@ -323,6 +330,38 @@ class AttentionCore(wiring.Component):
 
         def pick(sigs, ptr):
             return Mux(ptr, sigs[1], sigs[0])
+
+        def issue_flags(issue, ptr, key, row, empty, name):
+            """Registered ``key == last key`` and ``row == last row`` of the bank at ``ptr`` for a
+            unit that issues one (row, key) pair a cycle (A or B): the compares with the bank's
+            indices sat between the issue decision and every counter it updates. Each cycle the
+            flags are formed for the position after this cycle, from registers only: after an
+            issue from the candidates (next key, first key of the next row, first key of the
+            other bank), else from the present position, so that a bank the loader has just
+            described is seen a cycle later (it becomes full no earlier than that, see
+            ``empty_full``)."""
+            key_last = Signal(init=1, name=f"{name}_key_last")
+            row_last = Signal(init=1, name=f"{name}_row_last")
+
+            def at(sel, f):
+                return Mux(sel, f(1), f(0))
+            now_key = at(ptr, lambda b: key == bk_lastkey[b])
+            now_row = at(ptr, lambda b: row == bk_lastrow[b])
+            next_key = at(ptr, lambda b: key + 1 == bk_lastkey[b])
+            next_row = at(ptr, lambda b: row + 1 == bk_lastrow[b])
+            first_key_same = at(ptr, lambda b: bk_lastkey[b] == 0)
+            first_key_other = at(ptr, lambda b: bk_lastkey[1 - b] == 0)
+            first_row_other = at(ptr, lambda b: bk_lastrow[1 - b] == 0)
+            with m.If(issue & (empty | key_last)):
+                with m.If(row_last):
+                    m.d.sync += [key_last.eq(first_key_other), row_last.eq(first_row_other)]
+                with m.Else():
+                    m.d.sync += [key_last.eq(first_key_same), row_last.eq(next_row)]
+            with m.Elif(issue):
+                m.d.sync += key_last.eq(next_key)
+            with m.Else():
+                m.d.sync += [key_last.eq(now_key), row_last.eq(now_row)]
+            return key_last, row_last
 
         q_busy = Signal()  # the tile's Q rows are still needed by the score unit
 
@@ -337,6 +376,7 @@ class AttentionCore(wiring.Component):
         qcnt = Signal(range(Br))
         kcnt = Signal(range(Bc))
         ld_last = Signal(range(Bc))   # index of the block's last key (its key count - 1)
+        kv_first = Signal()           # kcnt == 0: the block's first key is next
         # Registered tests on rem_bits and keys_left, kept with them, so that the block scan
         # decides from single bits: a wide zero test and a compare were in front of the loader's
         # and the bank descriptors' updates.
@@ -402,7 +442,7 @@ class AttentionCore(wiring.Component):
                         for b in range(2):
                             with m.If(ld_bank == b):
                                 m.d.sync += [bk_empty[b].eq(1), bk_lastkey[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
-                                             bk_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
+                                             empty_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
                         m.d.sync += ld_bank.eq(~ld_bank)
                         m.next = "NEXT"
                 with m.Elif(~rem_bits[0]):
@@ -411,7 +451,7 @@ class AttentionCore(wiring.Component):
                     m.d.comb += alloc.eq(1)
                     last_key = Mux(keys_big, Bc - 1, keys_left - 1)
                     final = rem_last
-                    m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0)]
+                    m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0), kv_first.eq(1)]
                     for b in range(2):
                         with m.If(ld_bank == b):
                             m.d.sync += [bk_empty[b].eq(0), bk_lastkey[b].eq(last_key), bk_first[b].eq(~seen_kept),
@@ -429,12 +469,12 @@ class AttentionCore(wiring.Component):
                 m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take & ~sim_reg),
                              k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
                 with m.If(take):
-                    m.d.sync += kcnt.eq(kcnt + 1)
+                    m.d.sync += [kcnt.eq(kcnt + 1), kv_first.eq(0)]
                     for b in range(2):
                         with m.If(ld_bank == b):
                             for i in range(nb):
                                 sc = vpay.scales[i]
-                                m.d.sync += bk_xt[b][i].eq(Mux((kcnt == 0) | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
+                                m.d.sync += bk_xt[b][i].eq(Mux(kv_first | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
                     with m.If(kcnt == ld_last):
                         for b in range(2):
                             with m.If(ld_bank == b):
@@ -469,8 +509,9 @@ class AttentionCore(wiring.Component):
         s_room = Signal()  # similarity: the score FIFO has room for one more pair in flight
         m.d.comb += a_issue.eq(pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr) &
                                Mux(sim_reg, s_room, ~a_rowstart | ~slot_busy[a_seq]))
-        a_lastkey = a_empty | Mux(a_ptr, a_key == bk_lastkey[1], a_key == bk_lastkey[0])
-        a_lastrow = Mux(a_ptr, a_row == bk_lastrow[1], a_row == bk_lastrow[0])
+        a_key_last, a_row_last = issue_flags(a_issue, a_ptr, a_key, a_row, a_empty, "a")
+        a_lastkey = a_empty | a_key_last
+        a_lastrow = a_row_last
         m.d.comb += [q_rd.addr.eq(a_row), k_rd.addr.eq(Mux(a_ptr, Bc, 0) + a_key)]
         # In similarity mode the softmax unit (B) stays idle: A neither claims score slots nor
         # advances the slot sequence (so that A and B agree on it in the next attention job),
@@ -567,7 +608,7 @@ class AttentionCore(wiring.Component):
                 zero=reg(sh >= W, f"a3_shzero{i}"),
                 left=reg(sh >= 0, f"a3_shleft{i}"),
                 left_amt=reg(sh[:_bits(W)], f"a3_shl{i}"),
-                right_amt=reg(Mux(-sh > sum_bits, sum_bits, -sh)[:_bits(sum_bits + 1)], f"a3_shr{i}")))
+                right_amt=reg(Mux(sh < -sum_bits, sum_bits, -sh)[:_bits(sum_bits + 1)], f"a3_shr{i}")))
         side = [reg(x, f"a3_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
@@ -668,21 +709,32 @@ class AttentionCore(wiring.Component):
         # (sh >= 1; with y = 2 prod for sh = 0 the same formula gives prod): the variable shift
         # in ar1, an add of the SW + 1 bits that are kept in ar2, so that no wide add precedes
         # the shift. Only the low SW bits of the result are used: exact when not saturated.
+        # The variable shift itself in two parts: by the multiple of 8 in ar1 (keeping the SW + 8
+        # bits that the rest needs), by the rest in ar1f (+1 A stage; 6 levels with the amount
+        # fanned out across prod were too long for one).
         sh_zero = reg(sh_reg == 0, "a_sh_zero_job")
         sh_less1 = reg(sh_reg - 1, "a_sh_less1_job", unsigned(len(sh_reg)))
-        half_shifted = reg(Mux(sh_zero, prod << 1, prod >> sh_less1)[:SW + 1], "ar1_half", signed(SW + 1))
-        # The saturation tests in two halves: the low halves compared (unsigned) in ar1, the high
-        # halves (signed) and the result in ar2 (one compare across all prod_w bits was too long):
+        sh_fine = reg(Mux(sh_zero, 0, sh_less1[:3]), "a_sh_fine_job", unsigned(3))
+        coarse_shifted = reg(Mux(sh_zero, prod << 1, prod >> Cat(Const(0, 3), sh_less1[3:]))[:SW + 8],
+                             "ar1_coarse", signed(SW + 8))
+        # The saturation tests in two halves, side by side in ar1: the low halves compared
+        # (unsigned), the high halves (signed) compared and tested for equality; ar2 combines them
+        # (one compare across all prod_w bits was too long):
         # x >= y  <=>  x_hi > y_hi | (x_hi == y_hi & x_lo >= y_lo), likewise for <.
         cut = prod_w // 2
-        prod_hi = reg(prod[cut:].as_signed(), "ar1_prod_hi")
-        lo_ge_hi = reg(prod[:cut] >= hi_job[:cut], "ar1_lo_ge")
-        lo_lt_lo = reg(prod[:cut] < lo_job[:cut], "ar1_lo_lt")
+        prod_hi = prod[cut:].as_signed()
+        hi_hi, lo_hi = hi_job[cut:].as_signed(), lo_job[cut:].as_signed()
+        tests = {"over_hi": prod_hi > hi_hi, "over_eq": prod_hi == hi_hi, "over_lo": prod[:cut] >= hi_job[:cut],
+                 "under_hi": prod_hi < lo_hi, "under_eq": prod_hi == lo_hi, "under_lo": prod[:cut] < lo_job[:cut]}
+        tests = {k: reg(v, f"ar1_{k}") for k, v in tests.items()}
         side = [reg(x, f"ar1_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        hi_hi, lo_hi = hi_job[cut:].as_signed(), lo_job[cut:].as_signed()
-        over = (prod_hi > hi_hi) | ((prod_hi == hi_hi) & lo_ge_hi)
-        under = (prod_hi < lo_hi) | ((prod_hi == lo_hi) & lo_lt_lo)
+        half_shifted = reg((coarse_shifted >> sh_fine)[:SW + 1], "ar1f_half", signed(SW + 1))
+        tests = {k: reg(v, f"ar1f_{k}") for k, v in tests.items()}
+        side = [reg(x, f"ar1f_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        over = tests["over_hi"] | (tests["over_eq"] & tests["over_lo"])
+        under = tests["under_hi"] | (tests["under_eq"] & tests["under_lo"])
         shifted = Signal(signed(SW))
         m.d.comb += shifted.eq((half_shifted + 1) >> 1)
         # The pair of an empty block (no key, score unused) gets score_min, which is that
@@ -745,8 +797,9 @@ class AttentionCore(wiring.Component):
         b_hold = Signal(2)
         m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) & ~b_hold[0] &
                                (~b_rowstart | (slot_ready[b_seq] & (inflight < 2))))
-        b_lastkey = b_empty | Mux(b_ptr, b_key == bk_lastkey[1], b_key == bk_lastkey[0])
-        b_lastrow = Mux(b_ptr, b_row == bk_lastrow[1], b_row == bk_lastrow[0])
+        b_key_last, b_row_last = issue_flags(b_issue, b_ptr, b_key, b_row, b_empty, "b")
+        b_lastkey = b_empty | b_key_last
+        b_lastrow = b_row_last
         b_first = pick(bk_first, b_ptr)
         with m.If(b_issue & b_lastkey & b_lastrow & pick(bk_tiny, b_ptr)):
             m.d.sync += b_hold.eq(0b11)
@@ -833,18 +886,15 @@ class AttentionCore(wiring.Component):
             shifted = (Cat(mag_code[:fv.mbits], Const(1)) << exp) >> 1
             v_mag.append(reg(Mux(normal, shifted, mag_code[:fv.mbits]), f"b1d_vmag{d}", vbits))
             v_neg.append(reg(code[fv.code_width - 1], f"b1d_vneg{d}"))
-        v_align = []
-        for i in range(nb):
-            dsh = Signal(9, name=f"b1_dsh{i}")
-            m.d.comb += dsh.eq(ctl[f"xt{i}"] - vview.scales[i])
-            v_align.append(reg(Mux(dsh > VFW, VFW, dsh)[:_bits(VFW + 1) + 1], f"b1d_dsh{i}"))
+        # each MX block's alignment amount Xt_b - scale (>= 0), clamped to VFW in b2
+        v_dsh = [reg(ctl[f"xt{i}"] - vview.scales[i], f"b1d_dsh{i}", unsigned(8)) for i in range(nb)]
         ctl = delay(ctl, "b1d")
 
         # b1d -> b2: exp2 index rounding and clamp; V signed.
         p_n, p_i = exp_index(t_p, "b2_p")
         a_n, a_i = exp_index(t_a, "b2_a")
         v_int = [reg(Mux(neg, -mag, mag), f"b2_vint{d}", signed(vbits + 1)) for d, (mag, neg) in enumerate(zip(v_mag, v_neg))]
-        v_align = [reg(x, f"b2_dsh{i}") for i, x in enumerate(v_align)]
+        v_align = [reg(Mux(x > VFW, VFW, x), f"b2_dsh{i}", range(VFW + 1)) for i, x in enumerate(v_dsh)]
         ctl = delay(ctl, "b2")
 
         # b2 -> b3: the exp2 table entries T registered (both halves and the index's top bit),
