@@ -141,6 +141,22 @@ def split_product(m, platform, x, y, name, en=None):
             for n, (piece, lo) in enumerate(slices_17(x))]
 
 
+class OneHot:
+    """One-hot state register of a sequencer (one flip-flop per state, the first one set at
+    reset): testing a state is reading a register, where a binary-coded Amaranth FSM decodes its
+    state in front of every enable (the row update's and the divider's were critical paths)."""
+
+    def __init__(self, names, name):
+        self.bits = {n: Signal(init=int(k == 0), name=f"{name}_{n}") for k, n in enumerate(names)}
+
+    def __getitem__(self, state):
+        return self.bits[state]
+
+    def go(self, cur, nxt):
+        """Statements (sync) that move from state ``cur`` to ``nxt``."""
+        return [self.bits[cur].eq(0), self.bits[nxt].eq(1)]
+
+
 def join_pieces(pieces):
     """Sum of the registered slice products, each at its offset. When the other operand has at
     most 17 bits a product of a 17-bit slice has at most 34 bits, so pieces 0, 2, 4, ... do not
@@ -586,13 +602,19 @@ class AttentionCore(wiring.Component):
         for d, (sig_q, sh_q, sig_k, sh_k, neg) in enumerate(split):
             # A ROM kept in LUTs (rom_style "logic"): with its registered output Yosys would
             # otherwise put it in a DP16KD without the output register (5.6 ns clock-to-out).
-            table = [(-(sq * sk) if sign else sq * sk)
-                     for sign in (0, 1) for sq in range(1 << sig_bits) for sk in range(1 << sig_bits)]
-            m.submodules[f"sig_table{d}"] = rom_d = Memory(shape=signed(2 * sig_bits + 1), depth=len(table), init=table,
-                                                           attrs={"rom_style": "logic"})
-            rd = rom_d.read_port(domain="comb")
-            m.d.comb += rd.addr.eq(Cat(sig_k, sig_q, neg))
-            lanes.append((reg(rd.data, f"a2_val{d}"), reg(sh_q + sh_k, f"a2_sh{d}")))
+            # Two tables, for a positive and a negative product, each a function of 2 * sig_bits
+            # inputs (with the sign a ninth input the table was a LUT level deeper); a3
+            # selects by the sign in front of the shift.
+            values = []
+            for sign in (0, 1):
+                table = [(-(sq * sk) if sign else sq * sk) for sq in range(1 << sig_bits) for sk in range(1 << sig_bits)]
+                rom_d = Memory(shape=signed(2 * sig_bits + 1), depth=len(table), init=table, attrs={"rom_style": "logic"})
+                m.submodules[f"sig_table{d}_{'neg' if sign else 'pos'}"] = rom_d
+                rd = rom_d.read_port(domain="comb")
+                m.d.comb += rd.addr.eq(Cat(sig_k, sig_q))
+                values.append(reg(rd.data, f"a2_val{d}_{'neg' if sign else 'pos'}"))
+            value = Mux(reg(neg, f"a2_neg{d}"), values[1], values[0])
+            lanes.append((value, reg(sh_q + sh_k, f"a2_sh{d}")))
         esh = [reg(x, f"a2_esh{i}") for i, x in enumerate(esh)]
         side = [reg(x, f"a2_side{k}") for k, x in enumerate(side)]
         a_stages += 1
@@ -782,7 +804,13 @@ class AttentionCore(wiring.Component):
             "alpha": unsigned(PW), "xt": data.ArrayLayout(8, nb), "first": 1, "final": 1, "lastrow": 1,
         })
         m.submodules.fifo = fifo = SyncFIFO(width=data.Layout.cast(fifo_layout).size, depth=2)
-        inflight = Signal(range(3))
+        # Rows started by B and not yet taken by U (at most 2: the row FIFO's depth), as the
+        # difference of two 2-bit counters (started, popped): the limit test reads four register
+        # bits, and each counter only counts, where an add-and-subtract counter had the issue
+        # decision and the FIFO pop in series.
+        rows_started = Signal(2)
+        rows_popped = Signal(2)
+        inflight_room = (rows_started - rows_popped)[:2] < 2
         b_row = Signal(range(Br))
         b_key = Signal(range(Bc))
         b_seq = Signal(range(N_SLOTS))
@@ -796,7 +824,7 @@ class AttentionCore(wiring.Component):
         # waits two cycles (b_hold, a shift register: waiting while its bit 0 is set).
         b_hold = Signal(2)
         m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) & ~b_hold[0] &
-                               (~b_rowstart | (slot_ready[b_seq] & (inflight < 2))))
+                               (~b_rowstart | (slot_ready[b_seq] & inflight_room)))
         b_key_last, b_row_last = issue_flags(b_issue, b_ptr, b_key, b_row, b_empty, "b")
         b_lastkey = b_empty | b_key_last
         b_lastrow = b_row_last
@@ -823,7 +851,10 @@ class AttentionCore(wiring.Component):
                 m.d.sync += [b_key.eq(b_key + 1), b_rowstart.eq(0)]
         pop = Signal()
         start_row = b_issue & b_rowstart
-        m.d.sync += inflight.eq(inflight + start_row - pop)
+        with m.If(start_row):
+            m.d.sync += rows_started.eq(rows_started + 1)
+        with m.If(pop):
+            m.d.sync += rows_popped.eq(rows_popped + 1)
 
         def delay(ctl, name):
             """The control fields of a B stage, registered into the next one."""
@@ -1009,74 +1040,74 @@ class AttentionCore(wiring.Component):
         m.d.comb += [stw.l.eq(l_new), st_wr.addr.eq(ent.row)]
         m.d.comb += [stw.acc[d].eq(acc_new[d]) for d in range(D)]
         m.d.comb += [stw.e[i].eq(e_new[i]) for i in range(nb)]
-        with m.FSM(name="update"):
-            with m.State("U0"):
-                # ent loads the FIFO's head every cycle here and keeps the one popped: a load
-                # enable from the FIFO's ready was a critical path (it fans out to every bit).
-                m.d.sync += [ent.eq(fifo.r_data), u_alpha.eq(Mux(fr.first, 0, fr.alpha))]
-                with m.If(fifo.r_rdy):
-                    m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
-                    m.next = "U1"
-            with m.State("U1"):
-                # The row state is read at ent.row (from a register: through the FIFO's
-                # asynchronous read the address was too late for the RAM) and passes the RAM's
-                # output register in U1W.
-                m.next = "U1W"
-            with m.State("U1W"):
-                m.next = "U1M"
-            with m.State("U1M"):
-                m.d.comb += u_rescale.eq(1)
-                # The exponent alignment does not wait for the rescale: e_new - e and e_new - Xt
-                # come from two subtractors side by side (each then one sign test), and U1P turns
-                # them into the clamped shift amounts. Done after the rescale in one stage
-                # (compare, subtract, clamp compare in series) it was the critical path.
-                for i in range(nb):
-                    xt_minus_e = Signal(signed(9), name=f"u_xtme{i}")
-                    e_minus_xt = Signal(signed(9), name=f"u_emxt{i}")
-                    m.d.comb += [xt_minus_e.eq(ent.xt[i] - e_old[i]), e_minus_xt.eq(e_old[i] - ent.xt[i])]
-                    m.d.sync += [e_new[i].eq(Mux(xt_minus_e[8], e_old[i], ent.xt[i])),
-                                 e_up[i].eq(Mux(xt_minus_e[8], 0, xt_minus_e[:8])),
-                                 xt_down[i].eq(Mux(e_minus_xt[8], 0, e_minus_xt[:8]))]
-                m.next = "U1P"
-            with m.State("U1P"):
-                m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
-                m.d.sync += uL.eq(join_pieces(uL_pieces))
-                # sh_acc = p_bits + e_new - e, sh_P = p_bits - acc_frac + e_new - Xt, each clamped
-                # (a shift by the clamp value already gives the sign fill).
-                for i in range(nb):
-                    m.d.sync += [amt_a[i].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
-                                 amt_p[i].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
-                                                 PB - nm.acc_frac + xt_down[i]))]
-                m.next = "U2"
-            with m.State("U2"):
-                # The aligned terms in two shifts, by the amount's multiple of 8 (U2) and by the
-                # rest (U2F), then their sums in U2S: the whole 56-bit barrel shift, fanned out
-                # from one amount per MX block, and the add were each too long for one stage
-                # (floor shifts compose: x >> (a + b) = (x >> a) >> b).
-                for d in range(D):
-                    i = d // B
-                    m.d.sync += [acc_coarse[d].eq(uA[d] >> Cat(Const(0, 3), amt_a[i][3:])),
-                                 p_coarse[d].eq(ent.P[d] >> Cat(Const(0, 3), amt_p[i][3:]))]
-                m.d.sync += l_term.eq(uL >> PB)
-                m.next = "U2F"
-            with m.State("U2F"):
-                for d in range(D):
-                    i = d // B
-                    m.d.sync += [acc_term[d].eq(acc_coarse[d] >> amt_a[i][:3]),
-                                 p_term[d].eq(p_coarse[d] >> amt_p[i][:3])]
-                m.next = "U2S"
-            with m.State("U2S"):
-                m.d.sync += [acc_new[d].eq((acc_term[d] + p_term[d])[:AW]) for d in range(D)]
-                m.d.sync += l_new.eq((l_term + ent.psum)[:LW])
-                m.next = "U3"
-            with m.State("U3"):
-                with m.If(ent.final):
-                    with m.If(div_idle):
-                        m.d.comb += div_start.eq(1)
-                        m.next = "U0"
-                with m.Else():
-                    m.d.comb += st_wr.en.eq(1)
-                    m.next = "U0"
+        u_fsm = OneHot(["U0", "U1", "U1W", "U1M", "U1P", "U2", "U2F", "U2S", "U3"], "update")
+        with m.If(u_fsm["U0"]):
+            # ent loads the FIFO's head every cycle here and keeps the one popped: a load
+            # enable from the FIFO's ready was a critical path (it fans out to every bit).
+            m.d.sync += [ent.eq(fifo.r_data), u_alpha.eq(Mux(fr.first, 0, fr.alpha))]
+            with m.If(fifo.r_rdy):
+                m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
+                m.d.sync += u_fsm.go("U0", "U1")
+        with m.If(u_fsm["U1"]):
+            # The row state is read at ent.row (from a register: through the FIFO's
+            # asynchronous read the address was too late for the RAM) and passes the RAM's
+            # output register in U1W.
+            m.d.sync += u_fsm.go("U1", "U1W")
+        with m.If(u_fsm["U1W"]):
+            m.d.sync += u_fsm.go("U1W", "U1M")
+        with m.If(u_fsm["U1M"]):
+            m.d.comb += u_rescale.eq(1)
+            # The exponent alignment does not wait for the rescale: e_new - e and e_new - Xt
+            # come from two subtractors side by side (each then one sign test), and U1P turns
+            # them into the clamped shift amounts. Done after the rescale in one stage
+            # (compare, subtract, clamp compare in series) it was the critical path.
+            for i in range(nb):
+                xt_minus_e = Signal(signed(9), name=f"u_xtme{i}")
+                e_minus_xt = Signal(signed(9), name=f"u_emxt{i}")
+                m.d.comb += [xt_minus_e.eq(ent.xt[i] - e_old[i]), e_minus_xt.eq(e_old[i] - ent.xt[i])]
+                m.d.sync += [e_new[i].eq(Mux(xt_minus_e[8], e_old[i], ent.xt[i])),
+                             e_up[i].eq(Mux(xt_minus_e[8], 0, xt_minus_e[:8])),
+                             xt_down[i].eq(Mux(e_minus_xt[8], 0, e_minus_xt[:8]))]
+            m.d.sync += u_fsm.go("U1M", "U1P")
+        with m.If(u_fsm["U1P"]):
+            m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
+            m.d.sync += uL.eq(join_pieces(uL_pieces))
+            # sh_acc = p_bits + e_new - e, sh_P = p_bits - acc_frac + e_new - Xt, each clamped
+            # (a shift by the clamp value already gives the sign fill).
+            for i in range(nb):
+                m.d.sync += [amt_a[i].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
+                             amt_p[i].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
+                                             PB - nm.acc_frac + xt_down[i]))]
+            m.d.sync += u_fsm.go("U1P", "U2")
+        with m.If(u_fsm["U2"]):
+            # The aligned terms in two shifts, by the amount's multiple of 8 (U2) and by the
+            # rest (U2F), then their sums in U2S: the whole 56-bit barrel shift, fanned out
+            # from one amount per MX block, and the add were each too long for one stage
+            # (floor shifts compose: x >> (a + b) = (x >> a) >> b).
+            for d in range(D):
+                i = d // B
+                m.d.sync += [acc_coarse[d].eq(uA[d] >> Cat(Const(0, 3), amt_a[i][3:])),
+                             p_coarse[d].eq(ent.P[d] >> Cat(Const(0, 3), amt_p[i][3:]))]
+            m.d.sync += l_term.eq(uL >> PB)
+            m.d.sync += u_fsm.go("U2", "U2F")
+        with m.If(u_fsm["U2F"]):
+            for d in range(D):
+                i = d // B
+                m.d.sync += [acc_term[d].eq(acc_coarse[d] >> amt_a[i][:3]),
+                             p_term[d].eq(p_coarse[d] >> amt_p[i][:3])]
+            m.d.sync += u_fsm.go("U2F", "U2S")
+        with m.If(u_fsm["U2S"]):
+            m.d.sync += [acc_new[d].eq((acc_term[d] + p_term[d])[:AW]) for d in range(D)]
+            m.d.sync += l_new.eq((l_term + ent.psum)[:LW])
+            m.d.sync += u_fsm.go("U2S", "U3")
+        with m.If(u_fsm["U3"]):
+            with m.If(ent.final):
+                with m.If(div_idle):
+                    m.d.comb += div_start.eq(1)
+                    m.d.sync += u_fsm.go("U3", "U0")
+            with m.Else():
+                m.d.comb += st_wr.en.eq(1)
+                m.d.sync += u_fsm.go("U3", "U0")
 
         # ---------------------------------------------------------------- divider
         steps = self.div_steps
@@ -1094,82 +1125,90 @@ class AttentionCore(wiring.Component):
         dv_lk = [None] + [Signal(LW + steps, name=f"dv_l_times{k}") for k in range(1, n_digits)]  # k * l
         dv_up = [Signal(name=f"dv_up{d}") for d in range(D)]
         dv_masked = Signal()
-        with m.FSM(name="divider"):
-            with m.State("IDLE"):
-                # While idle the divider loads the row update's result every cycle, so that the
-                # start (a handshake with the update FSM) only changes the state: as the enable
-                # of all these registers it was a critical path.
-                m.d.comb += div_idle.eq(1)
-                for d in range(D):
-                    a = acc_new[d]
-                    mag = Signal(AW, name=f"dv_mag{d}")
-                    m.d.comb += mag.eq(Mux(a < 0, -a, a))
-                    num = Signal(NW, name=f"dv_n{d}")
-                    m.d.comb += num.eq(mag << PB)
-                    m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
-                                 dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
-                m.d.sync += [dv_l.eq(l_new), dv_masked.eq(l_new == 0), dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
-                # k * l for every digit k, as shifted copies of l added (a constant multiply
-                # would be mapped to a multiplier block)
-                m.d.sync += [dv_lk[k].eq(sum(l_new << j for j in range(steps) if k >> j & 1))
-                             for k in range(1, n_digits)]
-                m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
-                with m.If(div_go):
-                    m.next = "ITER"
-            with m.State("ITER"):
-                # div_steps quotient bits a cycle as one radix-2^steps digit: the next remainder
-                # candidates X - k l for every digit k are formed side by side, and the largest k
-                # that leaves X - k l >= 0 is taken (the tests are monotone in k). Restoring steps
-                # one after another put div_steps subtractors in series in one cycle.
-                for d in range(D):
-                    rem, num, q = dv_rem[d], dv_num[d], dv_q[d]
-                    x = Cat(num[Wq - steps:], rem[:LW])        # rem * 2^steps + the next bits
-                    fits = []
-                    diffs = [x[:LW]]
-                    for k in range(1, n_digits):
-                        diff = Signal(signed(LW + steps + 1), name=f"dv_diff{d}_{k}")
-                        m.d.comb += diff.eq(x - dv_lk[k])
-                        fits.append(~diff[-1])
-                        diffs.append(diff[:LW])
-                    # the digit is the number of candidates that fit: fits is a thermometer code,
-                    # so bit j of the digit is set when the last fitting k has bit j set (a sum
-                    # would put one more carry chain behind the subtractors)
-                    digit = Signal(steps, name=f"dv_digit{d}")
-                    fits_ext = [Const(1)] + fits + [Const(0)]
-                    m.d.comb += digit.eq(Cat(*[
-                        Cat(*[fits_ext[k] & ~fits_ext[k + 1] for k in range(1, n_digits) if k >> j & 1]).any()
-                        for j in range(steps)]))
-                    m.d.sync += [dv_rem[d].eq(Array(diffs)[digit]), dv_num[d].eq((num << steps)[:Wq]),
-                                 dv_q[d].eq(Cat(digit, q)[:Wq])]
-                m.d.sync += dv_cnt.eq(dv_cnt + steps)
-                with m.If(dv_cnt + steps >= Wq):
-                    m.next = "ROUND"
-            with m.State("ROUND"):
-                # Round half up: one more quotient bit from the remainder (ties go up for y >= 0
-                # and toward zero in magnitude for y < 0, i.e. toward +inf); applied with the sign
-                # in SIGN: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
-                # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: q, up and the
-                # sign are cleared here.
-                masked = dv_masked
-                for d in range(D):
-                    twice = Cat(0, dv_rem[d])
-                    m.d.sync += [dv_up[d].eq(~masked & Mux(dv_neg[d], twice > dv_l, twice >= dv_l)),
-                                 dv_neg[d].eq(~masked & dv_neg[d]), dv_q[d].eq(Mux(masked, 0, dv_q[d]))]
-                m.next = "SIGN"
-            with m.State("SIGN"):
-                ow = self.out_width
-                for d in range(D):
-                    flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
-                    m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + (dv_up[d] ^ dv_neg[d]))
-                for i in range(nb):
-                    m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
-                m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
-                m.next = "OUT"
-            with m.State("OUT"):
-                with m.If(self.o.ready):
-                    m.d.sync += self.o.valid.eq(0)
-                    m.d.comb += job_done.eq(dv_last)
-                    m.next = "IDLE"
+        dv_l_plus1 = Signal(LW + 1)
+        dv_fsm = OneHot(["IDLE", "ITER", "ROUND", "SIGN", "OUT"], "divider")
+        with m.If(dv_fsm["IDLE"]):
+            # While idle the divider loads the row update's result every cycle, so that the
+            # start (a handshake with the update FSM) only changes the state: as the enable
+            # of all these registers it was a critical path.
+            m.d.comb += div_idle.eq(1)
+            for d in range(D):
+                a = acc_new[d]
+                mag = Signal(AW, name=f"dv_mag{d}")
+                m.d.comb += mag.eq(Mux(a < 0, -a, a))
+                num = Signal(NW, name=f"dv_n{d}")
+                m.d.comb += num.eq(mag << PB)
+                m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
+                             dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
+            m.d.sync += [dv_l.eq(l_new), dv_l_plus1.eq(l_new + 1), dv_masked.eq(l_new == 0),
+                         dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
+            # k * l for every digit k, as shifted copies of l added (a constant multiply
+            # would be mapped to a multiplier block)
+            m.d.sync += [dv_lk[k].eq(sum(l_new << j for j in range(steps) if k >> j & 1))
+                         for k in range(1, n_digits)]
+            m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
+            with m.If(div_go):
+                m.d.sync += dv_fsm.go("IDLE", "ITER")
+        with m.If(dv_fsm["ITER"]):
+            # div_steps quotient bits a cycle as one radix-2^steps digit: the next remainder
+            # candidates X - k l for every digit k are formed side by side, and the largest k
+            # that leaves X - k l >= 0 is taken (the tests are monotone in k). Restoring steps
+            # one after another put div_steps subtractors in series in one cycle.
+            for d in range(D):
+                rem, num, q = dv_rem[d], dv_num[d], dv_q[d]
+                x = Cat(num[Wq - steps:], rem[:LW])        # rem * 2^steps + the next bits
+                fits = []
+                diffs = [x[:LW]]
+                for k in range(1, n_digits):
+                    diff = Signal(signed(LW + steps + 1), name=f"dv_diff{d}_{k}")
+                    m.d.comb += diff.eq(x - dv_lk[k])
+                    fits.append(~diff[-1])
+                    diffs.append(diff[:LW])
+                # the digit is the number of candidates that fit: fits is a thermometer code,
+                # so bit j of the digit is set when the last fitting k has bit j set (a sum
+                # would put one more carry chain behind the subtractors)
+                digit = Signal(steps, name=f"dv_digit{d}")
+                fits_ext = [Const(1)] + fits + [Const(0)]
+                m.d.comb += digit.eq(Cat(*[
+                    Cat(*[fits_ext[k] & ~fits_ext[k + 1] for k in range(1, n_digits) if k >> j & 1]).any()
+                    for j in range(steps)]))
+                # the next remainder by priority from the tests themselves (the largest fitting
+                # k), not through the digit: one LUT level less behind the subtractors
+                rem_new = diffs[0]
+                for k in range(1, n_digits):
+                    rem_new = Mux(fits[k - 1], diffs[k], rem_new)
+                m.d.sync += [dv_rem[d].eq(rem_new), dv_num[d].eq((num << steps)[:Wq]),
+                             dv_q[d].eq(Cat(digit, q)[:Wq])]
+            m.d.sync += dv_cnt.eq(dv_cnt + steps)
+            with m.If(dv_cnt + steps >= Wq):
+                m.d.sync += dv_fsm.go("ITER", "ROUND")
+        with m.If(dv_fsm["ROUND"]):
+            # Round half up: one more quotient bit from the remainder (ties go up for y >= 0
+            # and toward zero in magnitude for y < 0, i.e. toward +inf); applied with the sign
+            # in SIGN: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
+            # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: q, up and the
+            # sign are cleared here.
+            masked = dv_masked
+            for d in range(D):
+                twice = Cat(0, dv_rem[d])
+                # up: twice >= l (y >= 0), twice > l, i.e. >= l + 1 (y < 0): one compare
+                m.d.sync += [dv_up[d].eq(~masked & (twice >= Mux(dv_neg[d], dv_l_plus1, dv_l))),
+                             dv_neg[d].eq(~masked & dv_neg[d]), dv_q[d].eq(Mux(masked, 0, dv_q[d]))]
+            m.d.sync += dv_fsm.go("ROUND", "SIGN")
+        with m.If(dv_fsm["SIGN"]):
+            ow = self.out_width
+            for d in range(D):
+                flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
+                m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + (dv_up[d] ^ dv_neg[d]))
+            for i in range(nb):
+                m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
+            m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
+            m.d.sync += dv_fsm.go("SIGN", "OUT")
+        with m.If(dv_fsm["OUT"]):
+            with m.If(self.o.ready):
+                m.d.sync += self.o.valid.eq(0)
+                m.d.comb += job_done.eq(dv_last)
+                m.d.sync += dv_fsm.go("OUT", "IDLE")
         with m.If(s_take & self.s.payload.last):
             m.d.comb += job_done.eq(1)
         return m
