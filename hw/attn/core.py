@@ -292,15 +292,17 @@ class AttentionCore(wiring.Component):
         state_width = data.Layout.cast(state_layout).size
         m.submodules.smem = smem = PipelinedRAM(state_width, Br, "smem")
         table = [int(x) for x in exp2_table(nm)]
-        # The exp2 table in two halves (by the index's top bit), read side by side and selected
-        # a stage later, in front of the rounding shift: one function of all index bits per
-        # output bit was a LUT level deeper than the cycle allows. They stay in LUTs (rom_style
+        # The exp2 table in parts (4, by the index's top two bits), read side by side and the
+        # part selected a stage later (b3m): one function of all index bits per output bit was
+        # too deep for the cycle, and halves still were. The parts stay in LUTs (rom_style
         # "logic"): with their registered outputs Yosys would otherwise infer DP16KDs without the
         # output register (5.8 ns clock-to-out).
-        half_len = len(table) // 2
-        roms = [Memory(shape=unsigned(PW), depth=half_len, init=table[h * half_len:(h + 1) * half_len],
-                       attrs={"rom_style": "logic"}) for h in range(2)]
-        m.submodules.rom_lo, m.submodules.rom_hi = roms
+        part_bits = min(2, nm.exp_bits)
+        part_len = len(table) >> part_bits
+        roms = [Memory(shape=unsigned(PW), depth=part_len, init=table[h * part_len:(h + 1) * part_len],
+                       attrs={"rom_style": "logic"}) for h in range(1 << part_bits)]
+        for h, r in enumerate(roms):
+            m.submodules[f"exp2_rom{h}"] = r
 
         q_wr, k_wr, v_wr = qmem.write, kmem.write, vmem.write
         q_rd, k_rd, v_rd = qmem.read, kmem.read, vmem.read
@@ -308,7 +310,7 @@ class AttentionCore(wiring.Component):
         m_wr, m_rd = mreg.write_port(), mreg.read_port(domain="comb")
         st_wr, st_rd = smem.write, smem.read
         m.d.comb += [ram.r_en.eq(1) for ram in (qmem, kmem, vmem, sbuf, smem)]
-        rom_p = [r.read_port(domain="comb") for r in roms]   # p's lookup in each half
+        rom_p = [r.read_port(domain="comb") for r in roms]   # p's lookup in each part
         rom_a = [r.read_port(domain="comb") for r in roms]   # alpha's
 
         # ---------------------------------------------------------------- job registers
@@ -393,6 +395,7 @@ class AttentionCore(wiring.Component):
         kcnt = Signal(range(Bc))
         ld_last = Signal(range(Bc))   # index of the block's last key (its key count - 1)
         kv_first = Signal()           # kcnt == 0: the block's first key is next
+        kv_last = Signal()            # kcnt == ld_last: the block's last key is next
         # Registered tests on rem_bits and keys_left, kept with them, so that the block scan
         # decides from single bits: a wide zero test and a compare were in front of the loader's
         # and the bank descriptors' updates.
@@ -413,102 +416,103 @@ class AttentionCore(wiring.Component):
         m.d.comb += [q_wr.addr.eq(qcnt), q_wr.data.eq(self.q.payload.as_value()),
                      k_wr.addr.eq(kv_addr), k_wr.data.eq(self.k.payload.as_value()),
                      v_wr.addr.eq(kv_addr), v_wr.data.eq(self.v.payload.as_value())]
-        with m.FSM(name="loader"):
-            with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                p = self.cmd.payload
-                # Commands that produce nothing are taken and dropped: lq = 0 in any mode, a
-                # similarity job without keys (it would have no beat to carry ``last``), and the
-                # reserved modes 2 (pivot, not built) and 3.
-                is_attn, is_sim = p.mode == MODE_ATTENTION, p.mode == MODE_SIMILARITY
-                with m.If(self.cmd.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
-                    m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
-                                 sim_reg.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
-                    m.next = "MASK"
-            with m.State("MASK"):
-                # Similarity jobs are dense and take no mask beat: every valid key block is kept.
-                m.d.comb += self.mask.ready.eq(~sim_reg)
-                with m.If(self.mask.valid | sim_reg):
-                    kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
-                    m.d.sync += [rem_bits.eq(kept), rem_zero.eq(kept == 0), rem_last.eq(kept[1:] == 0),
-                                 seen_kept.eq(0),
-                                 keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc),
-                                 nr_reg.eq(Mux(lq_left > Br, Br, lq_left)),
-                                 nr_last.eq(Mux(lq_left > Br, Br - 1, lq_left - 1)), lastjob_reg.eq(lq_left <= Br)]
-                    m.next = "QWAIT"
-            with m.State("QWAIT"):
-                with m.If(~q_busy):
-                    m.d.sync += qcnt.eq(0)
-                    m.next = "QLOAD"
-            with m.State("QLOAD"):
-                m.d.comb += [self.q.ready.eq(1), q_wr.en.eq(self.q.valid)]
-                with m.If(self.q.valid):
-                    m.d.sync += qcnt.eq(qcnt + 1)
-                    with m.If(qcnt == nr_last):
-                        m.d.sync += q_busy.eq(1)
-                        m.next = "BLK"
-            with m.State("BLK"):
-                bank_free = ~pick(bk_full, ld_bank)
-                alloc = Signal()
-                with m.If(rem_zero):
-                    # Only reachable when no block of the tile is kept: an empty bank makes every
-                    # row of the tile flow through as a fully masked row (y = 0).
-                    with m.If(bank_free):
-                        m.d.comb += alloc.eq(1)
-                        for b in range(2):
-                            with m.If(ld_bank == b):
-                                m.d.sync += [bk_empty[b].eq(1), bk_lastkey[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
-                                             empty_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
-                        m.d.sync += ld_bank.eq(~ld_bank)
-                        m.next = "NEXT"
-                with m.Elif(~rem_bits[0]):
-                    m.d.sync += scan_next_block()
-                with m.Elif(bank_free):
+        ld_fsm = OneHot(["IDLE", "MASK", "QWAIT", "QLOAD", "BLK", "KVLOAD", "NEXT", "DONE"], "loader")
+        with m.If(ld_fsm["IDLE"]):
+            m.d.comb += self.cmd.ready.eq(1)
+            p = self.cmd.payload
+            # Commands that produce nothing are taken and dropped: lq = 0 in any mode, a
+            # similarity job without keys (it would have no beat to carry ``last``), and the
+            # reserved modes 2 (pivot, not built) and 3.
+            is_attn, is_sim = p.mode == MODE_ATTENTION, p.mode == MODE_SIMILARITY
+            with m.If(self.cmd.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
+                m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
+                             sim_reg.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
+                m.d.sync += ld_fsm.go("IDLE", "MASK")
+        with m.If(ld_fsm["MASK"]):
+            # Similarity jobs are dense and take no mask beat: every valid key block is kept.
+            m.d.comb += self.mask.ready.eq(~sim_reg)
+            with m.If(self.mask.valid | sim_reg):
+                kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
+                m.d.sync += [rem_bits.eq(kept), rem_zero.eq(kept == 0), rem_last.eq(kept[1:] == 0),
+                             seen_kept.eq(0),
+                             keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc),
+                             nr_reg.eq(Mux(lq_left > Br, Br, lq_left)),
+                             nr_last.eq(Mux(lq_left > Br, Br - 1, lq_left - 1)), lastjob_reg.eq(lq_left <= Br)]
+                m.d.sync += ld_fsm.go("MASK", "QWAIT")
+        with m.If(ld_fsm["QWAIT"]):
+            with m.If(~q_busy):
+                m.d.sync += qcnt.eq(0)
+                m.d.sync += ld_fsm.go("QWAIT", "QLOAD")
+        with m.If(ld_fsm["QLOAD"]):
+            m.d.comb += [self.q.ready.eq(1), q_wr.en.eq(self.q.valid)]
+            with m.If(self.q.valid):
+                m.d.sync += qcnt.eq(qcnt + 1)
+                with m.If(qcnt == nr_last):
+                    m.d.sync += q_busy.eq(1)
+                    m.d.sync += ld_fsm.go("QLOAD", "BLK")
+        with m.If(ld_fsm["BLK"]):
+            bank_free = ~pick(bk_full, ld_bank)
+            alloc = Signal()
+            with m.If(rem_zero):
+                # Only reachable when no block of the tile is kept: an empty bank makes every
+                # row of the tile flow through as a fully masked row (y = 0).
+                with m.If(bank_free):
                     m.d.comb += alloc.eq(1)
-                    last_key = Mux(keys_big, Bc - 1, keys_left - 1)
-                    final = rem_last
-                    m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0), kv_first.eq(1)]
                     for b in range(2):
                         with m.If(ld_bank == b):
-                            m.d.sync += [bk_empty[b].eq(0), bk_lastkey[b].eq(last_key), bk_first[b].eq(~seen_kept),
-                                         bk_final[b].eq(final)]
-                    m.next = "KVLOAD"
-                with m.If(alloc):
+                            m.d.sync += [bk_empty[b].eq(1), bk_lastkey[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
+                                         empty_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
+                    m.d.sync += ld_bank.eq(~ld_bank)
+                    m.d.sync += ld_fsm.go("BLK", "NEXT")
+            with m.Elif(~rem_bits[0]):
+                m.d.sync += scan_next_block()
+            with m.Elif(bank_free):
+                m.d.comb += alloc.eq(1)
+                last_key = Mux(keys_big, Bc - 1, keys_left - 1)
+                final = rem_last
+                m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0), kv_first.eq(1),
+                             kv_last.eq(last_key == 0)]
+                for b in range(2):
+                    with m.If(ld_bank == b):
+                        m.d.sync += [bk_empty[b].eq(0), bk_lastkey[b].eq(last_key), bk_first[b].eq(~seen_kept),
+                                     bk_final[b].eq(final)]
+                m.d.sync += ld_fsm.go("BLK", "KVLOAD")
+            with m.If(alloc):
+                for b in range(2):
+                    with m.If(ld_bank == b):
+                        m.d.sync += [bk_lastrow[b].eq(nr_last), bk_tiny[b].eq(nr_last <= 1),
+                                     bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
+        with m.If(ld_fsm["KVLOAD"]):
+            # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
+            # and B, which would read it, is idle).
+            take = self.k.valid & (self.v.valid | sim_reg)
+            m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take & ~sim_reg),
+                         k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
+            with m.If(take):
+                m.d.sync += [kcnt.eq(kcnt + 1), kv_first.eq(0), kv_last.eq(kcnt + 1 == ld_last)]
+                for b in range(2):
+                    with m.If(ld_bank == b):
+                        for i in range(nb):
+                            sc = vpay.scales[i]
+                            m.d.sync += bk_xt[b][i].eq(Mux(kv_first | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
+                with m.If(kv_last):
                     for b in range(2):
                         with m.If(ld_bank == b):
-                            m.d.sync += [bk_lastrow[b].eq(nr_last), bk_tiny[b].eq(nr_last <= 1),
-                                         bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
-            with m.State("KVLOAD"):
-                # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
-                # and B, which would read it, is idle).
-                take = self.k.valid & (self.v.valid | sim_reg)
-                m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take & ~sim_reg),
-                             k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
-                with m.If(take):
-                    m.d.sync += [kcnt.eq(kcnt + 1), kv_first.eq(0)]
-                    for b in range(2):
-                        with m.If(ld_bank == b):
-                            for i in range(nb):
-                                sc = vpay.scales[i]
-                                m.d.sync += bk_xt[b][i].eq(Mux(kv_first | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
-                    with m.If(kcnt == ld_last):
-                        for b in range(2):
-                            with m.If(ld_bank == b):
-                                m.d.sync += bk_full[b].eq(1)
-                        m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1)] + scan_next_block()
-                        with m.If(ld_final):
-                            m.next = "NEXT"
-                        with m.Else():
-                            m.next = "BLK"
-            with m.State("NEXT"):
-                m.d.sync += lq_left.eq(lq_left - nr_reg)
-                with m.If(lastjob_reg):
-                    m.next = "DONE"
-                with m.Else():
-                    m.next = "MASK"
-            with m.State("DONE"):
-                with m.If(job_done):
-                    m.next = "IDLE"
+                            m.d.sync += bk_full[b].eq(1)
+                    m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1)] + scan_next_block()
+                    with m.If(ld_final):
+                        m.d.sync += ld_fsm.go("KVLOAD", "NEXT")
+                    with m.Else():
+                        m.d.sync += ld_fsm.go("KVLOAD", "BLK")
+        with m.If(ld_fsm["NEXT"]):
+            m.d.sync += lq_left.eq(lq_left - nr_reg)
+            with m.If(lastjob_reg):
+                m.d.sync += ld_fsm.go("NEXT", "DONE")
+            with m.Else():
+                m.d.sync += ld_fsm.go("NEXT", "MASK")
+        with m.If(ld_fsm["DONE"]):
+            with m.If(job_done):
+                m.d.sync += ld_fsm.go("DONE", "IDLE")
 
         # ---------------------------------------------------------------- score unit (A): issue
         slot_busy = Array([Signal(name=f"slot{i}_busy") for i in range(N_SLOTS)])
@@ -760,26 +764,27 @@ class AttentionCore(wiring.Component):
         shifted = Signal(signed(SW))
         m.d.comb += shifted.eq((half_shifted + 1) >> 1)
         # The pair of an empty block (no key, score unused) gets score_min, which is that
-        # block's max: so the running max below restarts on the score at a row's first key or
-        # at an empty block alike.
+        # block's max.
         score = reg(Mux(under | side[4], smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
-        ae_restart = reg(side[6] | side[4], "ar_restart")
         ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast, ae_first = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
-        # End of A: score buffer write, block max; a cycle later, the slot handoff with the
-        # block max from run_max (a running-max compare in front of the slot registers' select
-        # was a critical path). B starts a row a cycle later for it: once a job, not a row.
-        run_max = Signal(signed(SW))
-        new_max = Mux(ae_restart | (score > run_max), score, run_max)
+        # End of A: score buffer write, block max; a cycle later, the slot handoff (a running-max
+        # compare in front of the slot registers' select was a critical path; B starts a row a
+        # cycle later for it: once a job, not a row). run_max is the max of the row's scores so
+        # far, back to score_min after a row's last key (a synchronous reset, so the compare
+        # feeds nothing but the select): the next pair is a row's first key or an empty block.
+        run_max = Signal(signed(SW), init=smin)
+        new_max = Mux(score > run_max, score, run_max)
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
                      s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
         with m.If(ae_v):
-            m.d.sync += run_max.eq(new_max)
+            m.d.sync += run_max.eq(Mux(ae_last, smin, new_max))
+        block_max = reg(new_max, "ae_block_max")
         slot_done = reg(ae_v & ae_last & ~sim_reg, "ae_slot_done")
         slot_done_seq = reg(ae_slot, "ae_slot_done_seq")
         with m.If(slot_done):
-            m.d.sync += [slot_ready[slot_done_seq].eq(1), slot_bmax[slot_done_seq].eq(run_max)]
+            m.d.sync += [slot_ready[slot_done_seq].eq(1), slot_bmax[slot_done_seq].eq(block_max)]
 
         # Similarity output: every score of the job goes into a FIFO that drives ``s``. A pair
         # is issued only when the FIFO will have room for it when it leaves the pipeline:
@@ -928,19 +933,26 @@ class AttentionCore(wiring.Component):
         v_align = [reg(Mux(x > VFW, VFW, x), f"b2_dsh{i}", range(VFW + 1)) for i, x in enumerate(v_dsh)]
         ctl = delay(ctl, "b2")
 
-        # b2 -> b3: the exp2 table entries T registered (both halves and the index's top bit),
-        # with n - 1 and n == 0; V aligned to Xt_b (floor shift).
-        ib = nm.exp_bits - 1
+        # b2 -> b3: the exp2 table entries of every part registered with the index's top bits;
+        # b3m: the part selected. n - 1 and n == 0 with them; V aligned to Xt_b (floor shift).
+        ib = nm.exp_bits - part_bits
         m.d.comb += [port.addr.eq(p_i[:ib]) for port in rom_p] + [port.addr.eq(a_i[:ib]) for port in rom_a]
-        p_T = Mux(reg(p_i[ib], "b3_p_top"), reg(rom_p[1].data, "b3_pT_hi"), reg(rom_p[0].data, "b3_pT_lo"))
-        a_T = Mux(reg(a_i[ib], "b3_a_top"), reg(rom_a[1].data, "b3_aT_hi"), reg(rom_a[0].data, "b3_aT_lo"))
-        p_n0, a_n0 = reg(p_n == 0, "b3_pn0"), reg(a_n == 0, "b3_an0")
-        p_nm1, a_nm1 = reg(p_n - 1, "b3_pnm1", range(PB + 2)), reg(a_n - 1, "b3_anm1", range(PB + 2))
+
+        def table_entry(ports, index, name):
+            parts = Array([reg(port.data, f"b3_{name}T{h}") for h, port in enumerate(ports)])
+            return reg(parts[reg(index[ib:], f"b3_{name}_part")], f"b3m_{name}T")
+        p_n0, a_n0 = reg(reg(p_n == 0, "b3_pn0"), "b3m_pn0"), reg(reg(a_n == 0, "b3_an0"), "b3m_an0")
+        p_nm1 = reg(reg(p_n - 1, "b3_pnm1", range(PB + 2)), "b3m_pnm1")
+        a_nm1 = reg(reg(a_n - 1, "b3_anm1", range(PB + 2)), "b3m_anm1")
         # The alignment shift in two parts: by the amount's multiple of 4 here, the rest in b4.
         vfix = [reg((x << nm.v_guard) >> Cat(Const(0, 2), v_align[d // B][2:]), f"b3_vcoarse{d}", signed(VFW))
                 for d, x in enumerate(v_int)]
         v_align = [reg(x[:2], f"b3_dsh{i}") for i, x in enumerate(v_align)]
         ctl = delay(ctl, "b3")
+        p_T, a_T = table_entry(rom_p, p_i, "p"), table_entry(rom_a, a_i, "a")
+        vfix = [reg(x, f"b3m_vcoarse{d}") for d, x in enumerate(vfix)]
+        v_align = [reg(x, f"b3m_dsh{i}") for i, x in enumerate(v_align)]
+        ctl = delay(ctl, "b3m")
 
         # b3 -> b4 -> b5: the rounding shift (T + 2^(n-1)) >> n (T itself when n = 0) in two
         # stages: y = T >> (n - 1) (2 T when n = 0), then (y >> 1) + (y & 1). Table read, add
@@ -1041,10 +1053,22 @@ class AttentionCore(wiring.Component):
         m.d.comb += [stw.acc[d].eq(acc_new[d]) for d in range(D)]
         m.d.comb += [stw.e[i].eq(e_new[i]) for i in range(nb)]
         u_fsm = OneHot(["U0", "U1", "U1W", "U1M", "U1P", "U2", "U2F", "U2S", "U3"], "update")
+        # ent loads the FIFO's head in every U0 cycle and keeps the one popped: a load enable from
+        # the FIFO's ready was a critical path (it fans out to every bit). The enable is not the
+        # U0 flip-flop itself, which also pops the FIFO, but copies of it, one per quarter of
+        # ent's bits (ent_load: each its own register with its own feedback, so synthesis keeps
+        # them apart): through U0's fanout the FIFO's level update was the critical path.
+        u_leave = u_fsm["U3"] & (~ent.final | div_idle)
+        ent_width = data.Layout.cast(fifo_layout).size
+        for k in range(4):
+            ent_load = Signal(init=1, name=f"ent_load{k}")
+            m.d.sync += ent_load.eq(Mux(ent_load, ~fifo.r_rdy, u_leave))
+            lo, hi = k * ent_width // 4, (k + 1) * ent_width // 4
+            with m.If(ent_load):
+                m.d.sync += ent.as_value()[lo:hi].eq(fifo.r_data[lo:hi])
+                if k == 0:
+                    m.d.sync += u_alpha.eq(Mux(fr.first, 0, fr.alpha))
         with m.If(u_fsm["U0"]):
-            # ent loads the FIFO's head every cycle here and keeps the one popped: a load
-            # enable from the FIFO's ready was a critical path (it fans out to every bit).
-            m.d.sync += [ent.eq(fifo.r_data), u_alpha.eq(Mux(fr.first, 0, fr.alpha))]
             with m.If(fifo.r_rdy):
                 m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
                 m.d.sync += u_fsm.go("U0", "U1")
