@@ -1151,58 +1151,90 @@ class AttentionCore(wiring.Component):
         dv_masked = Signal()
         dv_l_plus1 = Signal(LW + 1)
         dv_fsm = OneHot(["IDLE", "ITER", "ROUND", "SIGN", "OUT"], "divider")
-        with m.If(dv_fsm["IDLE"]):
-            # While idle the divider loads the row update's result every cycle, so that the
-            # start (a handshake with the update FSM) only changes the state: as the enable
-            # of all these registers it was a critical path.
-            m.d.comb += div_idle.eq(1)
-            for d in range(D):
-                a = acc_new[d]
-                mag = Signal(AW, name=f"dv_mag{d}")
-                m.d.comb += mag.eq(Mux(a < 0, -a, a))
-                num = Signal(NW, name=f"dv_n{d}")
-                m.d.comb += num.eq(mag << PB)
-                m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
-                             dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
-            m.d.sync += [dv_l.eq(l_new), dv_l_plus1.eq(l_new + 1), dv_masked.eq(l_new == 0),
-                         dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
-            # k * l for every digit k, as shifted copies of l added (a constant multiply
-            # would be mapped to a multiplier block)
-            m.d.sync += [dv_lk[k].eq(sum(l_new << j for j in range(steps) if k >> j & 1))
-                         for k in range(1, n_digits)]
-            m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
-            with m.If(div_go):
-                m.d.sync += dv_fsm.go("IDLE", "ITER")
-        with m.If(dv_fsm["ITER"]):
+        # The divider's operands are prepared a cycle after U2S, in registers loaded every cycle
+        # (no enable): |acc|, its sign, l + 1, l == 0 and k * l for every digit k. acc_new and
+        # l_new hold from U2S until the divider has loaded these (the start reaches it two
+        # cycles after U2S at the earliest, the next row's U2S is 8 cycles after U3). The
+        # magnitude's negation in front of the divider's load (and the remainder's select) was
+        # the critical path.
+        pre_neg = [Signal(name=f"dvp_neg{d}") for d in range(D)]
+        pre_mag = [Signal(AW, name=f"dvp_mag{d}") for d in range(D)]
+        pre_l_plus1 = Signal(LW + 1, name="dvp_l_plus1")
+        pre_masked = Signal(name="dvp_masked")
+        pre_lk = [None] + [Signal(LW + steps, name=f"dvp_l_times{k}") for k in range(1, n_digits)]
+        for d in range(D):
+            a = acc_new[d]
+            m.d.sync += [pre_neg[d].eq(a < 0), pre_mag[d].eq(Mux(a < 0, -a, a))]
+        m.d.sync += [pre_l_plus1.eq(l_new + 1), pre_masked.eq(l_new == 0)]
+        # k * l for every digit k, as shifted copies of l added (a constant multiply would be
+        # mapped to a multiplier block)
+        m.d.sync += [pre_lk[k].eq(sum(l_new << j for j in range(steps) if k >> j & 1))
+                     for k in range(1, n_digits)]
+        # The next remainder, in IDLE (the prepared operand) and in ITER (the step below) alike,
+        # comes out of one priority select behind the trial subtractions: in IDLE every trial
+        # subtraction is made negative (l's copies get a top bit, one more carry bit), so the
+        # select falls through to its last input, which is the load value in IDLE. A separate
+        # IDLE / ITER select behind it was one more LUT level after the carry chains. Each
+        # divider reads IDLE from a copy of its own (dv_idle<d>, set on OUT -> IDLE, cleared by
+        # the start, like the state bit): one flip-flop would fan out to some 600 loads.
+        # The remainder and the numerator bits have no enable: after ITER the remainder is only
+        # read in ROUND and the numerator bits not at all, so the steps they take in ROUND,
+        # SIGN and OUT are harmless.
+        idle = dv_fsm["IDLE"]
+        idle_at = [Signal(init=1, name=f"dv_idle{d}") for d in range(D)]
+        step_rem, step_num, step_q, load_rem, load_num = [], [], [], [], []
+        for d in range(D):
+            m.d.sync += idle_at[d].eq(Mux(idle_at[d], ~div_go, dv_fsm["OUT"] & self.o.ready))
+            num = Signal(NW, name=f"dv_n{d}")
+            m.d.comb += num.eq(pre_mag[d] << PB)
+            load_num.append(num[:Wq])
+            load_rem.append((num >> Wq)[:LW + 1])
             # div_steps quotient bits a cycle as one radix-2^steps digit: the next remainder
             # candidates X - k l for every digit k are formed side by side, and the largest k
             # that leaves X - k l >= 0 is taken (the tests are monotone in k). Restoring steps
             # one after another put div_steps subtractors in series in one cycle.
-            for d in range(D):
-                rem, num, q = dv_rem[d], dv_num[d], dv_q[d]
-                x = Cat(num[Wq - steps:], rem[:LW])        # rem * 2^steps + the next bits
-                fits = []
-                diffs = [x[:LW]]
-                for k in range(1, n_digits):
-                    diff = Signal(signed(LW + steps + 1), name=f"dv_diff{d}_{k}")
-                    m.d.comb += diff.eq(x - dv_lk[k])
-                    fits.append(~diff[-1])
-                    diffs.append(diff[:LW])
-                # the digit is the number of candidates that fit: fits is a thermometer code,
-                # so bit j of the digit is set when the last fitting k has bit j set (a sum
-                # would put one more carry chain behind the subtractors)
-                digit = Signal(steps, name=f"dv_digit{d}")
-                fits_ext = [Const(1)] + fits + [Const(0)]
-                m.d.comb += digit.eq(Cat(*[
-                    Cat(*[fits_ext[k] & ~fits_ext[k + 1] for k in range(1, n_digits) if k >> j & 1]).any()
-                    for j in range(steps)]))
-                # the next remainder by priority from the tests themselves (the largest fitting
-                # k), not through the digit: one LUT level less behind the subtractors
-                rem_new = diffs[0]
-                for k in range(1, n_digits):
-                    rem_new = Mux(fits[k - 1], diffs[k], rem_new)
-                m.d.sync += [dv_rem[d].eq(rem_new), dv_num[d].eq((num << steps)[:Wq]),
-                             dv_q[d].eq(Cat(digit, q)[:Wq])]
+            rem, q = dv_rem[d], dv_q[d]
+            x = Cat(dv_num[d][Wq - steps:], rem[:LW])        # rem * 2^steps + the next bits
+            fits = []
+            diffs = [Mux(idle_at[d], load_rem[d], x[:LW])]
+            for k in range(1, n_digits):
+                diff = Signal(signed(LW + steps + 2), name=f"dv_diff{d}_{k}")
+                m.d.comb += diff.eq(x - Cat(dv_lk[k], idle_at[d]))
+                fits.append(~diff[-1])
+                diffs.append(diff[:LW])
+            # the digit is the number of candidates that fit: fits is a thermometer code,
+            # so bit j of the digit is set when the last fitting k has bit j set (a sum
+            # would put one more carry chain behind the subtractors)
+            digit = Signal(steps, name=f"dv_digit{d}")
+            fits_ext = [Const(1)] + fits + [Const(0)]
+            m.d.comb += digit.eq(Cat(*[
+                Cat(*[fits_ext[k] & ~fits_ext[k + 1] for k in range(1, n_digits) if k >> j & 1]).any()
+                for j in range(steps)]))
+            # the next remainder by priority from the tests themselves (the largest fitting
+            # k), not through the digit: one LUT level less behind the subtractors
+            rem_new = diffs[0]
+            for k in range(1, n_digits):
+                rem_new = Mux(fits[k - 1], diffs[k], rem_new)
+            step_rem.append(rem_new)
+            step_num.append((dv_num[d] << steps)[:Wq])
+            step_q.append(Cat(digit, q)[:Wq])
+        m.d.sync += [dv_rem[d].eq(step_rem[d]) for d in range(D)]
+        m.d.sync += [dv_num[d].eq(Mux(idle_at[d], load_num[d], step_num[d])) for d in range(D)]
+        with m.If(idle):
+            # While idle the divider loads the prepared operands every cycle, so that the
+            # start (a handshake with the update FSM) only changes the state: as the enable
+            # of all these registers it was a critical path.
+            m.d.comb += div_idle.eq(1)
+            m.d.sync += [dv_neg[d].eq(pre_neg[d]) for d in range(D)]
+            m.d.sync += [dv_q[d].eq(0) for d in range(D)]
+            m.d.sync += [dv_l.eq(l_new), dv_l_plus1.eq(pre_l_plus1), dv_masked.eq(pre_masked),
+                         dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
+            m.d.sync += [dv_lk[k].eq(pre_lk[k]) for k in range(1, n_digits)]
+            m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
+            with m.If(div_go):
+                m.d.sync += dv_fsm.go("IDLE", "ITER")
+        with m.If(dv_fsm["ITER"]):
+            m.d.sync += [dv_q[d].eq(step_q[d]) for d in range(D)]
             m.d.sync += dv_cnt.eq(dv_cnt + steps)
             with m.If(dv_cnt + steps >= Wq):
                 m.d.sync += dv_fsm.go("ITER", "ROUND")
