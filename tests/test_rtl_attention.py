@@ -92,3 +92,23 @@ def test_reset_mid_similarity_pinned(config_index, seed):
         run_tb("attention", parse_params("attention", CONFIGS[config_index]), "tb.attn.test_attention", seed,
                testcase="reset_mid_similarity")
 
+
+
+def test_ecp5_target_uses_registered_multipliers_and_block_rams(tmp_path):
+    """sim/synth.py elaborates for SynthTarget("ecp5"): every product register of the attention
+    core is a MULT18X18D with its output register (hw/attn/dsp.py) and every block RAM a DP16KD
+    with REGMODE OUTREG (hw/common/ram.py); plain emission (varaccel verilog, simulation) has
+    neither. The target plumbing is otherwise only seen in a long synth run."""
+    from hw.common.ram import SynthTarget
+    from hw.emit import emit_core
+    params = {"D": 16, "block": 16}
+    plain = emit_core("attention", params, tmp_path / "plain").verilog.read_text()
+    ecp5 = emit_core("attention", params, tmp_path / "ecp5", target=SynthTarget("ecp5")).verilog.read_text()
+    assert "MULT18X18D" not in plain and "DP16KD" not in plain
+    # state x alpha: 16 x 3 pieces of acc (40 bits) + 2 of l (32 bits); dot x C: 3 pieces of dot
+    # (40 bits); p x vfix: 16 x 2 pieces of vfix (21 bits)
+    assert ecp5.count("MULT18X18D") == 85
+    assert ecp5.count(".REG_OUTPUT_CLK(\"CLK0\")") == 85
+    # Q, K (2 banks), V (2 banks): 136 bits, 8 x18 tiles each; scores 24 bits: 2; row state
+    # 16 x 40 + 32 + 8 bits: 38
+    assert ecp5.count(".REGMODE_B(\"OUTREG\")") == 8 + 8 + 8 + 2 + 38

@@ -37,12 +37,16 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 7 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 9 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
-  golden model, one register stage each for the state read, the rescale (two: multiplier
-  pieces, their sum), the shift amounts and the aligned sum. After the row's last kept block the result goes to the divider instead.
-* **Divider**: ``D`` restoring dividers (``div_steps`` quotient bits per cycle) give
-  ``y_d = round_half_up(acc_d * 2^p_bits / l)``; one output beat per query row.
+  golden model: the FIFO entry into registers, the state read at its row (two cycles, the RAM's
+  output register), the rescale in two
+  stages (multiplier pieces, their sum; the exponent differences and then the shift amounts are
+  formed beside them), the aligned terms in two shifts, their sum, the write-back. After the
+  row's last kept block the result goes to the divider instead.
+* **Divider**: ``D`` dividers give ``y_d = round_half_up(acc_d * 2^p_bits / l)``, ``div_steps``
+  quotient bits per cycle as one radix-``2^div_steps`` digit (all ``2^div_steps - 1`` trial
+  subtractions side by side), then a rounding and a sign cycle; one output beat per query row.
 
 With ``2 * D`` multipliers (``D`` for q.k, ``D`` for p.V) a dense job needs ``Lq * Lk`` cycles
 at 100 % MAC utilisation; A and B each take one key per cycle and run back to back across
@@ -96,7 +100,8 @@ from amaranth.lib.wiring import In, Out
 from golden.numerics import fp as fpnum
 from golden.numerics.attention import E8M0_BIAS, AttnNumerics, exp2_table
 from ..common import check_int
-from ..fp.lutmul import magnitude_product
+from ..common.ram import PipelinedRAM
+from .dsp import registered_product
 
 __all__ = ["AttentionCore", "MODE_ATTENTION", "MODE_SIMILARITY"]
 
@@ -113,6 +118,66 @@ def _code_int_bits(f):
 def _bits(n):
     """Bits to count 0..n-1 (at least 1)."""
     return max((n - 1).bit_length(), 1)
+
+
+def slices_17(x):
+    """``(slice, offset)`` of ``x`` cut into 17-bit slices from bit 0: unsigned, but the top slice
+    of a signed ``x`` is signed. A slice times an unsigned operand of at most 17 bits is one ECP5
+    MULT18X18D (18 x 18 signed)."""
+    bounds = list(range(0, len(x), 17)) + [len(x)]
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        piece = x[lo:hi]
+        if x.shape().signed and hi == len(x):
+            piece = piece.as_signed()
+        out.append((piece, lo))
+    return out
+
+
+def split_product(m, platform, x, y, name, en=None):
+    """``x * y`` as registered slice products ``(register, offset)`` (registered_product: one
+    MULT18X18D with its output register each on ECP5); ``join_pieces`` adds them a stage later."""
+    return [(registered_product(m, platform, piece, y, f"{name}_p{n}", en), lo)
+            for n, (piece, lo) in enumerate(slices_17(x))]
+
+
+class OneHot:
+    """One-hot state register of a sequencer (one flip-flop per state, the first one set at
+    reset): testing a state is reading a register, where a binary-coded Amaranth FSM decodes its
+    state in front of every enable (the row update's and the divider's were critical paths)."""
+
+    def __init__(self, names, name):
+        self.bits = {n: Signal(init=int(k == 0), name=f"{name}_{n}") for k, n in enumerate(names)}
+
+    def __getitem__(self, state):
+        return self.bits[state]
+
+    def go(self, cur, nxt):
+        """Statements (sync) that move from state ``cur`` to ``nxt``."""
+        return [self.bits[cur].eq(0), self.bits[nxt].eq(1)]
+
+
+def join_pieces(pieces):
+    """Sum of the registered slice products, each at its offset. When the other operand has at
+    most 17 bits a product of a 17-bit slice has at most 34 bits, so pieces 0, 2, 4, ... do not
+    overlap and are joined by concatenation, likewise 1, 3, 5, ... (only the top piece can be
+    signed, and it is the last of its group): one adder. Summed one after another, three pieces
+    were two adders in series."""
+    groups = [g for g in (pieces[0::2], pieces[1::2]) if g]
+    if not all(not p.shape().signed and lo + len(p) <= g[k + 1][1]
+               for g in groups for k, (p, lo) in enumerate(g[:-1])):
+        return sum(p << lo for p, lo in pieces)
+
+    def placed(group):
+        parts, pos = [], 0
+        for p, lo in group:
+            if lo > pos:
+                parts.append(Const(0, lo - pos))
+            parts.append(p)
+            pos = lo + len(p)
+        value = Cat(*parts)
+        return value.as_signed() if group[-1][0].shape().signed else value
+    return sum(placed(g) for g in groups)
 
 
 class AttentionCore(wiring.Component):
@@ -211,24 +276,42 @@ class AttentionCore(wiring.Component):
         # ---------------------------------------------------------------- memories
         q_width = data.Layout.cast(self.q_layout).size
         v_width = data.Layout.cast(self.v_layout).size
-        m.submodules.qmem = qmem = Memory(shape=unsigned(q_width), depth=Br, init=[])
-        m.submodules.kmem = kmem = Memory(shape=unsigned(q_width), depth=2 * Bc, init=[])
-        m.submodules.vmem = vmem = Memory(shape=unsigned(v_width), depth=2 * Bc, init=[])
-        m.submodules.sbuf = sbuf = Memory(shape=signed(SW), depth=N_SLOTS * Bc, init=[])
+        # Block RAMs read through an output register (PipelinedRAM: two cycles of read latency,
+        # always enabled; DP16KD with REGMODE OUTREG on ECP5). A DP16KD without it has a 5.8 ns
+        # clock-to-out (sim/synth_probe.py), which alone would fill most of a 150 MHz cycle.
+        # None of them is read at an address written at the same edge: the loader writes a bank
+        # (or the Q rows) only while no unit reads it, A and B use different score slots, and the
+        # row update reads the row state in U1 and writes it back in U3.
+        m.submodules.qmem = qmem = PipelinedRAM(q_width, Br, "qmem")
+        m.submodules.kmem = kmem = PipelinedRAM(q_width, 2 * Bc, "kmem")
+        m.submodules.vmem = vmem = PipelinedRAM(v_width, 2 * Bc, "vmem")
+        m.submodules.sbuf = sbuf = PipelinedRAM(SW, N_SLOTS * Bc, "sbuf")
         m.submodules.mreg = mreg = Memory(shape=signed(SW), depth=Br, init=[])
         state_layout = data.StructLayout({"acc": data.ArrayLayout(signed(AW), D), "l": unsigned(LW),
                                           "e": data.ArrayLayout(8, nb)})
         state_width = data.Layout.cast(state_layout).size
-        m.submodules.smem = smem = Memory(shape=unsigned(state_width), depth=Br, init=[])
+        m.submodules.smem = smem = PipelinedRAM(state_width, Br, "smem")
         table = [int(x) for x in exp2_table(nm)]
-        m.submodules.rom = rom = Memory(shape=unsigned(PW), depth=len(table), init=table)
+        # The exp2 table in parts (4, by the index's top two bits), read side by side and the
+        # part selected a stage later (b3m): one function of all index bits per output bit was
+        # too deep for the cycle, and halves still were. The parts stay in LUTs (rom_style
+        # "logic"): with their registered outputs Yosys would otherwise infer DP16KDs without the
+        # output register (5.8 ns clock-to-out).
+        part_bits = min(2, nm.exp_bits)
+        part_len = len(table) >> part_bits
+        roms = [Memory(shape=unsigned(PW), depth=part_len, init=table[h * part_len:(h + 1) * part_len],
+                       attrs={"rom_style": "logic"}) for h in range(1 << part_bits)]
+        for h, r in enumerate(roms):
+            m.submodules[f"exp2_rom{h}"] = r
 
-        q_wr, k_wr, v_wr = qmem.write_port(), kmem.write_port(), vmem.write_port()
-        q_rd, k_rd, v_rd = qmem.read_port(), kmem.read_port(), vmem.read_port()
-        s_wr, s_rd = sbuf.write_port(), sbuf.read_port()
+        q_wr, k_wr, v_wr = qmem.write, kmem.write, vmem.write
+        q_rd, k_rd, v_rd = qmem.read, kmem.read, vmem.read
+        s_wr, s_rd = sbuf.write, sbuf.read
         m_wr, m_rd = mreg.write_port(), mreg.read_port(domain="comb")
-        st_wr, st_rd = smem.write_port(), smem.read_port()
-        rom_p, rom_a = rom.read_port(domain="comb"), rom.read_port(domain="comb")
+        st_wr, st_rd = smem.write, smem.read
+        m.d.comb += [ram.r_en.eq(1) for ram in (qmem, kmem, vmem, sbuf, smem)]
+        rom_p = [r.read_port(domain="comb") for r in roms]   # p's lookup in each part
+        rom_a = [r.read_port(domain="comb") for r in roms]   # alpha's
 
         # ---------------------------------------------------------------- job registers
         c_reg = Signal(nm.const_bits)
@@ -244,8 +327,20 @@ class AttentionCore(wiring.Component):
             return [Signal(shape, name=f"bank{b}_{name}") for b in range(2)]
         bk_full = bank_sig(1, "full")
         bk_adone = bank_sig(1, "adone")
-        bk_n = bank_sig(range(Bc + 1), "n")
-        bk_nr = bank_sig(range(Br + 1), "nr")
+        # A bank's keys and rows as the units test them: empty (no key), the index of its last
+        # key and of its last row, set by the loader with the bank (a subtract and a compare
+        # of the count at every issue were on the score and softmax units' issue paths).
+        bk_empty = bank_sig(1, "empty")
+        bk_lastkey = bank_sig(range(Bc), "lastkey")
+        bk_lastrow = bank_sig(range(Br), "lastrow")
+        bk_tiny = bank_sig(1, "tiny")   # at most two rows (see b_hold)
+        # An empty bank (a tile with no kept block) becomes full a cycle after the loader describes
+        # it, like a loaded one (whose keys take at least that cycle): the units' registered
+        # last-key / last-row flags (issue_flags) see the new indices first.
+        empty_full = bank_sig(1, "empty_full")
+        for b in range(2):
+            with m.If(empty_full[b]):
+                m.d.sync += [bk_full[b].eq(1), empty_full[b].eq(0)]
         bk_first = bank_sig(1, "first")
         bk_final = bank_sig(1, "final")
         bk_lastjob = bank_sig(1, "lastjob")
@@ -254,118 +349,170 @@ class AttentionCore(wiring.Component):
         def pick(sigs, ptr):
             return Mux(ptr, sigs[1], sigs[0])
 
+        def issue_flags(issue, ptr, key, row, empty, name):
+            """Registered ``key == last key`` and ``row == last row`` of the bank at ``ptr`` for a
+            unit that issues one (row, key) pair a cycle (A or B): the compares with the bank's
+            indices sat between the issue decision and every counter it updates. Each cycle the
+            flags are formed for the position after this cycle, from registers only: after an
+            issue from the candidates (next key, first key of the next row, first key of the
+            other bank), else from the present position, so that a bank the loader has just
+            described is seen a cycle later (it becomes full no earlier than that, see
+            ``empty_full``)."""
+            key_last = Signal(init=1, name=f"{name}_key_last")
+            row_last = Signal(init=1, name=f"{name}_row_last")
+
+            def at(sel, f):
+                return Mux(sel, f(1), f(0))
+            now_key = at(ptr, lambda b: key == bk_lastkey[b])
+            now_row = at(ptr, lambda b: row == bk_lastrow[b])
+            next_key = at(ptr, lambda b: key + 1 == bk_lastkey[b])
+            next_row = at(ptr, lambda b: row + 1 == bk_lastrow[b])
+            first_key_same = at(ptr, lambda b: bk_lastkey[b] == 0)
+            first_key_other = at(ptr, lambda b: bk_lastkey[1 - b] == 0)
+            first_row_other = at(ptr, lambda b: bk_lastrow[1 - b] == 0)
+            with m.If(issue & (empty | key_last)):
+                with m.If(row_last):
+                    m.d.sync += [key_last.eq(first_key_other), row_last.eq(first_row_other)]
+                with m.Else():
+                    m.d.sync += [key_last.eq(first_key_same), row_last.eq(next_row)]
+            with m.Elif(issue):
+                m.d.sync += key_last.eq(next_key)
+            with m.Else():
+                m.d.sync += [key_last.eq(now_key), row_last.eq(now_row)]
+            return key_last, row_last
+
         q_busy = Signal()  # the tile's Q rows are still needed by the score unit
 
         # ---------------------------------------------------------------- loader
         ld_bank = Signal()
         nr_reg = Signal(range(Br + 1))
+        nr_last = Signal(range(Br))   # nr_reg - 1
         lastjob_reg = Signal()
         rem_bits = Signal(KB)
         seen_kept = Signal()
         keys_left = Signal(signed(LB + 2))
         qcnt = Signal(range(Br))
         kcnt = Signal(range(Bc))
-        ld_n = Signal(range(Bc + 1))
+        ld_last = Signal(range(Bc))   # index of the block's last key (its key count - 1)
+        kv_first = Signal()           # kcnt == 0: the block's first key is next
+        kv_last = Signal()            # kcnt == ld_last: the block's last key is next
+        # Registered tests on rem_bits and keys_left, kept with them, so that the block scan
+        # decides from single bits: a wide zero test and a compare were in front of the loader's
+        # and the bank descriptors' updates.
+        rem_zero = Signal()           # rem_bits == 0
+        rem_last = Signal()           # rem_bits[1:] == 0
+        keys_big = Signal()           # keys_left > Bc
+
+        def scan_next_block():
+            """rem_bits and keys_left move on by one key block (with their tests)."""
+            return [rem_bits.eq(rem_bits >> 1), rem_zero.eq(rem_last), rem_last.eq(rem_bits[2:] == 0),
+                    keys_left.eq(keys_left - Bc), keys_big.eq(keys_left > 2 * Bc)]
         ld_final = Signal()
 
         vpay = data.View(self.v_layout, self.v.payload.as_value())
-        with m.FSM(name="loader"):
-            with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                p = self.cmd.payload
-                # Commands that produce nothing are taken and dropped: lq = 0 in any mode, a
-                # similarity job without keys (it would have no beat to carry ``last``), and the
-                # reserved modes 2 (pivot, not built) and 3.
-                is_attn, is_sim = p.mode == MODE_ATTENTION, p.mode == MODE_SIMILARITY
-                with m.If(self.cmd.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
-                    m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
-                                 sim_reg.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
-                    m.next = "MASK"
-            with m.State("MASK"):
-                # Similarity jobs are dense and take no mask beat: every valid key block is kept.
-                m.d.comb += self.mask.ready.eq(~sim_reg)
-                with m.If(self.mask.valid | sim_reg):
-                    m.d.sync += [rem_bits.eq(Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)),
-                                 seen_kept.eq(0),
-                                 keys_left.eq(lk_reg),
-                                 nr_reg.eq(Mux(lq_left > Br, Br, lq_left)), lastjob_reg.eq(lq_left <= Br)]
-                    m.next = "QWAIT"
-            with m.State("QWAIT"):
-                with m.If(~q_busy):
-                    m.d.sync += qcnt.eq(0)
-                    m.next = "QLOAD"
-            with m.State("QLOAD"):
-                m.d.comb += [self.q.ready.eq(1), q_wr.addr.eq(qcnt), q_wr.data.eq(self.q.payload.as_value()),
-                             q_wr.en.eq(self.q.valid)]
-                with m.If(self.q.valid):
-                    m.d.sync += qcnt.eq(qcnt + 1)
-                    with m.If(qcnt == nr_reg - 1):
-                        m.d.sync += q_busy.eq(1)
-                        m.next = "BLK"
-            with m.State("BLK"):
-                bank_free = ~pick(bk_full, ld_bank)
-                alloc = Signal()
-                with m.If(rem_bits == 0):
-                    # Only reachable when no block of the tile is kept: an empty bank makes every
-                    # row of the tile flow through as a fully masked row (y = 0).
-                    with m.If(bank_free):
-                        m.d.comb += alloc.eq(1)
-                        m.d.sync += ld_n.eq(0)
-                        for b in range(2):
-                            with m.If(ld_bank == b):
-                                m.d.sync += [bk_n[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
-                                             bk_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
-                        m.d.sync += ld_bank.eq(~ld_bank)
-                        m.next = "NEXT"
-                with m.Elif(~rem_bits[0]):
-                    m.d.sync += [rem_bits.eq(rem_bits >> 1), keys_left.eq(keys_left - Bc)]
-                with m.Elif(bank_free):
+        # The RAM write addresses and data do not depend on the loader's state (only the write
+        # enables do): decoding the state in front of every data bit was a critical path.
+        kv_addr = Mux(ld_bank, Bc, 0) + kcnt
+        m.d.comb += [q_wr.addr.eq(qcnt), q_wr.data.eq(self.q.payload.as_value()),
+                     k_wr.addr.eq(kv_addr), k_wr.data.eq(self.k.payload.as_value()),
+                     v_wr.addr.eq(kv_addr), v_wr.data.eq(self.v.payload.as_value())]
+        ld_fsm = OneHot(["IDLE", "MASK", "QWAIT", "QLOAD", "BLK", "KVLOAD", "NEXT", "DONE"], "loader")
+        with m.If(ld_fsm["IDLE"]):
+            m.d.comb += self.cmd.ready.eq(1)
+            p = self.cmd.payload
+            # Commands that produce nothing are taken and dropped: lq = 0 in any mode, a
+            # similarity job without keys (it would have no beat to carry ``last``), and the
+            # reserved modes 2 (pivot, not built) and 3.
+            is_attn, is_sim = p.mode == MODE_ATTENTION, p.mode == MODE_SIMILARITY
+            with m.If(self.cmd.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
+                m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
+                             sim_reg.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
+                m.d.sync += ld_fsm.go("IDLE", "MASK")
+        with m.If(ld_fsm["MASK"]):
+            # Similarity jobs are dense and take no mask beat: every valid key block is kept.
+            m.d.comb += self.mask.ready.eq(~sim_reg)
+            with m.If(self.mask.valid | sim_reg):
+                kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
+                m.d.sync += [rem_bits.eq(kept), rem_zero.eq(kept == 0), rem_last.eq(kept[1:] == 0),
+                             seen_kept.eq(0),
+                             keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc),
+                             nr_reg.eq(Mux(lq_left > Br, Br, lq_left)),
+                             nr_last.eq(Mux(lq_left > Br, Br - 1, lq_left - 1)), lastjob_reg.eq(lq_left <= Br)]
+                m.d.sync += ld_fsm.go("MASK", "QWAIT")
+        with m.If(ld_fsm["QWAIT"]):
+            with m.If(~q_busy):
+                m.d.sync += qcnt.eq(0)
+                m.d.sync += ld_fsm.go("QWAIT", "QLOAD")
+        with m.If(ld_fsm["QLOAD"]):
+            m.d.comb += [self.q.ready.eq(1), q_wr.en.eq(self.q.valid)]
+            with m.If(self.q.valid):
+                m.d.sync += qcnt.eq(qcnt + 1)
+                with m.If(qcnt == nr_last):
+                    m.d.sync += q_busy.eq(1)
+                    m.d.sync += ld_fsm.go("QLOAD", "BLK")
+        with m.If(ld_fsm["BLK"]):
+            bank_free = ~pick(bk_full, ld_bank)
+            alloc = Signal()
+            with m.If(rem_zero):
+                # Only reachable when no block of the tile is kept: an empty bank makes every
+                # row of the tile flow through as a fully masked row (y = 0).
+                with m.If(bank_free):
                     m.d.comb += alloc.eq(1)
-                    n_val = Mux(keys_left > Bc, Bc, keys_left)
-                    final = rem_bits[1:] == 0
-                    m.d.sync += [ld_n.eq(n_val), ld_final.eq(final), kcnt.eq(0)]
                     for b in range(2):
                         with m.If(ld_bank == b):
-                            m.d.sync += [bk_n[b].eq(n_val), bk_first[b].eq(~seen_kept), bk_final[b].eq(final)]
-                    m.next = "KVLOAD"
-                with m.If(alloc):
+                            m.d.sync += [bk_empty[b].eq(1), bk_lastkey[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
+                                         empty_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
+                    m.d.sync += ld_bank.eq(~ld_bank)
+                    m.d.sync += ld_fsm.go("BLK", "NEXT")
+            with m.Elif(~rem_bits[0]):
+                m.d.sync += scan_next_block()
+            with m.Elif(bank_free):
+                m.d.comb += alloc.eq(1)
+                last_key = Mux(keys_big, Bc - 1, keys_left - 1)
+                final = rem_last
+                m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0), kv_first.eq(1),
+                             kv_last.eq(last_key == 0)]
+                for b in range(2):
+                    with m.If(ld_bank == b):
+                        m.d.sync += [bk_empty[b].eq(0), bk_lastkey[b].eq(last_key), bk_first[b].eq(~seen_kept),
+                                     bk_final[b].eq(final)]
+                m.d.sync += ld_fsm.go("BLK", "KVLOAD")
+            with m.If(alloc):
+                for b in range(2):
+                    with m.If(ld_bank == b):
+                        m.d.sync += [bk_lastrow[b].eq(nr_last), bk_tiny[b].eq(nr_last <= 1),
+                                     bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
+        with m.If(ld_fsm["KVLOAD"]):
+            # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
+            # and B, which would read it, is idle).
+            take = self.k.valid & (self.v.valid | sim_reg)
+            m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take & ~sim_reg),
+                         k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
+            with m.If(take):
+                m.d.sync += [kcnt.eq(kcnt + 1), kv_first.eq(0), kv_last.eq(kcnt + 1 == ld_last)]
+                for b in range(2):
+                    with m.If(ld_bank == b):
+                        for i in range(nb):
+                            sc = vpay.scales[i]
+                            m.d.sync += bk_xt[b][i].eq(Mux(kv_first | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
+                with m.If(kv_last):
                     for b in range(2):
                         with m.If(ld_bank == b):
-                            m.d.sync += [bk_nr[b].eq(nr_reg), bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
-            with m.State("KVLOAD"):
-                # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
-                # and B, which would read it, is idle).
-                take = self.k.valid & (self.v.valid | sim_reg)
-                addr = Mux(ld_bank, Bc, 0) + kcnt
-                m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take & ~sim_reg),
-                             k_wr.addr.eq(addr), k_wr.data.eq(self.k.payload.as_value()), k_wr.en.eq(take),
-                             v_wr.addr.eq(addr), v_wr.data.eq(self.v.payload.as_value()), v_wr.en.eq(take & ~sim_reg)]
-                with m.If(take):
-                    m.d.sync += kcnt.eq(kcnt + 1)
-                    for b in range(2):
-                        with m.If(ld_bank == b):
-                            for i in range(nb):
-                                sc = vpay.scales[i]
-                                m.d.sync += bk_xt[b][i].eq(Mux((kcnt == 0) | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
-                    with m.If(kcnt == ld_n - 1):
-                        for b in range(2):
-                            with m.If(ld_bank == b):
-                                m.d.sync += bk_full[b].eq(1)
-                        m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1), rem_bits.eq(rem_bits >> 1),
-                                     keys_left.eq(keys_left - Bc)]
-                        with m.If(ld_final):
-                            m.next = "NEXT"
-                        with m.Else():
-                            m.next = "BLK"
-            with m.State("NEXT"):
-                m.d.sync += lq_left.eq(lq_left - nr_reg)
-                with m.If(lastjob_reg):
-                    m.next = "DONE"
-                with m.Else():
-                    m.next = "MASK"
-            with m.State("DONE"):
-                with m.If(job_done):
-                    m.next = "IDLE"
+                            m.d.sync += bk_full[b].eq(1)
+                    m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1)] + scan_next_block()
+                    with m.If(ld_final):
+                        m.d.sync += ld_fsm.go("KVLOAD", "NEXT")
+                    with m.Else():
+                        m.d.sync += ld_fsm.go("KVLOAD", "BLK")
+        with m.If(ld_fsm["NEXT"]):
+            m.d.sync += lq_left.eq(lq_left - nr_reg)
+            with m.If(lastjob_reg):
+                m.d.sync += ld_fsm.go("NEXT", "DONE")
+            with m.Else():
+                m.d.sync += ld_fsm.go("NEXT", "MASK")
+        with m.If(ld_fsm["DONE"]):
+            with m.If(job_done):
+                m.d.sync += ld_fsm.go("DONE", "IDLE")
 
         # ---------------------------------------------------------------- score unit (A): issue
         slot_busy = Array([Signal(name=f"slot{i}_busy") for i in range(N_SLOTS)])
@@ -376,15 +523,15 @@ class AttentionCore(wiring.Component):
         a_row = Signal(range(Br))
         a_key = Signal(range(Bc))
         a_seq = Signal(range(N_SLOTS))
-        a_n = pick(bk_n, a_ptr)
-        a_empty = a_n == 0
-        a_rowstart = a_key == 0
+        a_empty = pick(bk_empty, a_ptr)
+        a_rowstart = Signal(init=1)   # a_key == 0, kept as a flag
         a_issue = Signal()
         s_room = Signal()  # similarity: the score FIFO has room for one more pair in flight
         m.d.comb += a_issue.eq(pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr) &
                                Mux(sim_reg, s_room, ~a_rowstart | ~slot_busy[a_seq]))
-        a_lastkey = a_empty | (a_key == a_n - 1)
-        a_lastrow = a_row == pick(bk_nr, a_ptr) - 1
+        a_key_last, a_row_last = issue_flags(a_issue, a_ptr, a_key, a_row, a_empty, "a")
+        a_lastkey = a_empty | a_key_last
+        a_lastrow = a_row_last
         m.d.comb += [q_rd.addr.eq(a_row), k_rd.addr.eq(Mux(a_ptr, Bc, 0) + a_key)]
         # In similarity mode the softmax unit (B) stays idle: A neither claims score slots nor
         # advances the slot sequence (so that A and B agree on it in the next attention job),
@@ -397,7 +544,7 @@ class AttentionCore(wiring.Component):
             with m.If(a_rowstart & ~sim_reg):
                 m.d.sync += slot_busy[a_seq].eq(1)
             with m.If(a_lastkey):
-                m.d.sync += a_key.eq(0)
+                m.d.sync += [a_key.eq(0), a_rowstart.eq(1)]
                 with m.If(~sim_reg):
                     m.d.sync += a_seq.eq(a_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
                                          Mux(a_seq == N_SLOTS - 1, 0, a_seq + 1))
@@ -416,7 +563,7 @@ class AttentionCore(wiring.Component):
                 with m.Else():
                     m.d.sync += a_row.eq(a_row + 1)
             with m.Else():
-                m.d.sync += a_key.eq(a_key + 1)
+                m.d.sync += [a_key.eq(a_key + 1), a_rowstart.eq(0)]
 
         # Stage a1: memory outputs valid. a1q: the Q and K reads registered once more before the
         # LUT magnitude products (the block RAM's 5.8 ns clock-to-out was in front of them).
@@ -424,32 +571,75 @@ class AttentionCore(wiring.Component):
         a1_slot, a1_key = reg(a_seq, "a1_slot"), reg(a_key, "a1_key")
         a1_last, a1_empty = reg(a_lastkey, "a1_last"), reg(a_empty, "a1_empty")
         a1_jlast = reg(a_jlast, "a1_jlast")
+        a1_first = reg(a_rowstart, "a1_first")   # the row's first key of the block
         a_stages = 1  # registers from issue to the score register (sizes the score FIFO)
-        qv = data.View(self.q_layout, reg(q_rd.data, "a1q_q"))
-        kv = data.View(self.q_layout, reg(k_rd.data, "a1q_k"))
-        side = [reg(x, f"a1q_side{k}") for k, x in enumerate([a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast])]
+        qv = data.View(self.q_layout, q_rd.data)
+        kv = data.View(self.q_layout, k_rd.data)
+        side = [reg(x, f"a1q_side{k}") for k, x in enumerate([a1_v, a1_slot, a1_key, a1_last, a1_empty, a1_jlast, a1_first])]
         a_stages += 1
-        lanes = []
+
+        # a1d: each Q and K magnitude code split into its significand (implicit bit included) and
+        # its exponent shift, the magnitude being sig << shift (as in hw/fp/lutmul.py), registered
+        # before the significand product table: the exponent test in front of the table (one
+        # function of both whole codes) mapped to a chain of LUTs too deep for the cycle.
+        def split_code(code, name):
+            mag = code[:fq.code_width - 1]
+            exp = mag[fq.mbits:]
+            normal = exp.any()
+            return (reg(Cat(mag[:fq.mbits], normal), f"{name}_sig"),
+                    reg(Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)], f"{name}_sh"))
+        split = []
         for d in range(D):
             a, b = qv.codes[d], kv.codes[d]
-            value, shift = magnitude_product(m, a[:fq.code_width - 1], fq, b[:fq.code_width - 1], fq)
-            lanes.append((reg(value, f"a2_val{d}"), reg(shift, f"a2_sh{d}"),
-                          reg(a[fq.code_width - 1] ^ b[fq.code_width - 1], f"a2_neg{d}")))
+            split.append(split_code(a, f"a1d_q{d}") + split_code(b, f"a1d_k{d}") +
+                         (reg(a[fq.code_width - 1] ^ b[fq.code_width - 1], f"a1d_neg{d}"),))
         fprod = fpnum.product_frac_bits(fq, fq)
-        esh = [reg(qv.scales[i] + kv.scales[i] - (2 * E8M0_BIAS + fprod - nm.dot_frac), f"a2_esh{i}", signed(11))
+        esh = [reg(qv.scales[i] + kv.scales[i] - (2 * E8M0_BIAS + fprod - nm.dot_frac), f"a1d_esh{i}", signed(11))
                for i in range(nb)]
+        side = [reg(x, f"a1d_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+
+        # a2: signed significand products from a table (the sign is one more table input, so no
+        # negation follows the shift), exponent shifts added.
+        sig_bits = fq.mbits + 1
+        lanes = []
+        for d, (sig_q, sh_q, sig_k, sh_k, neg) in enumerate(split):
+            # A ROM kept in LUTs (rom_style "logic"): with its registered output Yosys would
+            # otherwise put it in a DP16KD without the output register (5.6 ns clock-to-out).
+            # Two tables, for a positive and a negative product, each a function of 2 * sig_bits
+            # inputs (with the sign a ninth input the table was a LUT level deeper); a3
+            # selects by the sign in front of the shift.
+            values = []
+            for sign in (0, 1):
+                table = [(-(sq * sk) if sign else sq * sk) for sq in range(1 << sig_bits) for sk in range(1 << sig_bits)]
+                rom_d = Memory(shape=signed(2 * sig_bits + 1), depth=len(table), init=table, attrs={"rom_style": "logic"})
+                m.submodules[f"sig_table{d}_{'neg' if sign else 'pos'}"] = rom_d
+                rd = rom_d.read_port(domain="comb")
+                m.d.comb += rd.addr.eq(Cat(sig_k, sig_q))
+                values.append(reg(rd.data, f"a2_val{d}_{'neg' if sign else 'pos'}"))
+            value = Mux(reg(neg, f"a2_neg{d}"), values[1], values[0])
+            lanes.append((value, reg(sh_q + sh_k, f"a2_sh{d}")))
+        esh = [reg(x, f"a2_esh{i}") for i, x in enumerate(esh)]
         side = [reg(x, f"a2_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
-        # Stage a3: exact signed products.
+        # Stage a3: exact signed products, and each MX block's shift onto the 2^-dot_frac grid
+        # decoded for the term stage (out of range, left or right, and the amounts).
         pw = fpnum.product_width(fq, fq)
-        prods = []
-        for d, (value, shift, neg) in enumerate(lanes):
-            mag = (value << shift)[:pw]
-            prods.append(reg(Mux(neg, -mag, mag), f"a3_p{d}", signed(pw + 1)))
-        esh = [reg(x, f"a3_esh{i}") for i, x in enumerate(esh)]
+        prods = [reg((value << shift)[:pw + 1], f"a3_p{d}", signed(pw + 1)) for d, (value, shift) in enumerate(lanes)]
+        sum_bits = pw + 1 + (B - 1).bit_length()   # width of an MX block's adder-tree sum
+        esh_dec = []
+        for i, sh in enumerate(esh):
+            esh_dec.append(dict(
+                zero=reg(sh >= W, f"a3_shzero{i}"),
+                left=reg(sh >= 0, f"a3_shleft{i}"),
+                left_amt=reg(sh[:_bits(W)], f"a3_shl{i}"),
+                right_amt=reg(Mux(sh < -sum_bits, sum_bits, -sh)[:_bits(sum_bits + 1)], f"a3_shr{i}")))
         side = [reg(x, f"a3_side{k}") for k, x in enumerate(side)]
         a_stages += 1
+
+        def delay_dec(dec, name):
+            return [{k: reg(v, f"{name}_{k}{i}") for k, v in x.items()} for i, x in enumerate(dec)]
 
         # Adder trees, one per MX block, one register level per halving.
         sums = []
@@ -469,26 +659,39 @@ class AttentionCore(wiring.Component):
                     ng.append(reg(x, f"at{depth}_{gi}_{i // 2}", signed(width)))
                 new_groups.append(ng)
             groups = new_groups
-            esh = [reg(x, f"at{depth}_esh{i}") for i, x in enumerate(esh)]
+            esh_dec = delay_dec(esh_dec, f"at{depth}")
             side = [reg(x, f"at{depth}_side{k}") for k, x in enumerate(side)]
             a_stages += 1
         sums = [g[0] for g in groups]
 
-        # Term stage: each block sum onto the 2^-dot_frac grid, modulo 2^W (left shift or floor).
-        terms = []
-        for i, (S, sh) in enumerate(zip(sums, esh)):
-            sbits = len(S)
-            left_amt = Signal(range(W), name=f"left_amt{i}")
-            m.d.comb += left_amt.eq(sh[:len(left_amt)])
-            right_amt = Signal(range(sbits + 1), name=f"right_amt{i}")
-            m.d.comb += right_amt.eq(Mux(-sh > sbits, sbits, -sh))
-            term = Signal(W, name=f"term{i}")
-            with m.If(sh >= W):
-                m.d.comb += term.eq(0)
-            with m.Elif(sh >= 0):
-                m.d.comb += term.eq((S << left_amt)[:W])
+        # Term stages: each block sum onto the 2^-dot_frac grid, modulo 2^W (left shift or floor),
+        # in two shifts: by the amount's multiple of 8 (ad1), then by the rest (ad2); one
+        # 6-level shift was too long for a stage. Left: (S << a)[:W] = (((S << a1)[:W]) << a2)[:W];
+        # right (floor): S >> a = (S >> a1) >> a2.
+        tw = max(W, sum_bits)
+        coarse = []
+        for i, (S, dec) in enumerate(zip(sums, esh_dec)):
+            assert len(S) == sum_bits
+            c = Signal(signed(tw), name=f"ad1_coarse{i}")
+            with m.If(dec["left"]):
+                m.d.sync += c.eq((S << Cat(Const(0, 3), dec["left_amt"][3:]))[:W])
             with m.Else():
-                m.d.comb += term.eq(S >> right_amt)  # signed: sign-extends to W bits (floor)
+                m.d.sync += c.eq(S >> Cat(Const(0, 3), dec["right_amt"][3:]))
+            coarse.append(c)
+        fine_dec = [dict(zero=reg(dec["zero"], f"ad1_zero{i}"), left=reg(dec["left"], f"ad1_left{i}"),
+                         left_amt=reg(dec["left_amt"][:3], f"ad1_lfine{i}"),
+                         right_amt=reg(dec["right_amt"][:3], f"ad1_rfine{i}")) for i, dec in enumerate(esh_dec)]
+        side = [reg(x, f"ad1_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        terms = []
+        for i, (c, dec) in enumerate(zip(coarse, fine_dec)):
+            term = Signal(W, name=f"term{i}")
+            with m.If(dec["zero"]):
+                m.d.comb += term.eq(0)
+            with m.Elif(dec["left"]):
+                m.d.comb += term.eq((c << dec["left_amt"])[:W])
+            with m.Else():
+                m.d.comb += term.eq(c >> dec["right_amt"])  # signed: sign-extends to W bits (floor)
             terms.append(reg(term, f"ad_term{i}"))
         side = [reg(x, f"ad_side{k}") for k, x in enumerate(side)]
         a_stages += 1
@@ -498,9 +701,15 @@ class AttentionCore(wiring.Component):
         dot = reg(total[:W].as_signed(), "as_dot", signed(W))
         side = [reg(x, f"as_side{k}") for k, x in enumerate(side)]
         a_stages += 1
+        # am: dot * C in pieces of at most 17 bits of dot (one ECP5 MULT18X18D each, C being
+        # unsigned and at most 17 bits wide), registered; amp: their sum. The multiplier blocks
+        # and the adders joining their outputs were too long for one stage.
         prod_w = W + nm.const_bits + 1
-        prod = reg(dot * c_reg, "am_prod", signed(prod_w))
+        pieces = split_product(m, platform, dot, c_reg, "am_prod")
         side = [reg(x, f"am_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        prod = reg(join_pieces(pieces), "amp_prod", signed(prod_w))
+        side = [reg(x, f"amp_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
         # Rounding shift and saturation, score = clamp(floor((prod + rnd) / 2^shift)), in two
@@ -515,34 +724,67 @@ class AttentionCore(wiring.Component):
 
         def sat_threshold(bound, sh):
             return min(max((bound << sh) - ((1 << sh) >> 1), thr_min), thr_max)
-        # The thresholds and the rounding constant follow sh_reg one cycle behind (a table read:
-        # the shift is set with the command, long before the job's first pair reaches ar1).
+        # The thresholds follow sh_reg one cycle behind (a table read: the shift is set with the
+        # command, long before the job's first pair reaches ar1).
         sh_values = range(1 << len(sh_reg))
-        rnd_job = reg(Array([Const((1 << sh) >> 1, 63) for sh in sh_values])[sh_reg], "a_rnd_job", 63)
         hi_job = reg(Array([Const(sat_threshold(smax + 1, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
                      "a_sat_hi_job", signed(prod_w + 1))
         lo_job = reg(Array([Const(sat_threshold(smin, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
                      "a_sat_lo_job", signed(prod_w + 1))
-        rounded = reg(prod + rnd_job, "ar1_rounded")
-        over = reg(prod >= hi_job, "ar1_over")
-        under = reg(prod < lo_job, "ar1_under")
+        # The rounding shift as floor((prod + 2^(sh-1)) / 2^sh) = (floor(prod / 2^(sh-1)) + 1) >> 1
+        # (sh >= 1; with y = 2 prod for sh = 0 the same formula gives prod): the variable shift
+        # in ar1, an add of the SW + 1 bits that are kept in ar2, so that no wide add precedes
+        # the shift. Only the low SW bits of the result are used: exact when not saturated.
+        # The variable shift itself in two parts: by the multiple of 8 in ar1 (keeping the SW + 8
+        # bits that the rest needs), by the rest in ar1f (+1 A stage; 6 levels with the amount
+        # fanned out across prod were too long for one).
+        sh_zero = reg(sh_reg == 0, "a_sh_zero_job")
+        sh_less1 = reg(sh_reg - 1, "a_sh_less1_job", unsigned(len(sh_reg)))
+        sh_fine = reg(Mux(sh_zero, 0, sh_less1[:3]), "a_sh_fine_job", unsigned(3))
+        coarse_shifted = reg(Mux(sh_zero, prod << 1, prod >> Cat(Const(0, 3), sh_less1[3:]))[:SW + 8],
+                             "ar1_coarse", signed(SW + 8))
+        # The saturation tests in two halves, side by side in ar1: the low halves compared
+        # (unsigned), the high halves (signed) compared and tested for equality; ar2 combines them
+        # (one compare across all prod_w bits was too long):
+        # x >= y  <=>  x_hi > y_hi | (x_hi == y_hi & x_lo >= y_lo), likewise for <.
+        cut = prod_w // 2
+        prod_hi = prod[cut:].as_signed()
+        hi_hi, lo_hi = hi_job[cut:].as_signed(), lo_job[cut:].as_signed()
+        tests = {"over_hi": prod_hi > hi_hi, "over_eq": prod_hi == hi_hi, "over_lo": prod[:cut] >= hi_job[:cut],
+                 "under_hi": prod_hi < lo_hi, "under_eq": prod_hi == lo_hi, "under_lo": prod[:cut] < lo_job[:cut]}
+        tests = {k: reg(v, f"ar1_{k}") for k, v in tests.items()}
         side = [reg(x, f"ar1_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        shifted = Signal(signed(SW))   # only its low SW bits are used: exact when not saturated
-        m.d.comb += shifted.eq(rounded >> sh_reg)
-        score = reg(Mux(under, smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
-        ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
+        half_shifted = reg((coarse_shifted >> sh_fine)[:SW + 1], "ar1f_half", signed(SW + 1))
+        tests = {k: reg(v, f"ar1f_{k}") for k, v in tests.items()}
+        side = [reg(x, f"ar1f_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        over = tests["over_hi"] | (tests["over_eq"] & tests["over_lo"])
+        under = tests["under_hi"] | (tests["under_eq"] & tests["under_lo"])
+        shifted = Signal(signed(SW))
+        m.d.comb += shifted.eq((half_shifted + 1) >> 1)
+        # The pair of an empty block (no key, score unused) gets score_min, which is that
+        # block's max.
+        score = reg(Mux(under | side[4], smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
+        ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast, ae_first = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
-        # End of A: score buffer write, block max, slot handoff.
-        run_max = Signal(signed(SW))
-        new_max = Mux(ae_empty, smin, Mux((ae_key == 0) | (score > run_max), score, run_max))
+        # End of A: score buffer write, block max; a cycle later, the slot handoff (a running-max
+        # compare in front of the slot registers' select was a critical path; B starts a row a
+        # cycle later for it: once a job, not a row). run_max is the max of the row's scores so
+        # far, back to score_min after a row's last key (a synchronous reset, so the compare
+        # feeds nothing but the select): the next pair is a row's first key or an empty block.
+        run_max = Signal(signed(SW), init=smin)
+        new_max = Mux(score > run_max, score, run_max)
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
                      s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
         with m.If(ae_v):
-            m.d.sync += run_max.eq(new_max)
-            with m.If(ae_last & ~sim_reg):
-                m.d.sync += [slot_ready[ae_slot].eq(1), slot_bmax[ae_slot].eq(new_max)]
+            m.d.sync += run_max.eq(Mux(ae_last, smin, new_max))
+        block_max = reg(new_max, "ae_block_max")
+        slot_done = reg(ae_v & ae_last & ~sim_reg, "ae_slot_done")
+        slot_done_seq = reg(ae_slot, "ae_slot_done_seq")
+        with m.If(slot_done):
+            m.d.sync += [slot_ready[slot_done_seq].eq(1), slot_bmax[slot_done_seq].eq(block_max)]
 
         # Similarity output: every score of the job goes into a FIFO that drives ``s``. A pair
         # is issued only when the FIFO will have room for it when it leaves the pipeline:
@@ -567,32 +809,40 @@ class AttentionCore(wiring.Component):
             "alpha": unsigned(PW), "xt": data.ArrayLayout(8, nb), "first": 1, "final": 1, "lastrow": 1,
         })
         m.submodules.fifo = fifo = SyncFIFO(width=data.Layout.cast(fifo_layout).size, depth=2)
-        inflight = Signal(range(3))
+        # Rows started by B and not yet taken by U (at most 2: the row FIFO's depth), as the
+        # difference of two 2-bit counters (started, popped): the limit test reads four register
+        # bits, and each counter only counts, where an add-and-subtract counter had the issue
+        # decision and the FIFO pop in series.
+        rows_started = Signal(2)
+        rows_popped = Signal(2)
+        inflight_room = (rows_started - rows_popped)[:2] < 2
         b_row = Signal(range(Br))
         b_key = Signal(range(Bc))
         b_seq = Signal(range(N_SLOTS))
-        b_n = pick(bk_n, b_ptr)
-        b_empty = b_n == 0
-        b_rowstart = b_key == 0
+        b_empty = pick(bk_empty, b_ptr)
+        b_rowstart = Signal(init=1)   # b_key == 0, kept as a flag
         b_issue = Signal()
-        m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) &
-                               (~b_rowstart | (slot_ready[b_seq] & (inflight < 2))))
-        b_lastkey = b_empty | (b_key == b_n - 1)
-        b_lastrow = b_row == pick(bk_nr, b_ptr) - 1
+        # A row's running max is read from ``mreg`` at its rowstart and the new one written back
+        # two cycles later (b1), so two rowstarts of one row must be at least 3 cycles apart.
+        # Between them B issues every other row of the tile once (at least a cycle each): only
+        # tiles of one or two rows can come closer, and after the last key of such a bank B
+        # waits two cycles (b_hold, a shift register: waiting while its bit 0 is set).
+        b_hold = Signal(2)
+        m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) & ~b_hold[0] &
+                               (~b_rowstart | (slot_ready[b_seq] & inflight_room)))
+        b_key_last, b_row_last = issue_flags(b_issue, b_ptr, b_key, b_row, b_empty, "b")
+        b_lastkey = b_empty | b_key_last
+        b_lastrow = b_row_last
         b_first = pick(bk_first, b_ptr)
+        with m.If(b_issue & b_lastkey & b_lastrow & pick(bk_tiny, b_ptr)):
+            m.d.sync += b_hold.eq(0b11)
+        with m.Else():
+            m.d.sync += b_hold.eq(b_hold >> 1)
         m.d.comb += m_rd.addr.eq(b_row)
-        mold_now = Mux(b_first, smin, m_rd.data)
-        bmax_now = slot_bmax[b_seq]
-        mnew_now = Mux(bmax_now > mold_now, bmax_now, mold_now)
-        cur_mnew = Signal(signed(SW))
-        cur_mold = Signal(signed(SW))
         m.d.comb += [s_rd.addr.eq(b_seq * Bc + b_key), v_rd.addr.eq(Mux(b_ptr, Bc, 0) + b_key)]
         with m.If(b_issue):
-            with m.If(b_rowstart):
-                m.d.comb += [m_wr.addr.eq(b_row), m_wr.data.eq(mnew_now), m_wr.en.eq(1)]
-                m.d.sync += [cur_mnew.eq(mnew_now), cur_mold.eq(mold_now)]
             with m.If(b_lastkey):
-                m.d.sync += [slot_ready[b_seq].eq(0), slot_busy[b_seq].eq(0), b_key.eq(0),
+                m.d.sync += [slot_ready[b_seq].eq(0), slot_busy[b_seq].eq(0), b_key.eq(0), b_rowstart.eq(1),
                              b_seq.eq(b_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
                                       Mux(b_seq == N_SLOTS - 1, 0, b_seq + 1))]
                 with m.If(b_lastrow):
@@ -603,191 +853,285 @@ class AttentionCore(wiring.Component):
                 with m.Else():
                     m.d.sync += b_row.eq(b_row + 1)
             with m.Else():
-                m.d.sync += b_key.eq(b_key + 1)
+                m.d.sync += [b_key.eq(b_key + 1), b_rowstart.eq(0)]
         pop = Signal()
         start_row = b_issue & b_rowstart
-        m.d.sync += inflight.eq(inflight + start_row - pop)
+        with m.If(start_row):
+            m.d.sync += rows_started.eq(rows_started + 1)
+        with m.If(pop):
+            m.d.sync += rows_popped.eq(rows_popped + 1)
 
-        # b0: memory outputs valid.
-        b1 = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty,
-                  mnew=Mux(b_rowstart, mnew_now, cur_mnew), mold=Mux(b_rowstart, mold_now, cur_mold),
-                  first=b_first, final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow)
-        b1 = {k: reg(v, f"b0_{k}", signed(SW) if k in ("mnew", "mold") else None) for k, v in b1.items()}
-        b1_xt = [reg(pick([bk_xt[0][i], bk_xt[1][i]], b_ptr), f"b0_xt{i}") for i in range(nb)]
-        # b1: the score and V reads registered once more. A block RAM's output without its own
-        # register has a long clock-to-out (5.8 ns on ECP5, sim/synth_probe.py), which was in
-        # front of the exp2 index and the V decode.
-        b1 = {k: reg(v, f"b1_{k}") for k, v in b1.items()}
-        b1_xt = [reg(x, f"b1_xt{i}") for i, x in enumerate(b1_xt)]
-        s_val = reg(s_rd.data, "b1_s")
-        vview = data.View(self.v_layout, reg(v_rd.data, "b1_v"))
+        def delay(ctl, name):
+            """The control fields of a B stage, registered into the next one."""
+            return {k: reg(v, f"{name}_{k}") for k, v in ctl.items()}
+
+        # b0: block-RAM reads in flight (their output registers); the row's old running max (the
+        # LUT-RAM read, or score_min before the row's first kept block) and the block max
+        # registered, then compared (registered into b1). b1: m_new = max(m, block max) is
+        # selected, written back to ``mreg`` and held for the row's other keys. The read, the
+        # compare and the write-back were in series at issue, and the compare and the write-back
+        # still too long for one stage.
+        ctl = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty, first=b_first,
+                   final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow,
+                   **{f"xt{i}": pick([bk_xt[0][i], bk_xt[1][i]], b_ptr) for i in range(nb)})
+        ctl = delay(ctl, "b0")
+        mold0 = reg(Mux(b_first, smin, m_rd.data), "b0_mold", signed(SW))
+        bmax0 = reg(slot_bmax[b_seq], "b0_bmax", signed(SW))
+        bmax_gt = reg(bmax0 > mold0, "b1_bmax_gt")
+        bmax1, mold1_read = reg(bmax0, "b1_bmax"), reg(mold0, "b1_mold_read")
+        # b1: the score and V reads leave their RAM output registers.
+        ctl = delay(ctl, "b1")
+        mnew_fk = Mux(bmax_gt, bmax1, mold1_read)
+        cur_mnew = Signal(signed(SW))
+        cur_mold = Signal(signed(SW))
+        with m.If(ctl["v"] & ctl["fk"]):
+            m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(mnew_fk), m_wr.en.eq(1)]
+            m.d.sync += [cur_mnew.eq(mnew_fk), cur_mold.eq(mold1_read)]
+        mnew1 = Mux(ctl["fk"], mnew_fk, cur_mnew)
+        mold1 = Mux(ctl["fk"], mold1_read, cur_mold)
+        s_val = s_rd.data.as_signed()
+        vview = data.View(self.v_layout, v_rd.data)
 
         r_sh = nm.score_frac - nm.exp_bits
 
         def exp_index(t, name):
-            """(shift n clamped to p_bits + 2, table index) of 2^-t, t >= 0 in score units."""
-            u = (t + (1 << (r_sh - 1))) >> r_sh if r_sh > 0 else t
+            """(shift n clamped to p_bits + 2, table index) of 2^-t, t >= 0 in score units,
+            registered. The clamp does not wait for the rounding add: n > p_bits + 2 exactly when
+            t >= ((p_bits + 3) << (exp_bits + r)) - 2^(r - 1), a compare of t beside the add."""
+            half = (1 << (r_sh - 1)) if r_sh > 0 else 0
+            u = (t + half) >> r_sh
             u_s = Signal(len(t) + 1, name=f"{name}_u")
             m.d.comb += u_s.eq(u)
-            n_int = u_s >> nm.exp_bits
-            n_cl = Mux(n_int > PB + 2, PB + 2, n_int)
+            big = t >= ((PB + 3) << (nm.exp_bits + r_sh)) - half
+            n_cl = Mux(big, PB + 2, (u_s >> nm.exp_bits)[:_bits(PB + 3)])
             return reg(n_cl, f"{name}_n", range(PB + 3)), reg(u_s[:nm.exp_bits], f"{name}_i")
 
         # b1 -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
-        # decode and each MX block's alignment amount (Xt_b - scale, clamped) are registered
-        # before the index rounding and the V shift: the amount's subtract, clamp compare and
-        # fan-out to the block's shifters were in series with the shift (the critical path).
-        t_p = reg(b1["mnew"] - s_val, "b1d_tp", SW + 1)
-        t_a = reg(b1["mnew"] - b1["mold"], "b1d_ta", SW + 1)
-        v_int = []
+        # magnitudes and signs and each MX block's alignment amount (Xt_b - scale, clamped) are
+        # registered before the index rounding and the V negation.
+        t_p = reg(mnew1 - s_val, "b1d_tp", SW + 1)
+        t_a = reg(mnew1 - mold1, "b1d_ta", SW + 1)
+        v_mag, v_neg = [], []
         for d in range(D):
             code = vview.codes[d]
             mag_code = code[:fv.code_width - 1]
             exp = mag_code[fv.mbits:]
+            # sig << (exp - 1) for a normal code, as (sig << exp) >> 1 (no subtract in front of
+            # the shift); a subnormal one is its mantissa field
             normal = exp.any()
-            sig = Cat(mag_code[:fv.mbits], normal)
-            mag = Signal(vbits, name=f"b1_vmag{d}")
-            m.d.comb += mag.eq(sig << Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)])
-            v_int.append(reg(Mux(code[fv.code_width - 1], -mag, mag), f"b1d_vint{d}", signed(vbits + 1)))
-        v_align = []
-        for i in range(nb):
-            dsh = Signal(9, name=f"b1_dsh{i}")
-            m.d.comb += dsh.eq(b1_xt[i] - vview.scales[i])
-            v_align.append(reg(Mux(dsh > VFW, VFW, dsh)[:_bits(VFW + 1) + 1], f"b1d_dsh{i}"))
-        b1d = {k: reg(v, f"b1d_{k}") for k, v in b1.items() if k not in ("mnew", "mold")}
-        b1d_xt = [reg(x, f"b1d_xt{i}") for i, x in enumerate(b1_xt)]
+            shifted = (Cat(mag_code[:fv.mbits], Const(1)) << exp) >> 1
+            v_mag.append(reg(Mux(normal, shifted, mag_code[:fv.mbits]), f"b1d_vmag{d}", vbits))
+            v_neg.append(reg(code[fv.code_width - 1], f"b1d_vneg{d}"))
+        # each MX block's alignment amount Xt_b - scale (>= 0), clamped to VFW in b2
+        v_dsh = [reg(ctl[f"xt{i}"] - vview.scales[i], f"b1d_dsh{i}", unsigned(8)) for i in range(nb)]
+        ctl = delay(ctl, "b1d")
 
-        # b1d -> b2: exp2 index rounding and clamp, V aligned to Xt_b (floor shift).
+        # b1d -> b2: exp2 index rounding and clamp; V signed.
         p_n, p_i = exp_index(t_p, "b2_p")
-        a_n2, a_i = exp_index(t_a, "b2_a")
-        vfix = [reg((x << nm.v_guard) >> v_align[d // B], f"b2_vfix{d}", signed(VFW)) for d, x in enumerate(v_int)]
-        b2 = {k: reg(v, f"b2_{k}") for k, v in b1d.items()}
-        b2_xt = [reg(x, f"b2_xt{i}") for i, x in enumerate(b1d_xt)]
+        a_n, a_i = exp_index(t_a, "b2_a")
+        v_int = [reg(Mux(neg, -mag, mag), f"b2_vint{d}", signed(vbits + 1)) for d, (mag, neg) in enumerate(zip(v_mag, v_neg))]
+        v_align = [reg(Mux(x > VFW, VFW, x), f"b2_dsh{i}", range(VFW + 1)) for i, x in enumerate(v_dsh)]
+        ctl = delay(ctl, "b2")
 
-        # b2 -> b3: table lookup and rounding shift.
-        m.d.comb += [rom_p.addr.eq(p_i), rom_a.addr.eq(a_i)]
+        # b2 -> b3: the exp2 table entries of every part registered with the index's top bits;
+        # b3m: the part selected. n - 1 and n == 0 with them; V aligned to Xt_b (floor shift).
+        ib = nm.exp_bits - part_bits
+        m.d.comb += [port.addr.eq(p_i[:ib]) for port in rom_p] + [port.addr.eq(a_i[:ib]) for port in rom_a]
 
-        def exp_value(tval, n):
-            half = Mux(n == 0, 0, (Const(1, PB + 3) << n) >> 1)
-            return (tval + half) >> n
-        p3 = reg(Mux(b2["empty"], 0, exp_value(rom_p.data, p_n)), "b3_p", unsigned(PW))
-        alpha3 = reg(exp_value(rom_a.data, a_n2), "b3_alpha", unsigned(PW))
-        vfix3 = [reg(x, f"b3_vfix{d}") for d, x in enumerate(vfix)]
-        b3 = {k: reg(v, f"b3_{k}") for k, v in b2.items()}
-        b3_xt = [reg(x, f"b3_xt{i}") for i, x in enumerate(b2_xt)]
+        def table_entry(ports, index, name):
+            parts = Array([reg(port.data, f"b3_{name}T{h}") for h, port in enumerate(ports)])
+            return reg(parts[reg(index[ib:], f"b3_{name}_part")], f"b3m_{name}T")
+        p_n0, a_n0 = reg(reg(p_n == 0, "b3_pn0"), "b3m_pn0"), reg(reg(a_n == 0, "b3_an0"), "b3m_an0")
+        p_nm1 = reg(reg(p_n - 1, "b3_pnm1", range(PB + 2)), "b3m_pnm1")
+        a_nm1 = reg(reg(a_n - 1, "b3_anm1", range(PB + 2)), "b3m_anm1")
+        # The alignment shift in two parts: by the amount's multiple of 4 here, the rest in b4.
+        vfix = [reg((x << nm.v_guard) >> Cat(Const(0, 2), v_align[d // B][2:]), f"b3_vcoarse{d}", signed(VFW))
+                for d, x in enumerate(v_int)]
+        v_align = [reg(x[:2], f"b3_dsh{i}") for i, x in enumerate(v_align)]
+        ctl = delay(ctl, "b3")
+        p_T, a_T = table_entry(rom_p, p_i, "p"), table_entry(rom_a, a_i, "a")
+        vfix = [reg(x, f"b3m_vcoarse{d}") for d, x in enumerate(vfix)]
+        v_align = [reg(x, f"b3m_dsh{i}") for i, x in enumerate(v_align)]
+        ctl = delay(ctl, "b3m")
 
-        # b4: products.
-        prod4 = [reg(p3 * x, f"b4_prod{d}", signed(PRW)) for d, x in enumerate(vfix3)]
-        p4 = reg(p3, "b4_p")
-        alpha4 = reg(alpha3, "b4_alpha")
-        b4 = {k: reg(v, f"b4_{k}") for k, v in b3.items()}
-        b4_xt = [reg(x, f"b4_xt{i}") for i, x in enumerate(b3_xt)]
+        # b3 -> b4 -> b5: the rounding shift (T + 2^(n-1)) >> n (T itself when n = 0) in two
+        # stages: y = T >> (n - 1) (2 T when n = 0), then (y >> 1) + (y & 1). Table read, add
+        # and variable shift in one stage were a critical path.
+        def half_shift(T, n0, nm1, name):
+            return reg(Mux(n0, T << 1, T >> nm1), name, unsigned(PW + 1))
 
-        # b5: exact block sums; the row's last key pushes the row into the FIFO.
+        def round_off(y):
+            return (y >> 1) + y[0]
+        p_y, a_y = half_shift(p_T, p_n0, p_nm1, "b4_py"), half_shift(a_T, a_n0, a_nm1, "b4_ay")
+        vfix = [reg(x >> v_align[d // B], f"b4_vfix{d}") for d, x in enumerate(vfix)]
+        ctl = delay(ctl, "b4")
+        p5 = reg(Mux(ctl["empty"], 0, round_off(p_y)), "b5_p", unsigned(PW))
+        alpha5 = reg(round_off(a_y), "b5_alpha", unsigned(PW))
+        vfix = [reg(x, f"b5_vfix{d}") for d, x in enumerate(vfix)]
+        ctl = delay(ctl, "b5")
+
+        # b6: the products p * vfix in pieces of vfix (split_product: one MULT18X18D with its
+        # output register each on ECP5); b7: the pieces joined. vfix is wider than 18 bits, so
+        # one product is two multiplier blocks and an adder: too long for one stage.
+        pieces6 = [split_product(m, platform, x, p5, f"b6_prod{d}") for d, x in enumerate(vfix)]
+        p6 = reg(p5, "b6_p")
+        alpha6 = reg(alpha5, "b6_alpha")
+        ctl = delay(ctl, "b6")
+        prod7 = [reg(join_pieces(pieces), f"b7_prod{d}", signed(PRW)) for d, pieces in enumerate(pieces6)]
+        p7 = reg(p6, "b7_p")
+        alpha7 = reg(alpha6, "b7_alpha")
+        ctl = delay(ctl, "b7")
+
+        # b8: exact block sums. b9: the row's last key has its sums in acc_P / acc_ps, which are
+        # written to the FIFO from these registers (the sums' adders in front of the FIFO's write
+        # were a critical path).
         acc_P = [Signal(signed(PSW), name=f"P{d}") for d in range(D)]
         acc_ps = Signal(PSUMW)
         alpha_keep = Signal(PW)
-        new_P = [Mux(b4["fk"], 0, a) + x for a, x in zip(acc_P, prod4)]
-        new_ps = Mux(b4["fk"], 0, acc_ps) + p4
-        with m.If(b4["v"]):
+        new_P = [Mux(ctl["fk"], 0, a) + x for a, x in zip(acc_P, prod7)]
+        new_ps = Mux(ctl["fk"], 0, acc_ps) + p7
+        with m.If(ctl["v"]):
             m.d.sync += [a.eq(x) for a, x in zip(acc_P, new_P)]
             m.d.sync += acc_ps.eq(new_ps)
-            with m.If(b4["fk"]):
-                m.d.sync += alpha_keep.eq(alpha4)
+            with m.If(ctl["fk"]):
+                m.d.sync += alpha_keep.eq(alpha7)
+        row_done = reg(ctl["v"] & ctl["lk"], "b9_row_done")
+        ctl = delay(ctl, "b9")
         fw = data.View(fifo_layout, fifo.w_data)
-        m.d.comb += [fw.row.eq(b4["row"]), fw.psum.eq(new_ps), fw.alpha.eq(Mux(b4["fk"], alpha4, alpha_keep)),
-                     fw.first.eq(b4["first"]), fw.final.eq(b4["final"]), fw.lastrow.eq(b4["lastrow"]),
-                     fifo.w_en.eq(b4["v"] & b4["lk"])]
-        m.d.comb += [fw.P[d].eq(x) for d, x in enumerate(new_P)]
-        m.d.comb += [fw.xt[i].eq(x) for i, x in enumerate(b4_xt)]
+        m.d.comb += [fw.row.eq(ctl["row"]), fw.psum.eq(acc_ps), fw.alpha.eq(alpha_keep),
+                     fw.first.eq(ctl["first"]), fw.final.eq(ctl["final"]), fw.lastrow.eq(ctl["lastrow"]),
+                     fifo.w_en.eq(row_done)]
+        m.d.comb += [fw.P[d].eq(x) for d, x in enumerate(acc_P)]
+        m.d.comb += [fw.xt[i].eq(ctl[f"xt{i}"]) for i in range(nb)]
 
         # ---------------------------------------------------------------- row update (U)
         ent = Signal(fifo_layout)
         fr = data.View(fifo_layout, fifo.r_data)
-        st_reg = Signal(state_width)         # the row state read, registered (RAM clock-to-out)
-        stv = data.View(state_layout, st_reg)
+        stv = data.View(state_layout, st_rd.data)   # the row state, valid in U1M
+        m.d.comb += st_rd.addr.eq(ent.row)
+        # A row's first kept block starts from a zero state (acc, l and e): alpha is taken as 0
+        # for the rescale and e as 0 for the exponents, so the state read needs no mux.
+        u_alpha = Signal(PW)
+        e_old = [Mux(ent.first, 0, stv.e[i]) for i in range(nb)]
         uA = [Signal(signed(AW + PW + 1), name=f"u_accx{d}") for d in range(D)]
         uL = Signal(LW + PW)
-        uE = [Signal(8, name=f"u_e{i}") for i in range(nb)]
         div_idle = Signal()
         div_start = Signal()
+        # The start reaches the divider a cycle later, from a register (the two FSMs' state
+        # decodes in series were a critical path); the row's result stays in acc_new, l_new, e_new
+        # and ent for that cycle (the next row's update writes them at the earliest 2 cycles on).
+        div_go = Signal()
+        m.d.sync += div_go.eq(div_start)
         # The update is cut into register stages for timing (it was the core's critical path:
         # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
-        # U1 registers the state read, U1M the pieces of the rescaled state and U1P their sum,
-        # U2 the new exponents and the shift amounts, U3 the shifted sums, and U4 writes the
-        # state or hands the row to the divider from registers only.
+        # U0 takes the FIFO entry, U1 and U1W read the row state, U1M registers the pieces of the
+        # rescaled state (and the exponent differences), U1P their sum (and the shift amounts),
+        # U2 and U2F the aligned terms, U2S their sums, and U3 writes the state or hands the row
+        # to the divider from registers only.
         # U1M multiplies the state by alpha in pieces of at most 17 bits of the state (one ECP5
-        # MULT18X18D each, alpha being unsigned) and U1P adds the registered pieces: the whole
+        # MULT18X18D each with its output register, alpha being unsigned) and U1P adds the
+        # registered pieces (join_pieces: one adder): the whole
         # product in one stage (multiplier blocks, routing, then the LUT adders that join their
         # outputs) was the critical path.
-        def mul_pieces(x, name):
-            """(piece, offset) of x split into 17-bit slices, unsigned but the signed top slice."""
-            bounds = list(range(0, len(x), 17)) + [len(x)]
-            pieces = []
-            for n, (lo, hi) in enumerate(zip(bounds, bounds[1:])):
-                piece = x[lo:hi]
-                if x.shape().signed and hi == len(x):
-                    piece = piece.as_signed()
-                prod = piece * ent.alpha
-                pieces.append((Signal(prod.shape(), name=f"{name}_p{n}"), prod, lo))
-            return pieces
-        uA_pieces = [mul_pieces(stv.acc[d], f"u_accx{d}") for d in range(D)]
-        uL_pieces = mul_pieces(stv.l, "u_lx")
-
-        def join_pieces(pieces):
-            return sum(p << lo for p, _, lo in pieces)
+        u_rescale = Signal()   # in U1M: the pieces of the state times alpha are registered
+        uA_pieces = [split_product(m, platform, stv.acc[d], u_alpha, f"u_accx{d}", u_rescale) for d in range(D)]
+        uL_pieces = split_product(m, platform, stv.l, u_alpha, "u_lx", u_rescale)
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
+        e_up = [Signal(8, name=f"u_eup{i}") for i in range(nb)]        # e_new - e (>= 0)
+        xt_down = [Signal(8, name=f"u_xtdown{i}") for i in range(nb)]  # e_new - Xt (>= 0)
         amt_a = [Signal(range(AW + PW + 1), name=f"u_amta{i}") for i in range(nb)]
         amt_p = [Signal(range(PSW + 1), name=f"u_amtp{i}") for i in range(nb)]
+        acc_coarse = [Signal(signed(AW + PW + 1), name=f"u_acccoarse{d}") for d in range(D)]
+        p_coarse = [Signal(signed(PSW), name=f"u_pcoarse{d}") for d in range(D)]
+        acc_term = [Signal(signed(AW), name=f"u_accterm{d}") for d in range(D)]  # rescaled state, aligned
+        p_term = [Signal(signed(AW), name=f"u_pterm{d}") for d in range(D)]      # block sum, aligned
+        l_term = Signal(LW)
         acc_new = [Signal(signed(AW), name=f"u_accnew{d}") for d in range(D)]
         l_new = Signal(LW)
         stw = data.View(state_layout, st_wr.data)
         m.d.comb += [stw.l.eq(l_new), st_wr.addr.eq(ent.row)]
         m.d.comb += [stw.acc[d].eq(acc_new[d]) for d in range(D)]
         m.d.comb += [stw.e[i].eq(e_new[i]) for i in range(nb)]
-        with m.FSM(name="update"):
-            with m.State("U0"):
-                m.d.comb += st_rd.addr.eq(fr.row)
-                with m.If(fifo.r_rdy):
-                    m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
-                    m.d.sync += ent.eq(fifo.r_data)
-                    m.next = "U1"
-            with m.State("U1"):
-                # A row's first kept block starts from a zero state (acc, l and e).
-                m.d.sync += st_reg.eq(Mux(ent.first, 0, st_rd.data))
-                m.next = "U1M"
-            with m.State("U1M"):
-                for pieces in uA_pieces + [uL_pieces]:
-                    m.d.sync += [p.eq(prod) for p, prod, _ in pieces]
-                m.d.sync += [uE[i].eq(stv.e[i]) for i in range(nb)]
-                m.next = "U1P"
-            with m.State("U1P"):
-                m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
-                m.d.sync += uL.eq(join_pieces(uL_pieces))
-                m.next = "U2"
-            with m.State("U2"):
-                for i in range(nb):
-                    e_max = Mux(ent.xt[i] > uE[i], ent.xt[i], uE[i])
-                    sh_acc = Signal(range(PB + 256), name=f"u_shacc{i}")
-                    sh_P = Signal(range(PB + 256), name=f"u_shP{i}")
-                    m.d.comb += [sh_acc.eq(PB + e_max - uE[i]), sh_P.eq(PB - nm.acc_frac + e_max - ent.xt[i])]
-                    m.d.sync += [e_new[i].eq(e_max), amt_a[i].eq(Mux(sh_acc > AW + PW, AW + PW, sh_acc)),
-                                 amt_p[i].eq(Mux(sh_P > PSW, PSW, sh_P))]
-                m.next = "U3"
-            with m.State("U3"):
-                for d in range(D):
-                    i = d // B
-                    m.d.sync += acc_new[d].eq(((uA[d] >> amt_a[i]) + (ent.P[d] >> amt_p[i]))[:AW])
-                m.d.sync += l_new.eq(((uL >> PB) + ent.psum)[:LW])
-                m.next = "U4"
-            with m.State("U4"):
-                with m.If(ent.final):
-                    with m.If(div_idle):
-                        m.d.comb += div_start.eq(1)
-                        m.next = "U0"
-                with m.Else():
-                    m.d.comb += st_wr.en.eq(1)
-                    m.next = "U0"
+        u_fsm = OneHot(["U0", "U1", "U1W", "U1M", "U1P", "U2", "U2F", "U2S", "U3"], "update")
+        # ent loads the FIFO's head in every U0 cycle and keeps the one popped: a load enable from
+        # the FIFO's ready was a critical path (it fans out to every bit). The enable is not the
+        # U0 flip-flop itself, which also pops the FIFO, but copies of it, one per quarter of
+        # ent's bits (ent_load: each its own register with its own feedback, so synthesis keeps
+        # them apart): through U0's fanout the FIFO's level update was the critical path.
+        u_leave = u_fsm["U3"] & (~ent.final | div_idle)
+        ent_width = data.Layout.cast(fifo_layout).size
+        for k in range(4):
+            ent_load = Signal(init=1, name=f"ent_load{k}")
+            m.d.sync += ent_load.eq(Mux(ent_load, ~fifo.r_rdy, u_leave))
+            lo, hi = k * ent_width // 4, (k + 1) * ent_width // 4
+            with m.If(ent_load):
+                m.d.sync += ent.as_value()[lo:hi].eq(fifo.r_data[lo:hi])
+                if k == 0:
+                    m.d.sync += u_alpha.eq(Mux(fr.first, 0, fr.alpha))
+        with m.If(u_fsm["U0"]):
+            with m.If(fifo.r_rdy):
+                m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
+                m.d.sync += u_fsm.go("U0", "U1")
+        with m.If(u_fsm["U1"]):
+            # The row state is read at ent.row (from a register: through the FIFO's
+            # asynchronous read the address was too late for the RAM) and passes the RAM's
+            # output register in U1W.
+            m.d.sync += u_fsm.go("U1", "U1W")
+        with m.If(u_fsm["U1W"]):
+            m.d.sync += u_fsm.go("U1W", "U1M")
+        with m.If(u_fsm["U1M"]):
+            m.d.comb += u_rescale.eq(1)
+            # The exponent alignment does not wait for the rescale: e_new - e and e_new - Xt
+            # come from two subtractors side by side (each then one sign test), and U1P turns
+            # them into the clamped shift amounts. Done after the rescale in one stage
+            # (compare, subtract, clamp compare in series) it was the critical path.
+            for i in range(nb):
+                xt_minus_e = Signal(signed(9), name=f"u_xtme{i}")
+                e_minus_xt = Signal(signed(9), name=f"u_emxt{i}")
+                m.d.comb += [xt_minus_e.eq(ent.xt[i] - e_old[i]), e_minus_xt.eq(e_old[i] - ent.xt[i])]
+                m.d.sync += [e_new[i].eq(Mux(xt_minus_e[8], e_old[i], ent.xt[i])),
+                             e_up[i].eq(Mux(xt_minus_e[8], 0, xt_minus_e[:8])),
+                             xt_down[i].eq(Mux(e_minus_xt[8], 0, e_minus_xt[:8]))]
+            m.d.sync += u_fsm.go("U1M", "U1P")
+        with m.If(u_fsm["U1P"]):
+            m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
+            m.d.sync += uL.eq(join_pieces(uL_pieces))
+            # sh_acc = p_bits + e_new - e, sh_P = p_bits - acc_frac + e_new - Xt, each clamped
+            # (a shift by the clamp value already gives the sign fill).
+            for i in range(nb):
+                m.d.sync += [amt_a[i].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
+                             amt_p[i].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
+                                             PB - nm.acc_frac + xt_down[i]))]
+            m.d.sync += u_fsm.go("U1P", "U2")
+        with m.If(u_fsm["U2"]):
+            # The aligned terms in two shifts, by the amount's multiple of 8 (U2) and by the
+            # rest (U2F), then their sums in U2S: the whole 56-bit barrel shift, fanned out
+            # from one amount per MX block, and the add were each too long for one stage
+            # (floor shifts compose: x >> (a + b) = (x >> a) >> b).
+            for d in range(D):
+                i = d // B
+                m.d.sync += [acc_coarse[d].eq(uA[d] >> Cat(Const(0, 3), amt_a[i][3:])),
+                             p_coarse[d].eq(ent.P[d] >> Cat(Const(0, 3), amt_p[i][3:]))]
+            m.d.sync += l_term.eq(uL >> PB)
+            m.d.sync += u_fsm.go("U2", "U2F")
+        with m.If(u_fsm["U2F"]):
+            for d in range(D):
+                i = d // B
+                m.d.sync += [acc_term[d].eq(acc_coarse[d] >> amt_a[i][:3]),
+                             p_term[d].eq(p_coarse[d] >> amt_p[i][:3])]
+            m.d.sync += u_fsm.go("U2F", "U2S")
+        with m.If(u_fsm["U2S"]):
+            m.d.sync += [acc_new[d].eq((acc_term[d] + p_term[d])[:AW]) for d in range(D)]
+            m.d.sync += l_new.eq((l_term + ent.psum)[:LW])
+            m.d.sync += u_fsm.go("U2S", "U3")
+        with m.If(u_fsm["U3"]):
+            with m.If(ent.final):
+                with m.If(div_idle):
+                    m.d.comb += div_start.eq(1)
+                    m.d.sync += u_fsm.go("U3", "U0")
+            with m.Else():
+                m.d.comb += st_wr.en.eq(1)
+                m.d.sync += u_fsm.go("U3", "U0")
 
         # ---------------------------------------------------------------- divider
         steps = self.div_steps
@@ -801,52 +1145,126 @@ class AttentionCore(wiring.Component):
         dv_e = [Signal(8, name=f"dv_e{i}") for i in range(nb)]
         dv_last = Signal()
         dv_cnt = Signal(range(Wq + 1))
-        with m.FSM(name="divider"):
-            with m.State("IDLE"):
-                m.d.comb += div_idle.eq(1)
-                with m.If(div_start):
-                    for d in range(D):
-                        a = acc_new[d]
-                        mag = Signal(AW, name=f"dv_mag{d}")
-                        m.d.comb += mag.eq(Mux(a < 0, -a, a))
-                        num = Signal(NW, name=f"dv_n{d}")
-                        m.d.comb += num.eq(mag << PB)
-                        m.d.sync += [dv_neg[d].eq(a < 0), dv_num[d].eq(num[:Wq]),
-                                     dv_rem[d].eq((num >> Wq)[:LW + 1]), dv_q[d].eq(0)]
-                    m.d.sync += [dv_l.eq(l_new), dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
-                    m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
-                    m.next = "ITER"
-            with m.State("ITER"):
-                for d in range(D):
-                    rem, num, q = dv_rem[d], dv_num[d], dv_q[d]
-                    for s in range(steps):
-                        r2 = Cat(num[Wq - 1], rem)
-                        ge = r2 >= dv_l
-                        rem = Mux(ge, r2 - dv_l, r2)[:LW + 1]
-                        num = (num << 1)[:Wq]
-                        q = Cat(ge, q)[:Wq]
-                    m.d.sync += [dv_rem[d].eq(rem), dv_num[d].eq(num), dv_q[d].eq(q)]
-                m.d.sync += dv_cnt.eq(dv_cnt + steps)
-                with m.If(dv_cnt + steps >= Wq):
-                    m.next = "ROUND"
-            with m.State("ROUND"):
-                masked = dv_l == 0
-                for d in range(D):
-                    twice = Cat(0, dv_rem[d])
-                    up_pos = twice >= dv_l
-                    up_neg = twice > dv_l
-                    mag = dv_q[d] + Mux(dv_neg[d], up_neg, up_pos)
-                    y = Mux(masked, 0, Mux(dv_neg[d], -mag, mag))
-                    m.d.sync += self.o.payload.y[d].eq(y)
-                for i in range(nb):
-                    m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
-                m.d.sync += [self.o.payload.masked.eq(masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
-                m.next = "OUT"
-            with m.State("OUT"):
-                with m.If(self.o.ready):
-                    m.d.sync += self.o.valid.eq(0)
-                    m.d.comb += job_done.eq(dv_last)
-                    m.next = "IDLE"
+        n_digits = 1 << steps
+        dv_lk = [None] + [Signal(LW + steps, name=f"dv_l_times{k}") for k in range(1, n_digits)]  # k * l
+        dv_up = [Signal(name=f"dv_up{d}") for d in range(D)]
+        dv_masked = Signal()
+        dv_l_plus1 = Signal(LW + 1)
+        dv_fsm = OneHot(["IDLE", "ITER", "ROUND", "SIGN", "OUT"], "divider")
+        # The divider's operands are prepared a cycle after U2S, in registers loaded every cycle
+        # (no enable): |acc|, its sign, l + 1, l == 0 and k * l for every digit k. acc_new and
+        # l_new hold from U2S until the divider has loaded these (the start reaches it two
+        # cycles after U2S at the earliest, the next row's U2S is 8 cycles after U3). The
+        # magnitude's negation in front of the divider's load (and the remainder's select) was
+        # the critical path.
+        pre_neg = [Signal(name=f"dvp_neg{d}") for d in range(D)]
+        pre_mag = [Signal(AW, name=f"dvp_mag{d}") for d in range(D)]
+        pre_l_plus1 = Signal(LW + 1, name="dvp_l_plus1")
+        pre_masked = Signal(name="dvp_masked")
+        pre_lk = [None] + [Signal(LW + steps, name=f"dvp_l_times{k}") for k in range(1, n_digits)]
+        for d in range(D):
+            a = acc_new[d]
+            m.d.sync += [pre_neg[d].eq(a < 0), pre_mag[d].eq(Mux(a < 0, -a, a))]
+        m.d.sync += [pre_l_plus1.eq(l_new + 1), pre_masked.eq(l_new == 0)]
+        # k * l for every digit k, as shifted copies of l added (a constant multiply would be
+        # mapped to a multiplier block)
+        m.d.sync += [pre_lk[k].eq(sum(l_new << j for j in range(steps) if k >> j & 1))
+                     for k in range(1, n_digits)]
+        # The next remainder, in IDLE (the prepared operand) and in ITER (the step below) alike,
+        # comes out of one priority select behind the trial subtractions: in IDLE every trial
+        # subtraction is made negative (l's copies get a top bit, one more carry bit), so the
+        # select falls through to its last input, which is the load value in IDLE. A separate
+        # IDLE / ITER select behind it was one more LUT level after the carry chains. Each
+        # divider reads IDLE from a copy of its own (dv_idle<d>, set on OUT -> IDLE, cleared by
+        # the start, like the state bit): one flip-flop would fan out to some 600 loads.
+        # The remainder and the numerator bits have no enable: after ITER the remainder is only
+        # read in ROUND and the numerator bits not at all, so the steps they take in ROUND,
+        # SIGN and OUT are harmless.
+        idle = dv_fsm["IDLE"]
+        idle_at = [Signal(init=1, name=f"dv_idle{d}") for d in range(D)]
+        step_rem, step_num, step_q, load_rem, load_num = [], [], [], [], []
+        for d in range(D):
+            m.d.sync += idle_at[d].eq(Mux(idle_at[d], ~div_go, dv_fsm["OUT"] & self.o.ready))
+            num = Signal(NW, name=f"dv_n{d}")
+            m.d.comb += num.eq(pre_mag[d] << PB)
+            load_num.append(num[:Wq])
+            load_rem.append((num >> Wq)[:LW + 1])
+            # div_steps quotient bits a cycle as one radix-2^steps digit: the next remainder
+            # candidates X - k l for every digit k are formed side by side, and the largest k
+            # that leaves X - k l >= 0 is taken (the tests are monotone in k). Restoring steps
+            # one after another put div_steps subtractors in series in one cycle.
+            rem, q = dv_rem[d], dv_q[d]
+            x = Cat(dv_num[d][Wq - steps:], rem[:LW])        # rem * 2^steps + the next bits
+            fits = []
+            diffs = [Mux(idle_at[d], load_rem[d], x[:LW])]
+            for k in range(1, n_digits):
+                diff = Signal(signed(LW + steps + 2), name=f"dv_diff{d}_{k}")
+                m.d.comb += diff.eq(x - Cat(dv_lk[k], idle_at[d]))
+                fits.append(~diff[-1])
+                diffs.append(diff[:LW])
+            # the digit is the number of candidates that fit: fits is a thermometer code,
+            # so bit j of the digit is set when the last fitting k has bit j set (a sum
+            # would put one more carry chain behind the subtractors)
+            digit = Signal(steps, name=f"dv_digit{d}")
+            fits_ext = [Const(1)] + fits + [Const(0)]
+            m.d.comb += digit.eq(Cat(*[
+                Cat(*[fits_ext[k] & ~fits_ext[k + 1] for k in range(1, n_digits) if k >> j & 1]).any()
+                for j in range(steps)]))
+            # the next remainder by priority from the tests themselves (the largest fitting
+            # k), not through the digit: one LUT level less behind the subtractors
+            rem_new = diffs[0]
+            for k in range(1, n_digits):
+                rem_new = Mux(fits[k - 1], diffs[k], rem_new)
+            step_rem.append(rem_new)
+            step_num.append((dv_num[d] << steps)[:Wq])
+            step_q.append(Cat(digit, q)[:Wq])
+        m.d.sync += [dv_rem[d].eq(step_rem[d]) for d in range(D)]
+        m.d.sync += [dv_num[d].eq(Mux(idle_at[d], load_num[d], step_num[d])) for d in range(D)]
+        with m.If(idle):
+            # While idle the divider loads the prepared operands every cycle, so that the
+            # start (a handshake with the update FSM) only changes the state: as the enable
+            # of all these registers it was a critical path.
+            m.d.comb += div_idle.eq(1)
+            m.d.sync += [dv_neg[d].eq(pre_neg[d]) for d in range(D)]
+            m.d.sync += [dv_q[d].eq(0) for d in range(D)]
+            m.d.sync += [dv_l.eq(l_new), dv_l_plus1.eq(pre_l_plus1), dv_masked.eq(pre_masked),
+                         dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
+            m.d.sync += [dv_lk[k].eq(pre_lk[k]) for k in range(1, n_digits)]
+            m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
+            with m.If(div_go):
+                m.d.sync += dv_fsm.go("IDLE", "ITER")
+        with m.If(dv_fsm["ITER"]):
+            m.d.sync += [dv_q[d].eq(step_q[d]) for d in range(D)]
+            m.d.sync += dv_cnt.eq(dv_cnt + steps)
+            with m.If(dv_cnt + steps >= Wq):
+                m.d.sync += dv_fsm.go("ITER", "ROUND")
+        with m.If(dv_fsm["ROUND"]):
+            # Round half up: one more quotient bit from the remainder (ties go up for y >= 0
+            # and toward zero in magnitude for y < 0, i.e. toward +inf); applied with the sign
+            # in SIGN: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
+            # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: q, up and the
+            # sign are cleared here.
+            masked = dv_masked
+            for d in range(D):
+                twice = Cat(0, dv_rem[d])
+                # up: twice >= l (y >= 0), twice > l, i.e. >= l + 1 (y < 0): one compare
+                m.d.sync += [dv_up[d].eq(~masked & (twice >= Mux(dv_neg[d], dv_l_plus1, dv_l))),
+                             dv_neg[d].eq(~masked & dv_neg[d]), dv_q[d].eq(Mux(masked, 0, dv_q[d]))]
+            m.d.sync += dv_fsm.go("ROUND", "SIGN")
+        with m.If(dv_fsm["SIGN"]):
+            ow = self.out_width
+            for d in range(D):
+                flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
+                m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + (dv_up[d] ^ dv_neg[d]))
+            for i in range(nb):
+                m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
+            m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
+            m.d.sync += dv_fsm.go("SIGN", "OUT")
+        with m.If(dv_fsm["OUT"]):
+            with m.If(self.o.ready):
+                m.d.sync += self.o.valid.eq(0)
+                m.d.comb += job_done.eq(dv_last)
+                m.d.sync += dv_fsm.go("OUT", "IDLE")
         with m.If(s_take & self.s.payload.last):
             m.d.comb += job_done.eq(1)
         return m
