@@ -574,7 +574,9 @@ class TopK(wiring.Component):
         m.d.sync += [k_k[g].eq(keys[g].r_data) for g in range(G)]
         # C1: carry-chain compares only, straight into registers
         m.d.sync += [c_v[1].eq(k_v), c_w[1].eq(k_w),
-                     c1_gt.eq(Cat(*[k_k[g] > thr for g in range(G)])), c1_lt.eq(Cat(*[k_k[g] < thr for g in range(G)])),
+                     # (each a subtraction's borrow: Yosys had derived ">" from "<" and "==")
+                     c1_gt.eq(Cat(*[(thr - k_k[g])[W] for g in range(G)])),
+                     c1_lt.eq(Cat(*[(k_k[g] - thr)[W] for g in range(G)])),
                      c1_in.eq(Cat(*[~k_last | last_mask[g] for g in range(G)]))]
         m.d.sync += [c_k[1][g].eq(k_k[g]) for g in range(G)]
         # C2: tie ranks within the word (keys of the packet only)
@@ -635,7 +637,17 @@ class TopK(wiring.Component):
         olast = Signal()
         direct = Signal()           # registered: the scan's beats are the core's output
         dst_ready = Mux(unord, self.o.ready, sorter.i.ready)
-        en = ~ov | dst_ready
+        # The output register (ov, okey, ...) has a skid register (kv, kkey, ...) behind it: the
+        # emitter advances while the skid is empty, a register, so that the FIFO's pop and level
+        # do not wait on the destination's ready; a beat made while the output stalls waits in
+        # the skid, and moves to the output when it frees.
+        kv = Signal()
+        kkey = [Signal(W, name=f"kkey{t}") for t in range(P)]
+        kidx = [Signal(IW, name=f"kidx{t}") for t in range(P)]
+        kcount = Signal(range(P + 1))
+        klast = Signal()
+        out_free = ~ov | dst_ready
+        en = ~kv
         # the lowest P selected keys of the head word leave this beat, in index order
         rank = Const(0, 1)
         taken = []
@@ -661,10 +673,21 @@ class TopK(wiring.Component):
                     m.d.comb += [beat_keys[t].eq(h_k[g]), beat_idx[t].eq(Cat(Const(g, GB), h_w) if GB else h_w)]
             rank = rank + taken[g]
         n_taken = sum(taken[1:], taken[0])
+        beat_last = h_last & word_done
+        with m.If(out_free):
+            with m.If(kv):
+                m.d.sync += [ov.eq(1), ocount.eq(kcount), olast.eq(klast), kv.eq(0)]
+                m.d.sync += [okey[t].eq(kkey[t]) for t in range(P)]
+                m.d.sync += [oidx[t].eq(kidx[t]) for t in range(P)]
+            with m.Else():
+                m.d.sync += [ov.eq(h_v), ocount.eq(n_taken), olast.eq(beat_last)]
+                m.d.sync += [okey[t].eq(beat_keys[t]) for t in range(P)]
+                m.d.sync += [oidx[t].eq(beat_idx[t]) for t in range(P)]
+        with m.Elif(~kv):
+            m.d.sync += [kv.eq(h_v), kcount.eq(n_taken), klast.eq(beat_last)]
+            m.d.sync += [kkey[t].eq(beat_keys[t]) for t in range(P)]
+            m.d.sync += [kidx[t].eq(beat_idx[t]) for t in range(P)]
         with m.If(en):
-            m.d.sync += [ov.eq(h_v), ocount.eq(n_taken), olast.eq(h_last & word_done)]
-            m.d.sync += [okey[t].eq(beat_keys[t]) for t in range(P)]
-            m.d.sync += [oidx[t].eq(beat_idx[t]) for t in range(P)]
             with m.If(h_v & ~word_done):
                 m.d.sync += [h_sel.eq(rest), h_done.eq(at_most_p(rest))]
             with m.Elif(pop):
@@ -689,7 +712,7 @@ class TopK(wiring.Component):
                 i_s, b_d, b_p = case & 1, (case >> 1) & 1, (case >> 2) & 1
                 with m.Case(case):
                     m.d.sync += credits.eq(shifted[b_d + b_p - i_s])
-        with m.If(en & ov & olast):  # the k-th key leaves: the scan is over
+        with m.If(ov & dst_ready & olast):  # the k-th key leaves: the scan is over
             m.d.sync += [scan_active.eq(0), direct.eq(0)]
 
         # ---------------- room for the next packet's load behind the scan ----------------
@@ -716,9 +739,12 @@ class TopK(wiring.Component):
         # the command is taken once the last beat's pushes are done and the previous scan is over
         # (from CMD's second cycle on: ``quiet`` leaves out the beat taken in the cycle before
         # CMD, which is registered in CMD's first)
+        # Ready is a register (the conditions only become true while CMD waits, and stay so):
+        # a cycle later than they allow, but the take is then two inputs.
         cmd_old = Signal()
-        m.d.sync += cmd_old.eq(s_cmd)
-        cmd_ok = s_cmd & cmd_old & quiet & ~scan_active
+        cmd_ok = Signal()
+        m.d.sync += [cmd_old.eq(s_cmd),
+                     cmd_ok.eq(s_cmd & cmd_old & quiet & ~scan_active & ~(self.cmd.valid & cmd_ok))]
         m.d.comb += self.cmd.ready.eq(cmd_ok)
         with m.If(self.cmd.valid & cmd_ok):
             m.d.sync += [cmd_k.eq(self.cmd.payload.k), unord.eq(self.cmd.payload.unordered), s_cmd.eq(0),
@@ -732,10 +758,11 @@ class TopK(wiring.Component):
         # (from registers that hold still from CMD to EMIT, so computed every cycle, no enable)
         # The k rules in two stages (DECIDE, DECIDE2): compares of k's low bits with cnt, then
         # joined with "k's high bits are not all zero".
-        kc_hi, kc_gt, kc_ge, kc_z = Signal(), Signal(), Signal(), Signal()
+        # (">" on a carry chain and "==" as a LUT tree: Yosys had chained ">=" behind ">")
+        kc_hi, kc_gt, kc_eq, kc_z = (Signal(name=n) for n in ("kc_hi", "kc_gt", "kc_eq", "kc_z"))
         k_low = cmd_k[:CW]
-        m.d.sync += [kc_hi.eq(cmd_k[CW:].any()), kc_gt.eq(k_low > cnt), kc_ge.eq(k_low >= cnt), kc_z.eq(k_low == 0),
-                     k_zero.eq(~kc_hi & kc_z), k_over.eq(kc_hi | kc_gt), k_all.eq(kc_hi | kc_ge),
+        m.d.sync += [kc_hi.eq(cmd_k[CW:].any()), kc_gt.eq(k_low > cnt), kc_eq.eq(k_low == cnt), kc_z.eq(k_low == 0),
+                     k_zero.eq(~kc_hi & kc_z), k_over.eq(kc_hi | kc_gt), k_all.eq(kc_hi | kc_gt | kc_eq),
                      e_at_last.eq(cnt <= G), e_words.eq((cnt + G - 1) >> GB), e_last_m1.eq(e_words - 2),
                      e_last_mask.eq(Mux(cnt[:GB] == 0, (1 << G) - 1, (Const(1, G + 1) << cnt[:GB]) - 1)
                                     if GB else 1)]
@@ -762,15 +789,18 @@ class TopK(wiring.Component):
             for lv, (lo, hi) in enumerate(slices):
                 with m.If(level == lv):
                     m.d.sync += thr[lo:hi].eq(c_b[:hi - lo])
+            # (the walk's pointers and counts are loaded at every level, unused at the last:
+            # only the flags that start it wait on the level test)
+            for g in range(G):
+                # list 0 holds the first, third, ... pushes of the bucket: ceil(count / 2)
+                m.d.sync += [cur[g][0].eq(c_head[g][0]), cur[g][1].eq(c_head[g][1]),
+                             trem[g][0].eq(c_t2[g][0]), trem[g][1].eq(c_t2[g][1])]
             with m.If(level_zero):
                 m.d.sync += s_emit.eq(1)
             with m.Else():
                 m.d.sync += [clear_lists.eq(1), s_trav.eq(1)]
-                for g in range(G):
-                    # list 0 holds the first, third, ... pushes of the bucket: ceil(count / 2)
-                    m.d.sync += [cur[g][0].eq(c_head[g][0]), cur[g][1].eq(c_head[g][1]),
-                                 trem[g][0].eq(c_t2[g][0]), trem[g][1].eq(c_t2[g][1]),
-                                 trem_nz[g][0].eq(c_nz[g]), trem_nz[g][1].eq(c_ge2[g])]
+                m.d.sync += [trem_nz[g][0].eq(c_nz[g]) for g in range(G)]
+                m.d.sync += [trem_nz[g][1].eq(c_ge2[g]) for g in range(G)]
         # the walk is over once nothing was walked or pushed last cycle (``quiet``), from the
         # second TRAV cycle on (in the first, quiet still reflects the select)
         trav_old = Signal()
@@ -788,7 +818,7 @@ class TopK(wiring.Component):
                          s_at_last.eq(e_at_last), last_word_m1.eq(e_last_m1),
                          last_mask.eq(e_last_mask),
                          credits.eq((1 << F) - 1), f_wp.eq(0), f_rp.eq(0), f_fill.eq(0), h_v.eq(0),
-                         back_drop.eq(0), back_pop.eq(0), sq.eq(0), sv.eq(0), k_v.eq(0), ov.eq(0),
+                         back_drop.eq(0), back_pop.eq(0), sq.eq(0), sv.eq(0), k_v.eq(0), ov.eq(0), kv.eq(0),
                          *[v.eq(0) for v in c_v[1:]],
                          budget.eq(k_left), remaining.eq(keff),
                          cnt.eq(0), ovf.eq(0), lane_ok.eq((1 << P) - 1), lane_ok2.eq(ok2_init),
