@@ -87,7 +87,7 @@ class TopK(wiring.Component):
        after the scan).
 
     Cycles with no stalls, unordered, from the first input beat to the last output beat:
-    about ``ceil(n / P) + sum(v_j) + sum(c_j) + max(w, e) + 15 D + 13`` (within a few cycles
+    about ``ceil(n / P) + sum(v_j) + sum(c_j) + max(w, e) + 15 D + 15`` (within a few cycles
     of Amaranth simulation for n = 512 and 1024, P = 1, 2, 4, D = 2 and 4), where ``v_j`` are
     the non-empty buckets visited at digit ``j``, ``c_j`` the largest bank share of the bucket
     chosen at each digit but the last (the walks), ``w`` the words up to the one holding the
@@ -701,17 +701,33 @@ class TopK(wiring.Component):
         up = Cat(Const(1, 1), f_fill[:-1])
         down = Cat(f_fill[1:], Const(0, 1))
         m.d.sync += f_fill.eq(Mux(push_f & ~pop, up, Mux(pop & ~push_f, down, f_fill)))
-        # credits: a word read takes one; a dropped word and a popped word give one back a
-        # cycle later (so the read decision does not wait for the emitter's)
+        # credits: a word read takes one; a dropped word and a popped word give one back. The
+        # returns (up to two a cycle, registered) queue in ``retq`` (a thermometer too), which
+        # hands back one a cycle: the credits' update then has one return bit and the read's
+        # issue as inputs, not three (it was the critical path). Reads and returns both run at
+        # most one a cycle, so the queue stays short.
         back_drop, back_pop = Signal(), Signal()
         m.d.sync += [back_drop.eq(drop), back_pop.eq(pop)]
-        shifted = {d: Cat(*([Const(1, 1)] * d), credits[:F - d]) if d > 0 else
-                   Cat(credits[-d:], Const(0, -d)) if d < 0 else credits for d in (-1, 0, 1, 2)}
-        with m.Switch(Cat(issue_s, back_drop, back_pop)):
+        retq = Signal(F)
+
+        def shifted(therm, d):
+            width = len(therm)
+            if d > 0:
+                return Cat(*([Const(1, 1)] * d), therm[:width - d])
+            if d < 0:
+                return Cat(therm[-d:], Const(0, -d))
+            return therm
+        ret = retq[0]
+        with m.Switch(Cat(ret, back_drop, back_pop)):
             for case in range(8):
-                i_s, b_d, b_p = case & 1, (case >> 1) & 1, (case >> 2) & 1
+                r, b_d, b_p = case & 1, (case >> 1) & 1, (case >> 2) & 1
                 with m.Case(case):
-                    m.d.sync += credits.eq(shifted[b_d + b_p - i_s])
+                    m.d.sync += retq.eq(shifted(retq, b_d + b_p - r))
+        with m.Switch(Cat(issue_s, ret)):
+            for case in range(4):
+                i_s, r = case & 1, (case >> 1) & 1
+                with m.Case(case):
+                    m.d.sync += credits.eq(shifted(credits, r - i_s))
         with m.If(ov & dst_ready & olast):  # the k-th key leaves: the scan is over
             m.d.sync += [scan_active.eq(0), direct.eq(0)]
 
@@ -726,8 +742,10 @@ class TopK(wiring.Component):
             m.d.sync += in_ready.eq(room)
 
         # ---------------- phases ----------------
-        status_free = ~self.status.valid | self.status.ready
         st_valid = Signal()
+        # (an emission starts once the previous status beat has gone, a register: the core's
+        # status ready would otherwise reach every register the start resets)
+        status_free = ~st_valid
         with m.If(self.status.ready):
             m.d.sync += st_valid.eq(0)
         m.d.comb += self.status.valid.eq(st_valid)
@@ -758,10 +776,11 @@ class TopK(wiring.Component):
         # (from registers that hold still from CMD to EMIT, so computed every cycle, no enable)
         # The k rules in two stages (DECIDE, DECIDE2): compares of k's low bits with cnt, then
         # joined with "k's high bits are not all zero".
-        # (">" on a carry chain and "==" as a LUT tree: Yosys had chained ">=" behind ">")
+        # (">" as a subtraction's borrow and "==" as a LUT tree: Yosys had chained ">=" behind
+        # ">")
         kc_hi, kc_gt, kc_eq, kc_z = (Signal(name=n) for n in ("kc_hi", "kc_gt", "kc_eq", "kc_z"))
         k_low = cmd_k[:CW]
-        m.d.sync += [kc_hi.eq(cmd_k[CW:].any()), kc_gt.eq(k_low > cnt), kc_eq.eq(k_low == cnt), kc_z.eq(k_low == 0),
+        m.d.sync += [kc_hi.eq(cmd_k[CW:].any()), kc_gt.eq((cnt - k_low)[CW]), kc_eq.eq(k_low == cnt), kc_z.eq(k_low == 0),
                      k_zero.eq(~kc_hi & kc_z), k_over.eq(kc_hi | kc_gt), k_all.eq(kc_hi | kc_gt | kc_eq),
                      e_at_last.eq(cnt <= G), e_words.eq((cnt + G - 1) >> GB), e_last_m1.eq(e_words - 2),
                      e_last_mask.eq(Mux(cnt[:GB] == 0, (1 << G) - 1, (Const(1, G + 1) << cnt[:GB]) - 1)
@@ -818,7 +837,7 @@ class TopK(wiring.Component):
                          s_at_last.eq(e_at_last), last_word_m1.eq(e_last_m1),
                          last_mask.eq(e_last_mask),
                          credits.eq((1 << F) - 1), f_wp.eq(0), f_rp.eq(0), f_fill.eq(0), h_v.eq(0),
-                         back_drop.eq(0), back_pop.eq(0), sq.eq(0), sv.eq(0), k_v.eq(0), ov.eq(0), kv.eq(0),
+                         back_drop.eq(0), back_pop.eq(0), retq.eq(0), sq.eq(0), sv.eq(0), k_v.eq(0), ov.eq(0), kv.eq(0),
                          *[v.eq(0) for v in c_v[1:]],
                          budget.eq(k_left), remaining.eq(keff),
                          cnt.eq(0), ovf.eq(0), lane_ok.eq((1 << P) - 1), lane_ok2.eq(ok2_init),
