@@ -93,7 +93,6 @@ def test_reset_mid_similarity_pinned(config_index, seed):
                testcase="reset_mid_similarity")
 
 
-
 def test_ecp5_target_uses_registered_multipliers_and_block_rams(tmp_path):
     """sim/synth.py elaborates for SynthTarget("ecp5"): every product register of the attention
     core is a MULT18X18D with its output register (hw/attn/dsp.py) and every block RAM a DP16KD

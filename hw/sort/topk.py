@@ -10,7 +10,7 @@ from ..common import check_choice, check_int
 from ..common.ram import PipelinedRAM
 from .radix import RadixSorter, digit_slices
 
-__all__ = ["TopK", "highest_set", "LANES"]
+__all__ = ["TopK", "LANES"]
 
 #: Keys per input beat P that TopK accepts.
 LANES = (1, 2, 4)
@@ -25,19 +25,6 @@ def _or_all(values, start=None):
     while len(values) > 1:
         values = [a | b for a, b in zip(values[0::2], values[1::2])] + values[len(values) & ~1:]
     return values[0]
-
-
-def highest_set(bits):
-    """``(any, index)`` of the highest set bit of ``bits`` as a balanced tree of 2:1 choices
-    (depth log2(len), not a chain of len muxes). ``index`` is 0 when no bit is set."""
-    width = len(bits)
-    if width == 1:
-        return bits[0], Const(0, 1)
-    half = 1 << ((width - 1).bit_length() - 1)
-    lo_any, lo_idx = highest_set(bits[:half])
-    hi_any, hi_idx = highest_set(bits[half:])
-    idx_bits = (width - 1).bit_length()
-    return lo_any | hi_any, Mux(hi_any, hi_idx + half, lo_idx)[:idx_bits]
 
 
 class TopK(wiring.Component):
