@@ -40,7 +40,7 @@ CORES = {spec.name: spec for spec in [
              {"fmt_a": "e2m1", "fmt_b": "e2m1", "lanes": 32, "block": 32, "acc_frac": 24, "acc_width": 48},
              "exact MX dot product: LUT multipliers, adder tree, block scales, fixed-point accumulator"),
     CoreSpec("sort", "hw.sort.radix:RadixSorter",
-             {"key_bits": 16, "radix_bits": 4, "max_len": 4096, "lanes": 1},
+             {"key_bits": 16, "radix_bits": 4, "max_len": 4096, "lanes": 1, "out_lanes": 1},
              "LSD radix sort of a packet of keys, emits (key, index) in order"),
     CoreSpec("topk", "hw.sort.topk:TopK",
              {"key_bits": 16, "radix_bits": 4, "max_len": 4096, "lanes": 1, "banks": 0},

@@ -20,6 +20,9 @@ CONFIGS = [
     {"key_bits": 16, "radix_bits": 8, "max_len": 128, "lanes": 4},
     {"key_bits": 7, "radix_bits": 3, "max_len": 41, "lanes": 4},
     {"key_bits": 16, "radix_bits": 4, "max_len": 4096, "lanes": 4},
+    # two keys per output beat (the top-k core's sorted mode): odd N, a bank depth that is odd
+    {"key_bits": 16, "radix_bits": 8, "max_len": 131, "lanes": 2, "out_lanes": 2},
+    {"key_bits": 7, "radix_bits": 3, "max_len": 41, "lanes": 4, "out_lanes": 2},
 ]
 
 
@@ -30,11 +33,13 @@ def test_sort(config, seed):
 
 
 @rtl
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c.get("lanes", 1) > 1][:2],
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.get("lanes", 1) > 1][:2]
+                         + [c for c in CONFIGS if c.get("out_lanes", 1) == 2][:1],
                          ids=lambda c: "-".join(f"{v}" for v in c.values()))
 def test_rtl_sort_host_lanes(config, seed):
     """``varaccel rtl sort --param lanes=P``: float rows (ties, a constant row, a length that P
-    does not divide) packed into P-key beats come back in the golden order, both directions."""
+    does not divide) packed into P-key beats come back in the golden order, both directions
+    (also with ``--param out_lanes=2``: two keys a beat, an odd row length)."""
     import numpy as np
     from golden.numerics import sort as sortnum
     from sim.rtl import rtl_sort
@@ -61,14 +66,28 @@ def test_lanes_checked(bad):
         RadixSorter(16, 4, 64, bad)
 
 
+@pytest.mark.parametrize("lanes, out_lanes", [(1, 2), (2, 3), (4, 0), (2, True)])
+def test_out_lanes_checked(lanes, out_lanes):
+    """out_lanes other than 1, or 2 with lanes > 1, raise ValueError naming the parameter (the
+    sorter and its cycle model)."""
+    from hw.sort.radix import RadixSorter, sorter_cycles
+    with pytest.raises(ValueError, match="out_lanes"):
+        RadixSorter(16, 4, 64, lanes, out_lanes=out_lanes)
+    if out_lanes is not True:
+        with pytest.raises(ValueError, match="out_lanes"):
+            sorter_cycles(64, 16, 4, lanes=lanes, out_lanes=out_lanes)
+
+
+@pytest.mark.parametrize("out_lanes", [1, 2], ids=["one_out", "two_out"])
 @pytest.mark.parametrize("partial", [False, True], ids=["full_beats", "partial_beats"])
 @pytest.mark.parametrize("lanes", [2, 4])
-def test_index_in_lanes_pysim(lanes, partial, seed):
+def test_index_in_lanes_pysim(lanes, partial, out_lanes, seed):
     """``index_in`` with P > 1 (no emitted top has it, so Amaranth's simulator runs the core):
     the given indices (increasing with arrival, with gaps) are stored and emitted, ties go to
     the lower index, random valid/ready stalls on both streams, two packets back to back.
     ``partial_beats`` (how the top-k core feeds its selection): every beat carries a random
-    1..P keys; packets longer than N are cut at N."""
+    1..P keys; packets longer than N are cut at N. ``out_lanes`` = 2 (the top-k core's sorted
+    mode): two keys a beat, every beat but a packet's last one full."""
     import random
 
     import torch
@@ -77,19 +96,20 @@ def test_index_in_lanes_pysim(lanes, partial, seed):
     from golden.numerics import sort as sortnum
     from hw.sort.radix import RadixSorter
 
-    W, R, N = 6, 3, 23
+    W, R, N = 8, 4, 300  # long enough for a bank to win one entry, then two (queue depth)
     rng = random.Random(seed)
-    dut = RadixSorter(W, R, N, lanes, index_in=True, partial_beats=partial)
+    dut = RadixSorter(W, R, N, lanes, index_in=True, partial_beats=partial, out_lanes=out_lanes)
     packets = []
     for n in (N + 3 if partial else N, rng.randint(1, N)):
         keys = [rng.randrange(4) if rng.random() < 0.5 else rng.randrange(1 << W) for _ in range(n)]
         index = sorted(rng.sample(range(1 << dut.index_bits), n))
         packets.append((keys, index, rng.random() < 0.5))
-    expected = []
+    expected, expected_counts = [], []
     for keys, index, desc in packets:
         order = sortnum.sort(torch.tensor(keys[:N]), descending=desc, key_bits=W, radix_bits=R).tolist()
         expected += [(keys[i], index[i], int(j == len(order) - 1)) for j, i in enumerate(order)]
-    got = []
+        expected_counts += [out_lanes] * (len(order) // out_lanes) + [1] * (len(order) % out_lanes)
+    got, counts = [], []
 
     async def source(ctx):
         for keys, index, desc in packets:
@@ -114,17 +134,26 @@ def test_index_in_lanes_pysim(lanes, partial, seed):
         while len(got) < len(expected):
             ready = rng.random() < 0.7
             ctx.set(dut.o.ready, ready)
-            _, _, valid, key, index, last = await ctx.tick().sample(
-                dut.o.valid, dut.o.payload.key, dut.o.payload.index, dut.o.payload.last)
+            if out_lanes == 1:
+                _, _, valid, key, index, last = await ctx.tick().sample(
+                    dut.o.valid, dut.o.payload.key, dut.o.payload.index, dut.o.payload.last)
+                if valid and ready:
+                    got.append((key, index, last))
+                    counts.append(1)
+                continue
+            _, _, valid, key, index, count, last = await ctx.tick().sample(
+                dut.o.valid, dut.o.payload.key, dut.o.payload.index, dut.o.payload.count, dut.o.payload.last)
             if valid and ready:
-                got.append((key, index, last))
+                got.extend((key[t], index[t], int(last and t == count - 1)) for t in range(min(count, 2)))
+                counts.append(count)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(source, background=True)
     sim.add_testbench(sink)
-    sim.run_until(1e-8 * 20000)
+    sim.run_until(1e-8 * 60000)
     assert got == expected
+    assert counts == expected_counts
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c.get("lanes", 1) > 1],

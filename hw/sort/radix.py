@@ -20,17 +20,20 @@ def digit_slices(key_bits, radix_bits):
     return [(p * radix_bits, min((p + 1) * radix_bits, key_bits)) for p in range(passes)]
 
 
-def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1):
+def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1, out_lanes=1):
     """Cycles from the first input beat to the last output beat of one packet of ``n`` keys
     with no stalls and an idle sorter (the measured figure is this, see the class docstring).
 
-    ``skipped`` passes are skipped (for P > 1: skipped in every lane); ``lanes`` is P."""
+    ``skipped`` passes are skipped (for P > 1: skipped in every lane); ``lanes`` is P;
+    ``out_lanes`` the keys per output beat (2 only for P > 1)."""
     check_choice("lanes", lanes, SUPPORTED_LANES)
+    if out_lanes not in (1, 2) or (out_lanes == 2 and lanes == 1):
+        raise ValueError(f"out_lanes must be 1, or 2 with lanes > 1, not {out_lanes!r}")
     passes = -(-key_bits // radix_bits)
     if lanes == 1:
         return n + 8 + (1 << radix_bits) + (passes - skipped) * (n + 10) + skipped + n + 2
     beats = -(-n // lanes)
-    return beats + 2 + (1 << radix_bits) + (passes - skipped) * (beats + 2) + skipped + n + 3
+    return beats + 2 + (1 << radix_bits) + (passes - skipped) * (beats + 2) + skipped + -(-n // out_lanes) + 3
 
 
 def _digit_histograms(m, rd, wr, slices, *, clear, prefix, pc, run, stored, constant, store, key, pass_on,
@@ -117,18 +120,20 @@ class RadixSorter(wiring.Component):
     its digit is constant within EVERY bank (then it is the identity in all of them, and all
     banks keep one shared ping-pong phase); the passes of the banks run in step.
 
-    4. **Merge** (instead of Emit; ``n`` beats): a P-way merge of the sorted stripes emits
-       the smallest ``(stored key, index)`` among the P stripe heads each beat. Equal keys
-       thus come out lower index first across stripes, as within a stripe (the passes are
-       stable and a stripe's indices increase with its addresses): the golden stable order.
-       Each stripe keeps its head in a register and the next entry in its RAM's read
-       register, refilled in the cycle its head wins, so one beat per cycle is sustained
-       whichever stripe wins.
+    4. **Merge** (instead of Emit; ``ceil(n / out_lanes)`` beats): a P-way merge of the
+       sorted stripes emits the smallest ``(stored key, index)`` among the P stripe heads
+       each beat, and with ``out_lanes = 2`` the next smallest as well (the smallest of the
+       other heads and the winner's second entry). Equal keys thus come out lower index
+       first across stripes, as within a stripe (the passes are stable and a stripe's
+       indices increase with its addresses): the golden stable order. Each RAM is split into
+       an even-address and an odd-address half, so a stripe reads two consecutive entries a
+       cycle into a queue of up to five, topped up early enough that a stripe winning every
+       key of every beat never bubbles.
 
-    Cycles with no stalls for P > 1: ``m + 2 + B + (D - s) * (m + 2) + s + n + 3`` for ``s``
-    passes skipped in every bank (16-bit keys, n = 4096: R = 4: 14 365 (P = 2), 9 245 (P = 4);
-    R = 8: 10 505 (P = 2), 7 433 (P = 4)). The emission of one key per beat bounds it below
-    by ``n``. Double buffering works as for P = 1, per bank: the next packet's lane ``l`` is
+    Cycles with no stalls for P > 1: ``m + 2 + B + (D - s) * (m + 2) + s + ceil(n / OL) + 3``
+    for ``s`` passes skipped in every bank and ``OL = out_lanes`` (16-bit keys, n = 4096,
+    OL = 1: R = 4: 14 365 (P = 2), 9 245 (P = 4); R = 8: 10 505 (P = 2), 7 433 (P = 4); OL = 2
+    saves 2 048). The emission of OL keys per beat bounds it below by ``n / OL``. Double buffering works as for P = 1, per bank: the next packet's lane ``l`` is
     written behind bank ``l``'s merge read pointer (so the load goes at the merge's pace), and
     its passes wait for the merge to end; back to back, a packet every ``B + D * (m + 2) + n``
     cycles or so.
@@ -168,13 +173,18 @@ class RadixSorter(wiring.Component):
         Only the last beat may be partial: on any other beat ``count`` is ignored and all P lanes
         are taken; on the last beat a ``count`` of 0 or above P also means all P lanes. Lanes
         past ``count`` are ignored. A packet is truncated after its N-th key even mid-beat.
+    out_lanes : int
+        Keys per output beat OL: 1, or 2 with P > 1 (ValueError otherwise).
     o : Out(stream)
         ``key`` (the original key), ``index`` (position of the key in its input packet),
         ``overflow`` (the packet was truncated), ``last`` (the packet's final beat). Exactly
-        one beat per stored key.
+        one beat per stored key. ``out_lanes = 2``: ``key`` and ``index`` are arrays of 2 lanes
+        and ``count`` (1 or 2) the keys in lanes ``0..count-1``; every beat but a packet's last
+        holds 2 keys (the last holds 1 when the packet has an odd number of keys).
     """
 
-    def __init__(self, key_bits=16, radix_bits=4, max_len=4096, lanes=1, index_in=False, partial_beats=False):
+    def __init__(self, key_bits=16, radix_bits=4, max_len=4096, lanes=1, index_in=False, partial_beats=False,
+                 out_lanes=1):
         self.key_bits = check_int("key_bits", key_bits, 1, 32)
         self.radix_bits = check_int("radix_bits", radix_bits, 1, min(8, key_bits))
         self.max_len = check_int("max_len", max_len, 2, 65536)
@@ -183,6 +193,9 @@ class RadixSorter(wiring.Component):
         if partial_beats not in (False, True) or (partial_beats and self.lanes == 1):
             raise ValueError(f"partial_beats must be a bool, and True only with lanes > 1, not {partial_beats!r}")
         self.partial_beats = partial_beats
+        if out_lanes not in (1, 2) or isinstance(out_lanes, bool) or (out_lanes == 2 and self.lanes == 1):
+            raise ValueError(f"out_lanes must be 1, or 2 with lanes > 1, not {out_lanes!r}")
+        self.out_lanes = out_lanes
         self.passes = -(-self.key_bits // self.radix_bits)
         self.index_bits = max(1, (self.max_len - 1).bit_length())
         self.count_bits = self.max_len.bit_length()
@@ -199,8 +212,13 @@ class RadixSorter(wiring.Component):
                 fields["index"] = data.ArrayLayout(unsigned(self.index_bits), P)
             fields["count"] = unsigned(P.bit_length())
         fields["last"] = 1
-        out_layout = data.StructLayout({"key": unsigned(self.key_bits), "index": unsigned(self.index_bits),
-                                        "overflow": 1, "last": 1})
+        if self.out_lanes == 1:
+            out_layout = data.StructLayout({"key": unsigned(self.key_bits), "index": unsigned(self.index_bits),
+                                            "overflow": 1, "last": 1})
+        else:
+            out_layout = data.StructLayout({"key": data.ArrayLayout(unsigned(self.key_bits), 2),
+                                            "index": data.ArrayLayout(unsigned(self.index_bits), 2),
+                                            "count": 2, "overflow": 1, "last": 1})
         super().__init__({"i": In(stream.Signature(data.StructLayout(fields))),
                           "o": Out(stream.Signature(out_layout))})
 
@@ -541,15 +559,24 @@ class RadixSorter(wiring.Component):
             return entry[IW + lo:IW + hi]
 
         # Bank l holds the keys at arrival positions l, l + P, l + 2P, ... (ping-pong pair).
-        rds = [[None, None] for _ in range(P)]
-        wrs = [[None, None] for _ in range(P)]
+        # Each RAM of a pair is two half RAMs, even addresses in half 0 and odd ones in half 1
+        # (at address // 2): a load or pass still writes and reads one entry a cycle, and the
+        # merge reads two consecutive entries of a bank a cycle (needed for two keys a beat).
+        rds = [[[None, None], [None, None]] for _ in range(P)]
+        wrs = [[[None, None], [None, None]] for _ in range(P)]
         for lane in range(P):
             for b in range(2):
-                mem = Memory(shape=unsigned(EW), depth=M, init=[])
-                m.submodules[f"ram{lane}_{b}"] = mem
-                rds[lane][b] = mem.read_port(transparent_for=())
-                wrs[lane][b] = mem.write_port()
-                m.d.comb += [rds[lane][b].en.eq(0), wrs[lane][b].en.eq(0)]
+                for h in range(2):
+                    mem = Memory(shape=unsigned(EW), depth=max(1, -(-M // 2)), init=[])
+                    m.submodules[f"ram{lane}_{b}_{h}"] = mem
+                    rds[lane][b][h] = mem.read_port(transparent_for=())
+                    wrs[lane][b][h] = mem.write_port()
+                    m.d.comb += [rds[lane][b][h].en.eq(0), wrs[lane][b][h].en.eq(0)]
+
+        def ram_write(lane, b, addr, value):
+            for h in range(2):
+                port = wrs[lane][b][h]
+                m.d.comb += [port.addr.eq(addr >> 1), port.data.eq(value), port.en.eq(addr[0] == h)]
 
         # Per lane and digit a histogram RAM with an asynchronous read, as for P = 1.
         hrd = [[None] * D for _ in range(P)]
@@ -579,17 +606,20 @@ class RadixSorter(wiring.Component):
         out_active = Signal()                # keys of the emitted packet still in RAM or heads
         out_bank = Signal()
         out_len = [Signal(LW, name=f"out_len{lane}") for lane in range(P)]
-        rptr = [Signal(LW, name=f"rptr{lane}") for lane in range(P)]
-        rvalid = [Signal(name=f"rvalid{lane}") for lane in range(P)]  # read port data valid
-        hvalid = [Signal(name=f"hvalid{lane}") for lane in range(P)]
-        head = [Signal(EW, name=f"head{lane}") for lane in range(P)]
+        rptr = [Signal(range(M + 2), name=f"rptr{lane}") for lane in range(P)]  # next entry to read (even)
+        rvn = [Signal(range(3), name=f"rvn{lane}") for lane in range(P)]   # entries in the read data (0..2)
+        QD = 5                               # queue of a bank's next entries, see the merge
+        queue = [[Signal(EW, name=f"q{lane}_{s}") for s in range(QD)] for lane in range(P)]
+        qn = [Signal(range(QD + 1), name=f"qn{lane}") for lane in range(P)]
         out_total = Signal(CW)
         out_seen = Signal(CW)
         out_desc = Signal()
         out_ovf = Signal()
         ov = Signal()
-        o_key = Signal(W)
-        o_index = Signal(IW)
+        OL = self.out_lanes
+        o_key = [Signal(W, name=f"o_key{t}") for t in range(OL)]
+        o_index = [Signal(IW, name=f"o_index{t}") for t in range(OL)]
+        o_count = Signal(2)
         o_ovf = Signal()
         o_last = Signal()
 
@@ -671,8 +701,8 @@ class RadixSorter(wiring.Component):
                              out_total.eq(sum(cnt)), out_seen.eq(0), lb.eq(src), pos.eq(0), ovf.eq(0),
                              pc.eq(0)]
                 for lane in range(P):
-                    m.d.sync += [out_len[lane].eq(cnt[lane]), rptr[lane].eq(0), rvalid[lane].eq(0),
-                                 hvalid[lane].eq(0), cnt[lane].eq(0)]
+                    m.d.sync += [out_len[lane].eq(cnt[lane]), rptr[lane].eq(0), rvn[lane].eq(0),
+                                 qn[lane].eq(0), cnt[lane].eq(0)]
                 m.next = "CLEAR"
 
         for lane in range(P):
@@ -680,19 +710,23 @@ class RadixSorter(wiring.Component):
                 m.d.sync += cnt[lane].eq(cnt[lane] + 1)
                 for b in range(2):
                     with m.If(lb == b):
-                        m.d.comb += [wrs[lane][b].addr.eq(cnt[lane]), wrs[lane][b].en.eq(1),
-                                     wrs[lane][b].data.eq(Cat(index[lane], stored_key[lane]))]
+                        ram_write(lane, b, cnt[lane], Cat(index[lane], stored_key[lane]))
 
         # ---- scatter passes: every bank runs digit pp at once, address j in step ----
         cur_skip = Array(skip)[pp]
         issue = [pass_active & (j < cnt[lane]) & ~cur_skip for lane in range(P)]
         any_issue = Cat(*issue).any()
         any_prv = Cat(*prv).any()
-        entry = [Mux(src, rds[lane][1].data, rds[lane][0].data) for lane in range(P)]
+        j_odd = Signal()  # the half RAM that holds the entry read last cycle
+        with m.If(pass_active):
+            m.d.sync += j_odd.eq(j[0])
+        entry = [Mux(src, Mux(j_odd, rds[lane][1][1].data, rds[lane][1][0].data),
+                     Mux(j_odd, rds[lane][0][1].data, rds[lane][0][0].data)) for lane in range(P)]
         for lane in range(P):
             for b in range(2):
                 with m.If(pass_active & (src == b)):
-                    m.d.comb += [rds[lane][b].addr.eq(j), rds[lane][b].en.eq(1)]
+                    for h in range(2):
+                        m.d.comb += [rds[lane][b][h].addr.eq(j >> 1), rds[lane][b][h].en.eq(1)]
 
         # ---- histogram RAMs: count (load), prefix sums, bucket bases (passes), clear ----
         for lane in range(P):
@@ -708,8 +742,7 @@ class RadixSorter(wiring.Component):
                 with m.If(prv[lane]):
                     for b in range(2):
                         with m.If(src != b):
-                            m.d.comb += [wrs[lane][b].addr.eq(dest), wrs[lane][b].data.eq(entry[lane]),
-                                         wrs[lane][b].en.eq(1)]
+                            ram_write(lane, b, dest, entry[lane])
         with m.If(pass_active):
             with m.If(any_issue):
                 m.d.sync += j.eq(j + 1)
@@ -721,58 +754,91 @@ class RadixSorter(wiring.Component):
                     m.d.comb += passes_done.eq(1)
 
         # ---- P-way merge of the sorted banks ----
-        # Per lane two stages: the RAM read port's data register (rvalid) and the head register
-        # (hvalid). A head that wins is replaced by the read data at once while the RAM reads the
-        # next address, so a lane that wins every cycle never bubbles.
-        # A winner may only be picked while every lane with keys left shows its head. That needs
-        # no check: all lanes read their first address in the same cycle after the handover and
-        # fill their heads together one cycle later (nothing fires before, no head is valid), and
-        # from then on the read data register is refilled whenever it moves into the head, so a
-        # lane's head is empty only once its RAM is drained.
-        rdata = [Mux(out_bank, rds[lane][1].data, rds[lane][0].data) for lane in range(P)]
-        drained = [(rptr[lane] == out_len[lane]) & ~rvalid[lane] for lane in range(P)]
-        any_head = Cat(*hvalid).any()
-        # Tournament over Cat(head, ~hvalid): an empty head compares above every key.
-        cands = [(Const(lane, range(P)), Cat(head[lane], ~hvalid[lane])) for lane in range(P)]
-        while len(cands) > 1:
-            nxt = []
-            for (ia, ca), (ib, cb) in zip(cands[0::2], cands[1::2]):
-                lt = cb < ca  # distinct indices: two valid heads never tie
-                win_i = Signal(range(P), name=f"win_i{len(nxt)}_{len(cands)}")
-                win_c = Signal(EW + 1, name=f"win_c{len(nxt)}_{len(cands)}")
-                m.d.comb += [win_i.eq(Mux(lt, ib, ia)), win_c.eq(Mux(lt, cb, ca))]
-                nxt.append((win_i, win_c))
-            cands = nxt
-        winner, win_entry = cands[0][0], cands[0][1][:EW]
+        # Per bank a queue of its next entries (``queue``, ``qn`` of them, up to QD = 5), fed a
+        # pair a cycle from the two half RAMs (a read returns entries rptr, rptr + 1 in the read
+        # data registers, ``rvn`` of them valid, which join the queue the next cycle). A beat
+        # takes the OL smallest queued entries: the smallest queue head, then (OL = 2) the
+        # smallest of the other heads and the winner's second entry. A pair is read whenever
+        # the queue will hold at most QD - 2 entries after this cycle, so a queue that had more
+        # still holds at least 2 after taking 2 (QD - 1 - 2 >= 2), and one that had fewer gets
+        # its pair in time: a bank that wins every entry of every beat never bubbles.
+        # A beat needs every bank to show OL entries or all of its remaining ones (then the OL
+        # smallest remaining entries are among those shown). That needs no check: every bank
+        # reads its first pair in the cycle after the handover, so all queues fill together
+        # (nothing fires before, nothing is queued), and from then on a queue holds at least 2
+        # entries until its bank's reads are done. So every beat but a packet's last holds
+        # exactly OL keys.
+        rdata = [[Mux(out_bank, rds[lane][1][h].data, rds[lane][0][h].data) for h in range(2)] for lane in range(P)]
+        reading_done = [(rptr[lane] >= out_len[lane]) & (rvn[lane] == 0) for lane in range(P)]
+        any_queued = Cat(*[qn[lane] != 0 for lane in range(P)]).any()
+
+        def tournament(cands, tag):
+            """(index, Cat(entry, empty)) of the smallest candidate: an empty one compares above
+            every entry, and two valid ones never tie (distinct indices)."""
+            level = 0
+            while len(cands) > 1:
+                nxt = []
+                for (ia, ca), (ib, cb) in zip(cands[0::2], cands[1::2]):
+                    lt = cb < ca
+                    win_i = Signal(range(P), name=f"{tag}_i{level}_{len(nxt)}")
+                    win_c = Signal(EW + 1, name=f"{tag}_c{level}_{len(nxt)}")
+                    m.d.comb += [win_i.eq(Mux(lt, ib, ia)), win_c.eq(Mux(lt, cb, ca))]
+                    nxt.append((win_i, win_c))
+                cands, level = nxt, level + 1
+            return cands[0]
+
+        first, first_c = tournament([(Const(lane, range(P)), Cat(queue[lane][0], qn[lane] == 0)) for lane in range(P)],
+                                    "win1")
+        picks = [(first, first_c)]
+        if OL == 2:
+            second, second_c = tournament(
+                [(Const(lane, range(P)),
+                  Mux(first == lane, Cat(queue[lane][1], qn[lane] < 2), Cat(queue[lane][0], qn[lane] == 0)))
+                 for lane in range(P)], "win2")
+            picks.append((second, second_c))
+        has_second = ~picks[-1][1][EW] if OL == 2 else Const(0)
 
         advance = ~ov | self.o.ready
-        fire = out_active & advance & any_head
+        fire = out_active & advance & any_queued
         with m.If(advance):
             m.d.sync += ov.eq(fire)
             with m.If(fire):
-                m.d.sync += [o_key.eq(win_entry[IW:] ^ Mux(out_desc, key_mask, 0)), o_index.eq(win_entry[:IW]),
-                             o_ovf.eq(out_ovf), o_last.eq(out_seen == out_total - 1), out_seen.eq(out_seen + 1)]
+                for t, (_, c) in enumerate(picks):
+                    m.d.sync += [o_key[t].eq(c[IW:EW] ^ Mux(out_desc, key_mask, 0)), o_index[t].eq(c[:IW])]
+                m.d.sync += [o_ovf.eq(out_ovf), o_count.eq(1 + has_second),
+                             o_last.eq(out_seen + 1 + has_second == out_total),
+                             out_seen.eq(out_seen + 1 + has_second)]
         for lane in range(P):
-            won = fire & (winner == lane)
-            refill = ~hvalid[lane] | won            # the head takes the read data
-            free = ~rvalid[lane] | refill           # the read data register may be overwritten
-            ren = out_active & free & (rptr[lane] < out_len[lane])
+            taken = Signal(range(3), name=f"taken{lane}")
+            left = Signal(range(QD + 1), name=f"left{lane}")
+            new_n = Signal(range(QD + 3), name=f"new_n{lane}")
+            m.d.comb += [taken.eq(Mux(fire & (first == lane), 1, 0)
+                                  + (Mux(fire & has_second & (picks[-1][0] == lane), 1, 0) if OL == 2 else 0)),
+                         left.eq(qn[lane] - taken), new_n.eq(left + rvn[lane])]
+            ren = out_active & (rptr[lane] < out_len[lane]) & (new_n <= QD - 2)
             for b in range(2):
                 with m.If(out_active & (out_bank == b)):
-                    m.d.comb += [rds[lane][b].addr.eq(rptr[lane]), rds[lane][b].en.eq(ren)]
+                    for h in range(2):
+                        m.d.comb += [rds[lane][b][h].addr.eq(rptr[lane] >> 1), rds[lane][b][h].en.eq(ren)]
             with m.If(out_active):
-                with m.If(refill):
-                    m.d.sync += [head[lane].eq(rdata[lane]), hvalid[lane].eq(rvalid[lane])]
-                with m.If(free):
-                    m.d.sync += rvalid[lane].eq(ren)
+                m.d.sync += [qn[lane].eq(new_n), rvn[lane].eq(Mux(ren, Mux(rptr[lane] + 1 < out_len[lane], 2, 1), 0))]
                 with m.If(ren):
-                    m.d.sync += rptr[lane].eq(rptr[lane] + 1)
-        with m.If(out_active & Cat(*[drained[lane] & ~hvalid[lane] for lane in range(P)]).all()):
+                    m.d.sync += rptr[lane].eq(rptr[lane] + 2)
+                # the kept entries move down by ``taken``, the read data follows them
+                shifted = Array(queue[lane] + [Const(0, EW)] * 2)
+                for slot in range(QD):
+                    m.d.sync += queue[lane][slot].eq(Mux(slot < left, shifted[slot + taken],
+                                                         Mux(slot == left, rdata[lane][0], rdata[lane][1])))
+        with m.If(out_active & Cat(*[reading_done[lane] & (qn[lane] == 0) for lane in range(P)]).all()):
             m.d.sync += out_active.eq(0)
         m.d.comb += [
             self.o.valid.eq(ov),
-            self.o.payload.key.eq(o_key),
-            self.o.payload.index.eq(o_index),
             self.o.payload.overflow.eq(o_ovf),
             self.o.payload.last.eq(o_last),
         ]
+        if OL == 1:
+            m.d.comb += [self.o.payload.key.eq(o_key[0]), self.o.payload.index.eq(o_index[0])]
+        else:
+            m.d.comb += [self.o.payload.count.eq(o_count)]
+            m.d.comb += [self.o.payload.key[t].eq(o_key[t]) for t in range(OL)]
+            m.d.comb += [self.o.payload.index[t].eq(o_index[t]) for t in range(OL)]

@@ -69,9 +69,9 @@ class TopK(wiring.Component):
        ``unordered=1`` streams them straight out (ascending index,
        ``topk(..., sorted=False)``); ``unordered=0`` streams them into an internal
        :class:`~hw.sort.radix.RadixSorter` of P lanes (descending, stable: ties keep the
-       lower index first), whose output is the core's output, one key a beat
-       (``topk(..., sorted=True)``, and :func:`~hw.sort.radix.sorter_cycles` of ``k`` keys
-       after the scan).
+       lower index first), whose output is the core's output, one key a beat for P = 1 and
+       two for P > 1 (``topk(..., sorted=True)``, and :func:`~hw.sort.radix.sorter_cycles`
+       of ``k`` keys after the scan).
 
     Cycles with no stalls, unordered, from the first input beat to the last output beat:
     about ``ceil(n / P) + sum(v_j) + sum(c_j) + max(w, e) + 15 D + 15`` (within a few cycles
@@ -102,7 +102,8 @@ class TopK(wiring.Component):
         output beats carry up to P keys (the selected keys of a scanned word), so 900 of 4096
         leave in about 4096 / G + 900 / P beats. In sorted mode the scan hands them, up to P a
         beat, to a P-lane internal sorter (``RadixSorter(..., partial_beats=True)``), so its
-        passes take about ``k / P`` cycles each; its merge emits one key a beat (count 1).
+        passes take about ``k / P`` cycles each; its merge emits two keys a beat (count 2,
+        1 in the last beat of an odd k).
     banks : int
         G, 1, 2, 4 or 8 (at least P, at most N): keys scanned and list nodes walked per cycle.
         0 (default) = ``min(8, 2 P)``.
@@ -179,7 +180,8 @@ class TopK(wiring.Component):
 
         # The sorted mode's sorter takes P keys a beat too; the scan hands it 1..P selected keys
         # per beat (whatever a word holds), so beats may be partial anywhere.
-        m.submodules.sorter = sorter = RadixSorter(W, R, N, P, index_in=True, partial_beats=P > 1)
+        m.submodules.sorter = sorter = RadixSorter(W, R, N, P, index_in=True, partial_beats=P > 1,
+                                                   out_lanes=2 if P > 1 else 1)
 
         # ---------------- phases (one-hot flags) ----------------
         # LOAD -> CMD -> DECIDE -> START -> (SELECT -> CHOOSE -> TRAV) x ... -> EMIT -> LOAD
@@ -847,11 +849,15 @@ class TopK(wiring.Component):
             if P > 1:
                 m.d.comb += self.o.payload.count.eq(ocount)
         with m.Else():
-            # the sorter's P-way merge emits one (key, index) a beat: lane 0, count 1
-            m.d.comb += [self.o.valid.eq(sorter.o.valid), o_key[0].eq(sorter.o.payload.key),
-                         o_index[0].eq(sorter.o.payload.index), self.o.payload.last.eq(sorter.o.payload.last)]
-            if P > 1:
-                m.d.comb += self.o.payload.count.eq(1)
+            # the sorter's P-way merge emits two (key, index) a beat for P > 1 (lanes 0 and 1;
+            # one in the last beat of an odd k), one for P = 1
+            m.d.comb += [self.o.valid.eq(sorter.o.valid), self.o.payload.last.eq(sorter.o.payload.last)]
+            if P == 1:
+                m.d.comb += [o_key[0].eq(sorter.o.payload.key), o_index[0].eq(sorter.o.payload.index)]
+            else:
+                m.d.comb += [o_key[t].eq(sorter.o.payload.key[t]) for t in range(2)]
+                m.d.comb += [o_index[t].eq(sorter.o.payload.index[t]) for t in range(2)]
+                m.d.comb += self.o.payload.count.eq(sorter.o.payload.count)
         if P == 1:
             m.d.comb += [sorter.i.payload.key.eq(okey[0]), sorter.i.payload.index.eq(oidx[0])]
         else:

@@ -10,7 +10,7 @@ import torch
 
 from golden.numerics import sort as sortnum
 from hw.emit import parse_params
-from tb.sort.stimulus import packet_beats, topk_beats, topk_items
+from tb.sort.stimulus import packet_beats, sort_items, topk_beats, topk_items
 
 __all__ = ["float_keys", "rtl_sort", "rtl_topk"]
 
@@ -47,7 +47,7 @@ def rtl_sort(keys, *, descending=False, waves=False, **params):
     """Sort each row of ``keys`` (R, N) on the RTL sorter: int32 indices (R, N) + the keys.
 
     With ``lanes`` = P > 1 each row goes in as beats of P keys (the last one partial when P
-    does not divide N); the output is one (key, index) per beat either way."""
+    does not divide N); the output is one (key, index) per beat, or two with ``out_lanes`` = 2."""
     from sim.rtl import RTLResult, replay
     params = parse_params("sort", params)
     descending = _truthy(descending)
@@ -57,9 +57,11 @@ def rtl_sort(keys, *, descending=False, waves=False, **params):
         raise ValueError(f"row length {n} exceeds max_len = {params['max_len']}")
     beats = [beat for row in k.tolist()
              for beat in packet_beats(row, descending, params["lanes"], key_bits=params["key_bits"])]
-    out, cycles = replay("sort", params, {"i": beats}, {"o": rows * n}, waves=waves)
-    idx = np.array([b["index"] for b in out["o"]], dtype=np.int32).reshape(rows, n)
-    skeys = np.array([b["key"] for b in out["o"]], dtype=np.int64).reshape(rows, n)
+    out_lanes = params["out_lanes"]
+    out, cycles = replay("sort", params, {"i": beats}, {"o": rows * -(-n // out_lanes)}, waves=waves)
+    items = sort_items(out["o"], out_lanes)
+    idx = np.array([b["index"] for b in items], dtype=np.int32).reshape(rows, n)
+    skeys = np.array([b["key"] for b in items], dtype=np.int64).reshape(rows, n)
     return RTLResult({"indices": idx, "sorted_keys": skeys}, cycles, params,
                      [f"{rows} rows of {n} keys ({params['key_bits']}-bit keys, {params['lanes']} per beat), "
                       f"{'descending' if descending else 'ascending'}, ties to the lower index"])

@@ -110,6 +110,23 @@ def topk_beats(keys, lanes=1, rng=None, key_bits=16):
     return beats
 
 
+def sort_items(beats, out_lanes=1):
+    """The sorter's output beats as one ``{"key", "index", "overflow", "last"}`` per key, in
+    output order. ``out_lanes`` = 2: lanes ``0..count-1`` of each beat; every beat but a
+    packet's last must hold 2 keys (``ValueError`` otherwise: the merge never emits a short
+    beat mid-packet)."""
+    if out_lanes == 1:
+        return [{f: b[f] for f in ("key", "index", "overflow", "last")} for b in beats]
+    items = []
+    for beat in beats:
+        count = beat["count"]
+        if not (count == 2 or (count == 1 and beat["last"])):
+            raise ValueError(f"sorter output beat with count {count} (last = {beat['last']})")
+        items += [{"key": beat[f"key.{t}"], "index": beat[f"index.{t}"], "overflow": beat["overflow"],
+                   "last": int(beat["last"] and t == count - 1)} for t in range(count)]
+    return items
+
+
 def topk_items(beats, lanes=1):
     """The top-k core's output beats as one ``{"key", "index", "last"}`` per selected key, in
     output order. P > 1: lanes ``0..count-1`` of each beat, ``last`` on the final one of a beat

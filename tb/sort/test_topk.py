@@ -26,8 +26,9 @@ def key_beats(packets, params, rng=None):
 def expected(packets, params):
     """(data, status beats, keys per data beat) that golden says the core must emit for ``packets``.
 
-    Keys per beat: sorted mode 1 (the sorter's merge); unordered mode the selected keys of each
-    scanned word of G (``banks``) positions, P (``lanes``) a beat."""
+    Keys per beat: sorted mode 1 for P = 1, and for P > 1 two (the sorter's merge), one in the
+    last beat of an odd k; unordered mode the selected keys of each scanned word of G
+    (``banks``) positions, P (``lanes``) a beat."""
     data, status, per_beat = [], [], []
     P = params["lanes"]
     G = TopK(params["key_bits"], params["radix_bits"], params["max_len"], P, params.get("banks", 0)).banks
@@ -40,7 +41,8 @@ def expected(packets, params):
         data += [(int(kept[i]), i, int(j == k_eff - 1)) for j, i in enumerate(idx)]
         status.append((code, k_eff, n, int(len(keys) > n)))
         if not unordered:
-            per_beat += [1] * k_eff
+            pair = 2 if P > 1 else 1
+            per_beat += [pair] * (k_eff // pair) + [1] * (k_eff % pair)
         else:
             in_word = collections.Counter(i // G for i in idx)
             for word in sorted(in_word):
