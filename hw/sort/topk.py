@@ -317,10 +317,15 @@ class TopK(wiring.Component):
         load_word = cnt[GB:GB + WW]
         with m.If(l_valid):
             m.d.sync += cnt.eq(cnt + n_stored)
-            # (compares with constants: Yosys shares "cnt + constant" adders between
-            # expressions and had chained them into one long carry path)
-            m.d.sync += [lane_ok[j].eq(cnt < N - P - j) for j in range(P)]
-            m.d.sync += [lane_ok2[j].eq(cnt < N - 2 * P - j) for j in range(P)]
+            # lane_ok[j] = cnt < N - P - j and lane_ok2[j] = cnt < N - 2 P - j, as equality
+            # tests (LUTs, no carry chain: Yosys had put these compares into the carry chain of
+            # e_words' adder, the critical path): cnt steps through the multiples of P until
+            # the packet's last beat, so each flag falls at the first multiple of P that reaches
+            # its bound, and stays down (the next packet's emission start sets it again).
+            def first_multiple(bound):
+                return max(0, -(-bound // P) * P)
+            m.d.sync += [lane_ok[j].eq(lane_ok[j] & (cnt != first_multiple(N - P - j))) for j in range(P)]
+            m.d.sync += [lane_ok2[j].eq(lane_ok2[j] & (cnt != first_multiple(N - 2 * P - j))) for j in range(P)]
             m.d.sync += cnt_p3g.eq(cnt_p3g + n_stored)
             with m.If(Cat(*[(l_n > j) & ~lane_ok[j] for j in range(P)]).any()):
                 m.d.sync += ovf.eq(1)
@@ -652,7 +657,12 @@ class TopK(wiring.Component):
 
         def at_most_p(sel):
             return sum(sel[g] for g in range(G)) <= P
-        pop = en & (~h_v | word_done) & f_fill[0]
+        # f_fill counts the pops a cycle late (``back_pop``, below), so that its update has only
+        # registers as inputs and the pop is not on the level's loop (it was the critical
+        # path): the words held are f_fill less last cycle's pop.
+        back_pop = Signal()
+        f_avail = Mux(back_pop, f_fill[1], f_fill[0])
+        pop = en & (~h_v | word_done) & f_avail
         beat_keys = [Signal(W, name=f"beat_key{t}") for t in range(P)]
         beat_idx = [Signal(IW, name=f"beat_idx{t}") for t in range(P)]
         rank = Const(0, 1)
@@ -689,13 +699,15 @@ class TopK(wiring.Component):
                 m.d.sync += h_v.eq(0)
         up = Cat(Const(1, 1), f_fill[:-1])
         down = Cat(f_fill[1:], Const(0, 1))
-        m.d.sync += f_fill.eq(Mux(push_f & ~pop, up, Mux(pop & ~push_f, down, f_fill)))
+        # (credits come back two cycles after a pop at the earliest, so the words held plus
+        # last cycle's pop never exceed F and the thermometer cannot overflow)
+        m.d.sync += f_fill.eq(Mux(push_f & ~back_pop, up, Mux(back_pop & ~push_f, down, f_fill)))
         # credits: a word read takes one; a dropped word and a popped word give one back. The
         # returns (up to two a cycle, registered) queue in ``retq`` (a thermometer too), which
         # hands back one a cycle: the credits' update then has one return bit and the read's
         # issue as inputs, not three (it was the critical path). Reads and returns both run at
         # most one a cycle, so the queue stays short.
-        back_drop, back_pop = Signal(), Signal()
+        back_drop = Signal()
         m.d.sync += [back_drop.eq(drop), back_pop.eq(pop)]
         retq = Signal(F)
 
