@@ -33,6 +33,15 @@ def test_sort(config, seed):
 
 
 @rtl
+@pytest.mark.parametrize("seed", [1479094243], indirect=True)
+def test_sort_two_out_pinned(seed):
+    """Two keys a beat, the seed that once made the merge emit a key-less beat at a packet's end
+    (a bank's last pair of one entry taken with its previous pair's last entry)."""
+    config = {"key_bits": 16, "radix_bits": 8, "max_len": 131, "lanes": 2, "out_lanes": 2}
+    run_tb("sort", parse_params("sort", config), "tb.sort.test_sort", seed)
+
+
+@rtl
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c.get("lanes", 1) > 1][:2]
                          + [c for c in CONFIGS if c.get("out_lanes", 1) == 2][:1],
                          ids=lambda c: "-".join(f"{v}" for v in c.values()))

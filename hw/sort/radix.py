@@ -126,9 +126,9 @@ class RadixSorter(wiring.Component):
        other heads and the winner's second entry). Equal keys thus come out lower index
        first across stripes, as within a stripe (the passes are stable and a stripe's
        indices increase with its addresses): the golden stable order. Each RAM is split into
-       an even-address and an odd-address half, so a stripe reads two consecutive entries a
-       cycle into a queue of up to five, topped up early enough that a stripe winning every
-       key of every beat never bubbles.
+       an even-address and an odd-address half, so a stripe reads an aligned pair of entries
+       a cycle; it keeps two pairs in registers behind its RAMs' read registers and shows its
+       next two entries, so a stripe that wins every key of every beat never bubbles.
 
     Cycles with no stalls for P > 1: ``m + 2 + B + (D - s) * (m + 2) + s + ceil(n / OL) + 3``
     for ``s`` passes skipped in every bank and ``OL = out_lanes`` (16-bit keys, n = 4096,
@@ -608,9 +608,9 @@ class RadixSorter(wiring.Component):
         out_len = [Signal(LW, name=f"out_len{lane}") for lane in range(P)]
         rptr = [Signal(range(M + 2), name=f"rptr{lane}") for lane in range(P)]  # next entry to read (even)
         rvn = [Signal(range(3), name=f"rvn{lane}") for lane in range(P)]   # entries in the read data (0..2)
-        QD = 5                               # queue of a bank's next entries, see the merge
-        queue = [[Signal(EW, name=f"q{lane}_{s}") for s in range(QD)] for lane in range(P)]
-        qn = [Signal(range(QD + 1), name=f"qn{lane}") for lane in range(P)]
+        an = [Signal(range(3), name=f"an{lane}") for lane in range(P)]     # entries in pair A (see the merge)
+        bn = [Signal(range(3), name=f"bn{lane}") for lane in range(P)]     # ... in pair B
+        off = [Signal(name=f"off{lane}") for lane in range(P)]             # next entry's place in A
         out_total = Signal(CW)
         out_seen = Signal(CW)
         out_desc = Signal()
@@ -702,7 +702,7 @@ class RadixSorter(wiring.Component):
                              pc.eq(0)]
                 for lane in range(P):
                     m.d.sync += [out_len[lane].eq(cnt[lane]), rptr[lane].eq(0), rvn[lane].eq(0),
-                                 qn[lane].eq(0), cnt[lane].eq(0)]
+                                 an[lane].eq(0), bn[lane].eq(0), off[lane].eq(0), cnt[lane].eq(0)]
                 m.next = "CLEAR"
 
         for lane in range(P):
@@ -754,23 +754,31 @@ class RadixSorter(wiring.Component):
                     m.d.comb += passes_done.eq(1)
 
         # ---- P-way merge of the sorted banks ----
-        # Per bank a queue of its next entries (``queue``, ``qn`` of them, up to QD = 5), fed a
-        # pair a cycle from the two half RAMs (a read returns entries rptr, rptr + 1 in the read
-        # data registers, ``rvn`` of them valid, which join the queue the next cycle). A beat
-        # takes the OL smallest queued entries: the smallest queue head, then (OL = 2) the
-        # smallest of the other heads and the winner's second entry. A pair is read whenever
-        # the queue will hold at most QD - 2 entries after this cycle, so a queue that had more
-        # still holds at least 2 after taking 2 (QD - 1 - 2 >= 2), and one that had fewer gets
-        # its pair in time: a bank that wins every entry of every beat never bubbles.
+        # The merge reads a bank in aligned pairs (entries 2i, 2i + 1: one from each half RAM;
+        # only a bank's last pair may hold one entry). Per bank a window of two pairs, A and B
+        # (``an``, ``bn`` entries valid), plus the pair in the RAMs' read registers, C (``rvn``
+        # entries; a read port holds its data while not enabled). ``off`` is the next entry's
+        # place in A: the bank shows h0 = A[off] and h1 = A[1] or, for off = 1, B[0].
+        # A beat takes the OL smallest shown entries: the smallest h0, then (OL = 2) the smallest
+        # of the other banks' h0 and the winner's h1. Once A is used up it is refilled from B
+        # (or C), B from C; C moves into a free place and the next pair is read in the same cycle,
+        # so a bank that wins both keys of every beat moves one pair a cycle and never bubbles.
         # A beat needs every bank to show OL entries or all of its remaining ones (then the OL
         # smallest remaining entries are among those shown). That needs no check: every bank
-        # reads its first pair in the cycle after the handover, so all queues fill together
-        # (nothing fires before, nothing is queued), and from then on a queue holds at least 2
-        # entries until its bank's reads are done. So every beat but a packet's last holds
-        # exactly OL keys.
+        # reads its first pair in the cycle after the handover, so all windows fill together
+        # (nothing fires before A holds a pair); from then on C holds a pair whenever the bank
+        # has entries past A and B (a pair is read whenever C moves on), so B is filled whenever
+        # off becomes 1. So every beat but a packet's last holds exactly OL keys.
+        win_a = [[Signal(EW, name=f"a{lane}_{t}") for t in range(2)] for lane in range(P)]
+        win_b = [[Signal(EW, name=f"b{lane}_{t}") for t in range(2)] for lane in range(P)]
         rdata = [[Mux(out_bank, rds[lane][1][h].data, rds[lane][0][h].data) for h in range(2)] for lane in range(P)]
-        reading_done = [(rptr[lane] >= out_len[lane]) & (rvn[lane] == 0) for lane in range(P)]
-        any_queued = Cat(*[qn[lane] != 0 for lane in range(P)]).any()
+        h0 = [Mux(off[lane], win_a[lane][1], win_a[lane][0]) for lane in range(P)]
+        h0_none = [an[lane] <= off[lane] for lane in range(P)]
+        h1 = [Mux(off[lane], win_b[lane][0], win_a[lane][1]) for lane in range(P)]
+        h1_none = [Mux(off[lane], bn[lane] == 0, an[lane] != 2) for lane in range(P)]
+        # (not "A holds a pair": a bank whose last pair B held one entry, taken with A's last,
+        # keeps that pair in A for a cycle with nothing to show)
+        any_shown = Cat(*[~h0_none[lane] for lane in range(P)]).any()
 
         def tournament(cands, tag):
             """(index, Cat(entry, empty)) of the smallest candidate: an empty one compares above
@@ -787,19 +795,19 @@ class RadixSorter(wiring.Component):
                 cands, level = nxt, level + 1
             return cands[0]
 
-        first, first_c = tournament([(Const(lane, range(P)), Cat(queue[lane][0], qn[lane] == 0)) for lane in range(P)],
+        first, first_c = tournament([(Const(lane, range(P)), Cat(h0[lane], h0_none[lane])) for lane in range(P)],
                                     "win1")
         picks = [(first, first_c)]
         if OL == 2:
             second, second_c = tournament(
                 [(Const(lane, range(P)),
-                  Mux(first == lane, Cat(queue[lane][1], qn[lane] < 2), Cat(queue[lane][0], qn[lane] == 0)))
+                  Mux(first == lane, Cat(h1[lane], h1_none[lane]), Cat(h0[lane], h0_none[lane])))
                  for lane in range(P)], "win2")
             picks.append((second, second_c))
         has_second = ~picks[-1][1][EW] if OL == 2 else Const(0)
 
         advance = ~ov | self.o.ready
-        fire = out_active & advance & any_queued
+        fire = out_active & advance & any_shown
         with m.If(advance):
             m.d.sync += ov.eq(fire)
             with m.If(fire):
@@ -810,26 +818,42 @@ class RadixSorter(wiring.Component):
                              out_seen.eq(out_seen + 1 + has_second)]
         for lane in range(P):
             taken = Signal(range(3), name=f"taken{lane}")
-            left = Signal(range(QD + 1), name=f"left{lane}")
-            new_n = Signal(range(QD + 3), name=f"new_n{lane}")
+            pos = Signal(range(4), name=f"pos{lane}")     # off + taken
+            a_free = Signal(name=f"a_free{lane}")         # A is empty or used up after this beat
+            c_moves = Signal(name=f"c_moves{lane}")       # C goes into A or B
             m.d.comb += [taken.eq(Mux(fire & (first == lane), 1, 0)
                                   + (Mux(fire & has_second & (picks[-1][0] == lane), 1, 0) if OL == 2 else 0)),
-                         left.eq(qn[lane] - taken), new_n.eq(left + rvn[lane])]
-            ren = out_active & (rptr[lane] < out_len[lane]) & (new_n <= QD - 2)
+                         pos.eq(off[lane] + taken),
+                         a_free.eq((an[lane] == 0) | (pos >= an[lane])),
+                         c_moves.eq(a_free | (bn[lane] == 0))]
+            ren = out_active & (rptr[lane] < out_len[lane]) & ((rvn[lane] == 0) | c_moves)
             for b in range(2):
                 with m.If(out_active & (out_bank == b)):
                     for h in range(2):
                         m.d.comb += [rds[lane][b][h].addr.eq(rptr[lane] >> 1), rds[lane][b][h].en.eq(ren)]
             with m.If(out_active):
-                m.d.sync += [qn[lane].eq(new_n), rvn[lane].eq(Mux(ren, Mux(rptr[lane] + 1 < out_len[lane], 2, 1), 0))]
                 with m.If(ren):
-                    m.d.sync += rptr[lane].eq(rptr[lane] + 2)
-                # the kept entries move down by ``taken``, the read data follows them
-                shifted = Array(queue[lane] + [Const(0, EW)] * 2)
-                for slot in range(QD):
-                    m.d.sync += queue[lane][slot].eq(Mux(slot < left, shifted[slot + taken],
-                                                         Mux(slot == left, rdata[lane][0], rdata[lane][1])))
-        with m.If(out_active & Cat(*[reading_done[lane] & (qn[lane] == 0) for lane in range(P)]).all()):
+                    m.d.sync += [rptr[lane].eq(rptr[lane] + 2),
+                                 rvn[lane].eq(Mux(rptr[lane] + 1 < out_len[lane], 2, 1))]
+                with m.Elif(c_moves):
+                    m.d.sync += rvn[lane].eq(0)
+                with m.If(a_free):
+                    # (pos - 2: a used-up pair of 2 leaves the offset past it; one of 1 ends the bank)
+                    m.d.sync += off[lane].eq(Mux(an[lane] == 2, pos - 2, 0))
+                    with m.If(bn[lane] != 0):
+                        m.d.sync += [an[lane].eq(bn[lane]), bn[lane].eq(rvn[lane])]
+                        m.d.sync += [win_a[lane][t].eq(win_b[lane][t]) for t in range(2)]
+                        m.d.sync += [win_b[lane][t].eq(rdata[lane][t]) for t in range(2)]
+                    with m.Else():
+                        m.d.sync += an[lane].eq(rvn[lane])
+                        m.d.sync += [win_a[lane][t].eq(rdata[lane][t]) for t in range(2)]
+                with m.Else():
+                    m.d.sync += off[lane].eq(pos)
+                    with m.If(bn[lane] == 0):
+                        m.d.sync += bn[lane].eq(rvn[lane])
+                        m.d.sync += [win_b[lane][t].eq(rdata[lane][t]) for t in range(2)]
+        with m.If(out_active & Cat(*[(rptr[lane] >= out_len[lane]) & (rvn[lane] == 0) & (an[lane] == 0)
+                                     for lane in range(P)]).all()):
             m.d.sync += out_active.eq(0)
         m.d.comb += [
             self.o.valid.eq(ov),
