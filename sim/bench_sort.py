@@ -1,12 +1,13 @@
 # amaranth: UnusedElaboratable=no
 """Cycle benchmark of the radix sort / top-k core (hw/sort) on the emitted RTL, no stalls.
 
-Cycles are counted by the cocotb sink from the first input beat offered to the last output
-beat accepted, with an idle core (load included). Cases: sort 4096 uniform 16-bit keys, P
-keys per input beat (for P > 1 also two keys per output beat; next to its model, ``sorter_cycles``); top-900 of 4096 keys (VAR-like
-logits, float32 -> float_to_key -> top 16 bits, and uniform keys), in sorted (descending) and
-unordered (ascending index) mode, for P keys per input beat and G top-k banks. Every output is checked against golden.numerics.sort. Goals from
-issue 4: sorted top-900-of-4096 <= 3 * 4096 / P + 64, unordered <= 2 * 4096 / P + 64.
+Cycles are counted by the cocotb sink from the first input beat offered to the last output beat
+accepted, with an idle core (load included). Cases: sort 4096 uniform 16-bit keys, P keys per
+input beat (for P > 1 also two keys per output beat; next to its model, ``sorter_cycles``);
+top-900 of 4096 keys (VAR-like logits, float32 -> float_to_key -> top 16 bits, and uniform
+keys), in sorted (descending) and unordered (ascending index) mode, for P keys per input beat
+and G top-k banks. Every output is checked against golden.numerics.sort. Goals from issue 4:
+sorted top-900-of-4096 <= 3 * 4096 / P + 64, unordered <= 2 * 4096 / P + 64.
 Run: ``python -m sim.bench_sort [--lanes 1 2 4] [--radix 4 8] [--n 4096]``.
 """
 

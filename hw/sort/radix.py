@@ -20,6 +20,13 @@ def digit_slices(key_bits, radix_bits):
     return [(p * radix_bits, min((p + 1) * radix_bits, key_bits)) for p in range(passes)]
 
 
+def _check_out_lanes(out_lanes, lanes):
+    """``out_lanes`` (keys per output beat): 1, or 2 with ``lanes`` > 1; ValueError otherwise."""
+    if isinstance(out_lanes, bool) or out_lanes not in (1, 2) or (out_lanes == 2 and lanes == 1):
+        raise ValueError(f"out_lanes must be 1, or 2 with lanes > 1, not {out_lanes!r}")
+    return out_lanes
+
+
 def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1, out_lanes=1):
     """Cycles from the first input beat to the last output beat of one packet of ``n`` keys
     with no stalls and an idle sorter (the measured figure is this, see the class docstring).
@@ -27,8 +34,7 @@ def sorter_cycles(n, key_bits, radix_bits, skipped=0, lanes=1, out_lanes=1):
     ``skipped`` passes are skipped (for P > 1: skipped in every lane); ``lanes`` is P;
     ``out_lanes`` the keys per output beat (2 only for P > 1)."""
     check_choice("lanes", lanes, SUPPORTED_LANES)
-    if out_lanes not in (1, 2) or (out_lanes == 2 and lanes == 1):
-        raise ValueError(f"out_lanes must be 1, or 2 with lanes > 1, not {out_lanes!r}")
+    _check_out_lanes(out_lanes, lanes)
     passes = -(-key_bits // radix_bits)
     if lanes == 1:
         return n + 8 + (1 << radix_bits) + (passes - skipped) * (n + 10) + skipped + n + 2
@@ -193,9 +199,7 @@ class RadixSorter(wiring.Component):
         if partial_beats not in (False, True) or (partial_beats and self.lanes == 1):
             raise ValueError(f"partial_beats must be a bool, and True only with lanes > 1, not {partial_beats!r}")
         self.partial_beats = partial_beats
-        if out_lanes not in (1, 2) or isinstance(out_lanes, bool) or (out_lanes == 2 and self.lanes == 1):
-            raise ValueError(f"out_lanes must be 1, or 2 with lanes > 1, not {out_lanes!r}")
-        self.out_lanes = out_lanes
+        self.out_lanes = _check_out_lanes(out_lanes, self.lanes)
         self.passes = -(-self.key_bits // self.radix_bits)
         self.index_bits = max(1, (self.max_len - 1).bit_length())
         self.count_bits = self.max_len.bit_length()
