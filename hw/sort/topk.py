@@ -249,17 +249,37 @@ class TopK(wiring.Component):
         y_sub = [Signal(name=f"y_sub{g}") for g in range(G)]
         y_link = [Signal(WW, name=f"y_link{g}") for g in range(G)]     # ... and its old head
         clear_lists = Signal()      # registered: empty every bank's lists (no push is in flight)
+        # What Q needs of the bucket is prepared in L from the beat's key (a register), a cycle
+        # ahead: the valid and parity bits of the digit's group of GS buckets (so Q selects one
+        # of GS, not of B: the 16:1 select and the meets' digit compares were three LUTs
+        # ahead of x_live / x_par, the critical path), and the digit compares with the pushes
+        # that will be in X and Y when this one is in Q. The group read in L misses the write
+        # of the push in Y during L: ``q_myl`` marks it, with the parity it writes.
+        LO = min(2, R)
+        GS = 1 << LO
+        q_vgrp = [Signal(GS, name=f"q_vgrp{g}") for g in range(G)]
+        q_pgrp = [Signal(GS, name=f"q_pgrp{g}") for g in range(G)]
+        q_myl = [Signal(name=f"q_myl{g}") for g in range(G)]     # Y's push in L's cycle met
+        q_ylpar = [Signal(name=f"q_ylpar{g}") for g in range(G)]  # ... the parity it wrote
+        q_my = [Signal(name=f"q_my{g}") for g in range(G)]       # Y's push met in Q (in X in L)
+        q_mx = [Signal(name=f"q_mx{g}") for g in range(G)]       # X's push met in Q (in Q in L)
+        # a walked node's push in its L stage (its next digit registered; see the walk)
+        tl = [Signal(name=f"tl{g}") for g in range(G)]
+        t_dig = [Signal(R, name=f"t_dig{g}") for g in range(G)]
+        t_node = [Signal(WW, name=f"t_node{g}") for g in range(G)]
         for g in range(G):
-            meet_x = x_v[g] & (x_d[g] == q_d[g])   # X's push will be in Y with this one in X
-            meet_y = y_v[g] & (y_d[g] == q_d[g])   # Y's push is written as this one enters X
+            # X's push (q_mx) will be in Y with this one in X; Y's push (q_my) is written as this
+            # one enters X
             m.d.sync += [x_v[g].eq(q_v[g]), x_d[g].eq(q_d[g]), x_n[g].eq(q_n[g]),
-                         x_live[g].eq(valid[g].bit_select(q_d[g], 1) | meet_y), x_meet[g].eq(meet_x),
-                         x_par[g].eq(parity[g].bit_select(q_d[g], 1)), x_my[g].eq(meet_y),
+                         x_live[g].eq(q_vgrp[g].bit_select(q_d[g][:LO], 1) | q_myl[g] | q_my[g]),
+                         x_meet[g].eq(q_mx[g]),
+                         x_par[g].eq(Mux(q_myl[g], q_ylpar[g], q_pgrp[g].bit_select(q_d[g][:LO], 1))),
+                         x_my[g].eq(q_my[g]),
                          y_v[g].eq(x_v[g]), y_d[g].eq(x_d[g]), y_n[g].eq(x_n[g]), y_meet[g].eq(x_meet[g]),
                          y_count[g].eq(Mux(x_live[g], cnt_push_r[g].data, 0)), y_sub[g].eq(x_sub[g]),
                          y_link[g].eq(Mux(x_sub[g], head_push_r[g][1].data, head_push_r[g][0].data))]
-            # (the parity read and the meets are registered apart and joined here: a 16:1
-            # mux and two compares in front of an XOR were too deep for Q)
+            # (the parity read and the meets are registered apart and joined here: a select
+            # and two compares in front of an XOR were too deep for Q)
             m.d.comb += x_sub[g].eq(x_par[g] ^ x_meet[g] ^ x_my[g])
             m.d.comb += [cnt_push_r[g].addr.eq(x_d[g]),
                          cnt_w[g].addr.eq(y_d[g]), cnt_w[g].data.eq(y_count[g] + Cat(~y_meet[g], y_meet[g])),
@@ -311,6 +331,22 @@ class TopK(wiring.Component):
             with m.If(self.i.payload.last):
                 m.d.sync += in_ready.eq(0)
         lane_store = [l_store[j] for j in range(P)]
+        # (Q's bucket bits, read in L: see the push. A push's L stage is a loaded key's (L) or
+        # a walked node's (``tl``), never both at once: the walks end before the emission that
+        # lets the next packet load. The lists are cleared at least two cycles before a
+        # packet's first beat reaches L, so the group never predates a clear.)
+        l_digits = [l_keys[j][top_lo:top_hi] for j in range(P)]
+        for g in range(G):
+            load_digit = l_digits[0]
+            for j in range(1, P):
+                load_digit = Mux(((cnt[:GB] + j)[:GB] == g) if GB else 0, l_digits[j], load_digit)
+            digit = Signal(R, name=f"l_digit{g}")
+            m.d.comb += digit.eq(Mux(tl[g], t_dig[g], load_digit))
+            group = digit[LO:]
+            m.d.sync += [q_vgrp[g].eq(valid[g].word_select(group, GS) if R > LO else valid[g]),
+                         q_pgrp[g].eq(parity[g].word_select(group, GS) if R > LO else parity[g]),
+                         q_myl[g].eq(y_v[g] & (y_d[g] == digit)), q_ylpar[g].eq(~y_sub[g]),
+                         q_my[g].eq(x_v[g] & (x_d[g] == digit)), q_mx[g].eq(q_v[g] & (q_d[g] == digit))]
         n_stored = Signal(range(P + 1))
         m.d.comb += n_stored.eq(sum(lane_store[1:], lane_store[0]))
         load_bank = cnt[:GB] if GB else Const(0, 1)
@@ -407,7 +443,10 @@ class TopK(wiring.Component):
                     none_above = ~avail[b + 1:hi].any() if b + 1 < hi else Const(1, 1)
                     top_hot.append(top_grp[j] & avail[b] & none_above)
             above = [avail[b] & ~top_hot[b] for b in range(B)]  # (what stays: "above" of the scan below)
-            single = [(avail[lo:hi] & (avail[lo:hi] - 1)) == 0 for lo, hi in groups]  # at most one set
+            # at most one set: "no two set", a LUT (as x & (x - 1) == 0 Yosys made it a carry
+            # chain ahead of two more LUTs, the critical path at some seeds)
+            single = [~_or_all([avail[a] & avail[b] for a in range(lo, hi) for b in range(a + 1, hi)])
+                      if hi - lo > 1 else Const(1, 1) for lo, hi in groups]
             with m.If(sel_first):
                 m.d.sync += avail_grp.eq(Cat(*[_or_all(valid)[lo:hi].any() for lo, hi in groups]))
             with m.Elif(visiting):
@@ -501,11 +540,15 @@ class TopK(wiring.Component):
                     # more than one node left before this one: trem (left - 2) is not negative
                     m.d.sync += [trem[g][s].eq(trem[g][s] - 1), trem_nz[g][s].eq(~trem[g][s][-1])]
             if D > 1:
+                # the node's digit of level - 1 (every digit below the top one is R bits wide)
+                # is registered first (``tl``, the push's L stage), then pushed
+                m.d.sync += tl[g].eq(tk[g])
                 with m.If(tk[g]):
-                    # digit level - 1 (every digit below the top one is R bits wide)
                     digit = Array([keys[g].r_data[lo:hi] for lo, hi in slices[:-1]])[level - 1]
-                    m.d.sync += [q_v[g].eq(1), q_d[g].eq(digit), q_n[g].eq(tnode_v[g])]
-        m.d.comb += walking.eq(Cat(*[t for tt in trem_nz for t in tt], *tq, *tv, *tk).any())
+                    m.d.sync += [t_dig[g].eq(digit), t_node[g].eq(tnode_v[g])]
+                with m.If(tl[g]):
+                    m.d.sync += [q_v[g].eq(1), q_d[g].eq(t_dig[g]), q_n[g].eq(t_node[g])]
+        m.d.comb += walking.eq(Cat(*[t for tt in trem_nz for t in tt], *tq, *tv, *tk, *tl).any())
         m.d.sync += quiet.eq(~walking & ~push_busy)
 
         # ---------------- emission scan ----------------
@@ -539,17 +582,16 @@ class TopK(wiring.Component):
         c3_sel, c4_sel, c5_sel = Signal(G), Signal(G), Signal(G)
         c4_nsel = Signal(range(G + 1))
         c4_any = Signal()
-        c5_last = Signal()          # the word holds the k-th key (combinational, in C5)
+        c5_last = Signal()          # the word holds the k-th key (in C5)
         budget = Signal(signed(CW + 2))  # ties still allowed (may go below zero)
-        remaining = Signal(CW)      # selected keys not yet found
+        rem_m1 = Signal(signed(CW + 1))  # selected keys not yet found, less one
         issue_s = Signal()
         # words left to read and the k-th key not yet found: one register, so that a read's
         # issue is two inputs
         scan_go = Signal()
         m.d.comb += [issue_s.eq(scan_go & credits[0])]
-        # (the k-th key's word stops the reads a cycle after C5: the zero test of ``remaining``
-        # is registered first; the one or two words read meanwhile have no selected keys and
-        # are dropped)
+        # (the k-th key's word stops the reads a cycle after C5, through ``found_r``; the one or
+        # two words read meanwhile have no selected keys and are dropped)
         found_r = Signal()
         with m.If((issue_s & s_at_last) | found_r):
             m.d.sync += scan_go.eq(0)
@@ -589,14 +631,16 @@ class TopK(wiring.Component):
             n_sel = n_sel + c3_sel[g]
         m.d.sync += [c_v[4].eq(c_v[3]), c_w[4].eq(c_w[3]), c4_sel.eq(c3_sel), c4_nsel.eq(n_sel),
                      c4_any.eq(c3_sel.any())]
-        # C5: the keys still to find; the word with the k-th key is marked, and stops the reads
-        # remaining >= nsel always, so the word holds the k-th key when the count left after it
-        # is 0: a zero test in C5 of the register C4 has just updated (no compare in C4)
+        # C5: the keys still to find; the word with the k-th key is marked, and stops the reads.
+        # The count left never goes below the word's selected keys, so the word holds the k-th
+        # key when the count left after it is 0: the count less one is negative, its sign bit, a
+        # register that C4 has just updated (it was a zero test of the count, three LUTs deep
+        # ahead of the FIFO's write data: the critical path at some seeds).
         m.d.sync += [c_v[5].eq(c_v[4] & c4_any), c_w[5].eq(c_w[4]), c5_sel.eq(c4_sel)]
-        m.d.comb += c5_last.eq(remaining == 0)
+        m.d.comb += c5_last.eq(rem_m1[CW])
         m.d.sync += found_r.eq(c_v[5] & c5_last)
         with m.If(c_v[4]):
-            m.d.sync += remaining.eq(remaining - c4_nsel)
+            m.d.sync += rem_m1.eq(rem_m1 - c4_nsel)
         for i in range(2, 6):
             m.d.sync += [c_k[i][g].eq(c_k[i - 1][g]) for g in range(G)]
         drop = c_v[4] & ~c4_any     # a word without selected keys gives its credit back
@@ -670,9 +714,13 @@ class TopK(wiring.Component):
             rank = rank + taken[g]
         n_taken = sum(taken[1:], taken[0])
         beat_last = h_last & word_done
+        # kv's next value as one expression, not as branches: Yosys made the branches' clear a
+        # synchronous reset (the slice's LSR input, 0.42 ns of setup) behind three LUTs from
+        # the destination's ready (the critical path at some seeds)
+        m.d.sync += kv.eq(~out_free & (kv | h_v))
         with m.If(out_free):
             with m.If(kv):
-                m.d.sync += [ov.eq(1), ocount.eq(kcount), olast.eq(klast), kv.eq(0)]
+                m.d.sync += [ov.eq(1), ocount.eq(kcount), olast.eq(klast)]
                 m.d.sync += [okey[t].eq(kkey[t]) for t in range(P)]
                 m.d.sync += [oidx[t].eq(kidx[t]) for t in range(P)]
             with m.Else():
@@ -680,7 +728,7 @@ class TopK(wiring.Component):
                 m.d.sync += [okey[t].eq(beat_keys[t]) for t in range(P)]
                 m.d.sync += [oidx[t].eq(beat_idx[t]) for t in range(P)]
         with m.Elif(~kv):
-            m.d.sync += [kv.eq(h_v), kcount.eq(n_taken), klast.eq(beat_last)]
+            m.d.sync += [kcount.eq(n_taken), klast.eq(beat_last)]
             m.d.sync += [kkey[t].eq(beat_keys[t]) for t in range(P)]
             m.d.sync += [kidx[t].eq(beat_idx[t]) for t in range(P)]
         with m.If(en):
@@ -741,9 +789,6 @@ class TopK(wiring.Component):
 
         # ---------------- phases ----------------
         st_valid = Signal()
-        # (an emission starts once the previous status beat has gone, a register: the core's
-        # status ready would otherwise reach every register the start resets)
-        status_free = ~st_valid
         with m.If(self.status.ready):
             m.d.sync += st_valid.eq(0)
         m.d.comb += self.status.valid.eq(st_valid)
@@ -776,12 +821,21 @@ class TopK(wiring.Component):
         # joined with "k's high bits are not all zero".
         # (">" as a subtraction's borrow and "==" as a LUT tree: Yosys had chained ">=" behind
         # ">")
+        # They read ``n_keys``, a copy of cnt a cycle late, not cnt itself: Yosys shared their
+        # "cnt + constant" carry chains with the load's lane_ok compares, and the load loop
+        # (cnt -> lane_ok) then ran through a chain placed beside these registers (the
+        # critical path). cnt is final two cycles after the last beat is taken and holds still
+        # until the EMIT start; the command is taken three cycles after that beat at the
+        # earliest (cmd_ok waits for cmd_old), so DECIDE, the first reader, sees the final count.
+        n_keys = Signal(CW)
+        m.d.sync += n_keys.eq(cnt)
         kc_hi, kc_gt, kc_eq, kc_z = (Signal(name=n) for n in ("kc_hi", "kc_gt", "kc_eq", "kc_z"))
         k_low = cmd_k[:CW]
-        m.d.sync += [kc_hi.eq(cmd_k[CW:].any()), kc_gt.eq((cnt - k_low)[CW]), kc_eq.eq(k_low == cnt), kc_z.eq(k_low == 0),
+        m.d.sync += [kc_hi.eq(cmd_k[CW:].any()), kc_gt.eq((n_keys - k_low)[CW]), kc_eq.eq(k_low == n_keys),
+                     kc_z.eq(k_low == 0),
                      k_zero.eq(~kc_hi & kc_z), k_over.eq(kc_hi | kc_gt), k_all.eq(kc_hi | kc_gt | kc_eq),
-                     e_at_last.eq(cnt <= G), e_words.eq((cnt + G - 1) >> GB), e_last_m1.eq(e_words - 2),
-                     e_last_mask.eq(Mux(cnt[:GB] == 0, (1 << G) - 1, (Const(1, G + 1) << cnt[:GB]) - 1)
+                     e_at_last.eq(n_keys <= G), e_words.eq((n_keys + G - 1) >> GB), e_last_m1.eq(e_words - 2),
+                     e_last_mask.eq(Mux(n_keys[:GB] == 0, (1 << G) - 1, (Const(1, G + 1) << n_keys[:GB]) - 1)
                                     if GB else 1)]
         s_decide2 = Signal()
         with m.If(s_decide):
@@ -795,7 +849,7 @@ class TopK(wiring.Component):
             with m.If(k_zero):
                 m.d.sync += [keff.eq(0), k_left.eq(0), code.eq(STATUS_K_ZERO), s_emit.eq(1)]
             with m.Elif(k_all):
-                m.d.sync += [keff.eq(cnt), k_left.eq(cnt), code.eq(Mux(k_over, STATUS_K_CLAMPED, STATUS_OK)),
+                m.d.sync += [keff.eq(n_keys), k_left.eq(n_keys), code.eq(Mux(k_over, STATUS_K_CLAMPED, STATUS_OK)),
                              s_emit.eq(1)]
             with m.Else():
                 m.d.sync += [keff.eq(cmd_k), need.eq(cmd_k), code.eq(STATUS_OK), s_select.eq(1), sel_first.eq(1),
@@ -825,19 +879,27 @@ class TopK(wiring.Component):
         with m.If(s_trav & trav_old & quiet):
             m.d.sync += [s_trav.eq(0), s_select.eq(1), sel_first.eq(1), level.eq(level - 1),
                          level_zero.eq(level == 1)]
-        # (no packet enters the sorter while EMIT waits, so the registered test is safe)
-        emit_ok = Signal()
-        m.d.sync += emit_ok.eq(s_emit & (~unord | (pending == 0)))
-        with m.If(s_emit & emit_ok & status_free):
+        # The emission starts (it resets some forty registers) when ``emit_go``, a register, is
+        # set: a cycle after EMIT holds with the sorter empty for an unordered packet (no
+        # packet enters it while EMIT waits) and once the previous status beat has gone (its
+        # level next cycle, from the status ready: as early as a combinational start would
+        # take it). The start's condition was two LUTs deep ahead of that wide reset, and the
+        # status ready reached every register in it.
+        emit_go = Signal()
+        m.d.sync += emit_go.eq(s_emit & ~emit_go & (~unord | (pending == 0)) & ~(st_valid & ~self.status.ready))
+        # (ov and kv are not cleared here: both are empty once the previous scan's last beat has
+        # left, which the command waited for; a clear added the start's condition to their
+        # update, which the destination's ready already reaches)
+        with m.If(emit_go):
             m.d.sync += [st_valid.eq(1), self.status.payload.code.eq(code), self.status.payload.k.eq(keff),
                          self.status.payload.n.eq(cnt), self.status.payload.overflow.eq(ovf),
                          scan_active.eq(keff_nz), scan_go.eq(keff_nz), direct.eq(keff_nz & unord), sptr.eq(0),
                          s_at_last.eq(e_at_last), last_word_m1.eq(e_last_m1),
                          last_mask.eq(e_last_mask),
                          credits.eq((1 << F) - 1), f_wp.eq(0), f_rp.eq(0), f_fill.eq(0), h_v.eq(0),
-                         back_drop.eq(0), back_pop.eq(0), retq.eq(0), sq.eq(0), sv.eq(0), k_v.eq(0), ov.eq(0), kv.eq(0),
+                         back_drop.eq(0), back_pop.eq(0), retq.eq(0), sq.eq(0), sv.eq(0), k_v.eq(0),
                          *[v.eq(0) for v in c_v[1:]],
-                         budget.eq(k_left), remaining.eq(keff),
+                         budget.eq(k_left), rem_m1.eq(keff - 1),
                          cnt.eq(0), ovf.eq(0), lane_ok.eq((1 << P) - 1), lane_ok2.eq(ok2_init),
                          cnt_p3g.eq(3 * G),
                          room.eq(0), s_emit.eq(0), s_load.eq(1)]
