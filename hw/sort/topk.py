@@ -249,37 +249,17 @@ class TopK(wiring.Component):
         y_sub = [Signal(name=f"y_sub{g}") for g in range(G)]
         y_link = [Signal(WW, name=f"y_link{g}") for g in range(G)]     # ... and its old head
         clear_lists = Signal()      # registered: empty every bank's lists (no push is in flight)
-        # What Q needs of the bucket is prepared in L from the beat's key (a register), a cycle
-        # ahead: the valid and parity bits of the digit's group of GS buckets (so Q selects one
-        # of GS, not of B: the 16:1 select and the meets' digit compares were three LUTs
-        # ahead of x_live / x_par, the critical path), and the digit compares with the pushes
-        # that will be in X and Y when this one is in Q. The group read in L misses the write
-        # of the push in Y during L: ``q_myl`` marks it, with the parity it writes.
-        LO = min(2, R)
-        GS = 1 << LO
-        q_vgrp = [Signal(GS, name=f"q_vgrp{g}") for g in range(G)]
-        q_pgrp = [Signal(GS, name=f"q_pgrp{g}") for g in range(G)]
-        q_myl = [Signal(name=f"q_myl{g}") for g in range(G)]     # Y's push in L's cycle met
-        q_ylpar = [Signal(name=f"q_ylpar{g}") for g in range(G)]  # ... the parity it wrote
-        q_my = [Signal(name=f"q_my{g}") for g in range(G)]       # Y's push met in Q (in X in L)
-        q_mx = [Signal(name=f"q_mx{g}") for g in range(G)]       # X's push met in Q (in Q in L)
-        # a walked node's push in its L stage (its next digit registered; see the walk)
-        tl = [Signal(name=f"tl{g}") for g in range(G)]
-        t_dig = [Signal(R, name=f"t_dig{g}") for g in range(G)]
-        t_node = [Signal(WW, name=f"t_node{g}") for g in range(G)]
         for g in range(G):
-            # X's push (q_mx) will be in Y with this one in X; Y's push (q_my) is written as this
-            # one enters X
+            meet_x = x_v[g] & (x_d[g] == q_d[g])   # X's push will be in Y with this one in X
+            meet_y = y_v[g] & (y_d[g] == q_d[g])   # Y's push is written as this one enters X
             m.d.sync += [x_v[g].eq(q_v[g]), x_d[g].eq(q_d[g]), x_n[g].eq(q_n[g]),
-                         x_live[g].eq(q_vgrp[g].bit_select(q_d[g][:LO], 1) | q_myl[g] | q_my[g]),
-                         x_meet[g].eq(q_mx[g]),
-                         x_par[g].eq(Mux(q_myl[g], q_ylpar[g], q_pgrp[g].bit_select(q_d[g][:LO], 1))),
-                         x_my[g].eq(q_my[g]),
+                         x_live[g].eq(valid[g].bit_select(q_d[g], 1) | meet_y), x_meet[g].eq(meet_x),
+                         x_par[g].eq(parity[g].bit_select(q_d[g], 1)), x_my[g].eq(meet_y),
                          y_v[g].eq(x_v[g]), y_d[g].eq(x_d[g]), y_n[g].eq(x_n[g]), y_meet[g].eq(x_meet[g]),
                          y_count[g].eq(Mux(x_live[g], cnt_push_r[g].data, 0)), y_sub[g].eq(x_sub[g]),
                          y_link[g].eq(Mux(x_sub[g], head_push_r[g][1].data, head_push_r[g][0].data))]
-            # (the parity read and the meets are registered apart and joined here: a select
-            # and two compares in front of an XOR were too deep for Q)
+            # (the parity read and the meets are registered apart and joined here: a 16:1
+            # mux and two compares in front of an XOR were too deep for Q)
             m.d.comb += x_sub[g].eq(x_par[g] ^ x_meet[g] ^ x_my[g])
             m.d.comb += [cnt_push_r[g].addr.eq(x_d[g]),
                          cnt_w[g].addr.eq(y_d[g]), cnt_w[g].data.eq(y_count[g] + Cat(~y_meet[g], y_meet[g])),
@@ -331,22 +311,6 @@ class TopK(wiring.Component):
             with m.If(self.i.payload.last):
                 m.d.sync += in_ready.eq(0)
         lane_store = [l_store[j] for j in range(P)]
-        # (Q's bucket bits, read in L: see the push. A push's L stage is a loaded key's (L) or
-        # a walked node's (``tl``), never both at once: the walks end before the emission that
-        # lets the next packet load. The lists are cleared at least two cycles before a
-        # packet's first beat reaches L, so the group never predates a clear.)
-        l_digits = [l_keys[j][top_lo:top_hi] for j in range(P)]
-        for g in range(G):
-            load_digit = l_digits[0]
-            for j in range(1, P):
-                load_digit = Mux(((cnt[:GB] + j)[:GB] == g) if GB else 0, l_digits[j], load_digit)
-            digit = Signal(R, name=f"l_digit{g}")
-            m.d.comb += digit.eq(Mux(tl[g], t_dig[g], load_digit))
-            group = digit[LO:]
-            m.d.sync += [q_vgrp[g].eq(valid[g].word_select(group, GS) if R > LO else valid[g]),
-                         q_pgrp[g].eq(parity[g].word_select(group, GS) if R > LO else parity[g]),
-                         q_myl[g].eq(y_v[g] & (y_d[g] == digit)), q_ylpar[g].eq(~y_sub[g]),
-                         q_my[g].eq(x_v[g] & (x_d[g] == digit)), q_mx[g].eq(q_v[g] & (q_d[g] == digit))]
         n_stored = Signal(range(P + 1))
         m.d.comb += n_stored.eq(sum(lane_store[1:], lane_store[0]))
         load_bank = cnt[:GB] if GB else Const(0, 1)
@@ -540,15 +504,11 @@ class TopK(wiring.Component):
                     # more than one node left before this one: trem (left - 2) is not negative
                     m.d.sync += [trem[g][s].eq(trem[g][s] - 1), trem_nz[g][s].eq(~trem[g][s][-1])]
             if D > 1:
-                # the node's digit of level - 1 (every digit below the top one is R bits wide)
-                # is registered first (``tl``, the push's L stage), then pushed
-                m.d.sync += tl[g].eq(tk[g])
                 with m.If(tk[g]):
+                    # digit level - 1 (every digit below the top one is R bits wide)
                     digit = Array([keys[g].r_data[lo:hi] for lo, hi in slices[:-1]])[level - 1]
-                    m.d.sync += [t_dig[g].eq(digit), t_node[g].eq(tnode_v[g])]
-                with m.If(tl[g]):
-                    m.d.sync += [q_v[g].eq(1), q_d[g].eq(t_dig[g]), q_n[g].eq(t_node[g])]
-        m.d.comb += walking.eq(Cat(*[t for tt in trem_nz for t in tt], *tq, *tv, *tk, *tl).any())
+                    m.d.sync += [q_v[g].eq(1), q_d[g].eq(digit), q_n[g].eq(tnode_v[g])]
+        m.d.comb += walking.eq(Cat(*[t for tt in trem_nz for t in tt], *tq, *tv, *tk).any())
         m.d.sync += quiet.eq(~walking & ~push_busy)
 
         # ---------------- emission scan ----------------
