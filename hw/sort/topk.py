@@ -317,10 +317,10 @@ class TopK(wiring.Component):
         load_word = cnt[GB:GB + WW]
         with m.If(l_valid):
             m.d.sync += cnt.eq(cnt + n_stored)
-            # (compares with constants: Yosys shares "cnt + constant" adders between
-            # expressions and had chained them into one long carry path; equality tests
-            # instead, flags that fall at the first multiple of P reaching the bound, placed no
-            # better: a median of 186 against 194 MHz over nextpnr seeds 1, 3, 4, 6 and 7)
+            # (compares with constants; the k rules read ``n_keys``, not cnt, so Yosys no longer
+            # shares these compares' carry chains with their adders. Equality tests instead,
+            # flags that fall at the first multiple of P reaching the bound, placed no better:
+            # a median of 186 against 194 MHz over nextpnr seeds 1, 3, 4, 6 and 7)
             m.d.sync += [lane_ok[j].eq(cnt < N - P - j) for j in range(P)]
             m.d.sync += [lane_ok2[j].eq(cnt < N - 2 * P - j) for j in range(P)]
             m.d.sync += cnt_p3g.eq(cnt_p3g + n_stored)
