@@ -237,6 +237,7 @@ class TopK(wiring.Component):
         x_n = [Signal(WW, name=f"x_n{g}") for g in range(G)]
         x_meet = [Signal(name=f"x_meet{g}") for g in range(G)]
         x_live = [Signal(name=f"x_live{g}") for g in range(G)]
+        x_valid = [Signal(name=f"x_valid{g}") for g in range(G)]       # valid bit read at Q
         y_v = [Signal(name=f"y_v{g}") for g in range(G)]
         y_d = [Signal(R, name=f"y_d{g}") for g in range(G)]
         y_n = [Signal(WW, name=f"y_n{g}") for g in range(G)]
@@ -253,7 +254,7 @@ class TopK(wiring.Component):
             meet_x = x_v[g] & (x_d[g] == q_d[g])   # X's push will be in Y with this one in X
             meet_y = y_v[g] & (y_d[g] == q_d[g])   # Y's push is written as this one enters X
             m.d.sync += [x_v[g].eq(q_v[g]), x_d[g].eq(q_d[g]), x_n[g].eq(q_n[g]),
-                         x_live[g].eq(valid[g].bit_select(q_d[g], 1) | meet_y), x_meet[g].eq(meet_x),
+                         x_valid[g].eq(valid[g].bit_select(q_d[g], 1)), x_meet[g].eq(meet_x),
                          x_par[g].eq(parity[g].bit_select(q_d[g], 1)), x_my[g].eq(meet_y),
                          y_v[g].eq(x_v[g]), y_d[g].eq(x_d[g]), y_n[g].eq(x_n[g]), y_meet[g].eq(x_meet[g]),
                          y_count[g].eq(Mux(x_live[g], cnt_push_r[g].data, 0)), y_sub[g].eq(x_sub[g]),
@@ -261,6 +262,8 @@ class TopK(wiring.Component):
             # (the parity read and the meets are registered apart and joined here: a 16:1
             # mux and two compares in front of an XOR were too deep for Q)
             m.d.comb += x_sub[g].eq(x_par[g] ^ x_meet[g] ^ x_my[g])
+            # (likewise the valid bit read and Y's meet: their OR in Q was the critical path)
+            m.d.comb += x_live[g].eq(x_valid[g] | x_my[g])
             m.d.comb += [cnt_push_r[g].addr.eq(x_d[g]),
                          cnt_w[g].addr.eq(y_d[g]), cnt_w[g].data.eq(y_count[g] + Cat(~y_meet[g], y_meet[g])),
                          cnt_w[g].en.eq(y_v[g]),
