@@ -237,30 +237,42 @@ class TopK(wiring.Component):
         x_n = [Signal(WW, name=f"x_n{g}") for g in range(G)]
         x_meet = [Signal(name=f"x_meet{g}") for g in range(G)]
         x_live = [Signal(name=f"x_live{g}") for g in range(G)]
-        x_valid = [Signal(name=f"x_valid{g}") for g in range(G)]       # valid bit read at Q
+        # The valid and parity bits of the request's bucket are selected in two steps: by the
+        # digit's high bits in Q (registered: a group of SEL_LOW bits), by its low bits in X. A
+        # 16:1 select in Q was the critical path (two LUT levels with a route between).
+        sel_low = min(R, 2)
+        SEL = 1 << sel_low
+        x_valid_grp = [Signal(SEL, name=f"x_valid_grp{g}") for g in range(G)]  # valid bits read at Q
+        x_par_grp = [Signal(SEL, name=f"x_par_grp{g}") for g in range(G)]      # parity bits read at Q
+        x_valid = [Signal(name=f"x_valid{g}") for g in range(G)]
         y_v = [Signal(name=f"y_v{g}") for g in range(G)]
         y_d = [Signal(R, name=f"y_d{g}") for g in range(G)]
         y_n = [Signal(WW, name=f"y_n{g}") for g in range(G)]
         y_meet = [Signal(name=f"y_meet{g}") for g in range(G)]
         y_count = [Signal(BCW, name=f"y_count{g}") for g in range(G)]  # the count read (0 if stale)
         parity = [Signal(B, name=f"parity{g}") for g in range(G)]     # count mod 2 of every list pair
-        x_par = [Signal(name=f"x_par{g}") for g in range(G)]           # parity read at Q
+        x_par = [Signal(name=f"x_par{g}") for g in range(G)]
         x_my = [Signal(name=f"x_my{g}") for g in range(G)]             # Y's push met at Q
         x_sub = [Signal(name=f"x_sub{g}") for g in range(G)]           # the list pushed: count mod 2
         y_sub = [Signal(name=f"y_sub{g}") for g in range(G)]
         y_link = [Signal(WW, name=f"y_link{g}") for g in range(G)]     # ... and its old head
         clear_lists = Signal()      # registered: empty every bank's lists (no push is in flight)
+
+        def select_group(bits, digit):
+            return bits if R == sel_low else bits.word_select(digit[sel_low:], SEL)
         for g in range(G):
             meet_x = x_v[g] & (x_d[g] == q_d[g])   # X's push will be in Y with this one in X
             meet_y = y_v[g] & (y_d[g] == q_d[g])   # Y's push is written as this one enters X
             m.d.sync += [x_v[g].eq(q_v[g]), x_d[g].eq(q_d[g]), x_n[g].eq(q_n[g]),
-                         x_valid[g].eq(valid[g].bit_select(q_d[g], 1)), x_meet[g].eq(meet_x),
-                         x_par[g].eq(parity[g].bit_select(q_d[g], 1)), x_my[g].eq(meet_y),
+                         x_valid_grp[g].eq(select_group(valid[g], q_d[g])), x_meet[g].eq(meet_x),
+                         x_par_grp[g].eq(select_group(parity[g], q_d[g])), x_my[g].eq(meet_y),
                          y_v[g].eq(x_v[g]), y_d[g].eq(x_d[g]), y_n[g].eq(x_n[g]), y_meet[g].eq(x_meet[g]),
                          y_count[g].eq(Mux(x_live[g], cnt_push_r[g].data, 0)), y_sub[g].eq(x_sub[g]),
                          y_link[g].eq(Mux(x_sub[g], head_push_r[g][1].data, head_push_r[g][0].data))]
             # (the parity read and the meets are registered apart and joined here: a 16:1
-            # mux and two compares in front of an XOR were too deep for Q)
+            # mux and two compares in front of an XOR were too deep for Q; the reads finish here)
+            m.d.comb += [x_valid[g].eq(x_valid_grp[g].bit_select(x_d[g][:sel_low], 1)),
+                         x_par[g].eq(x_par_grp[g].bit_select(x_d[g][:sel_low], 1))]
             m.d.comb += x_sub[g].eq(x_par[g] ^ x_meet[g] ^ x_my[g])
             # (likewise the valid bit read and Y's meet: their OR in Q was the critical path)
             m.d.comb += x_live[g].eq(x_valid[g] | x_my[g])
