@@ -248,7 +248,9 @@ class TopK(wiring.Component):
         y_v = [Signal(name=f"y_v{g}") for g in range(G)]
         y_d = [Signal(R, name=f"y_d{g}") for g in range(G)]
         y_n = [Signal(WW, name=f"y_n{g}") for g in range(G)]
-        y_meet = [Signal(name=f"y_meet{g}") for g in range(G)]
+        # the count's increment, 1 or (X's push met) 2, registered as an operand: formed in Y from
+        # the meet flag, its LUT in front of the adder's carry chain was on the critical path
+        y_inc = [Signal(2, name=f"y_inc{g}") for g in range(G)]
         y_count = [Signal(BCW, name=f"y_count{g}") for g in range(G)]  # the count read (0 if stale)
         parity = [Signal(B, name=f"parity{g}") for g in range(G)]     # count mod 2 of every list pair
         x_par = [Signal(name=f"x_par{g}") for g in range(G)]
@@ -266,7 +268,7 @@ class TopK(wiring.Component):
             m.d.sync += [x_v[g].eq(q_v[g]), x_d[g].eq(q_d[g]), x_n[g].eq(q_n[g]),
                          x_valid_grp[g].eq(select_group(valid[g], q_d[g])), x_meet[g].eq(meet_x),
                          x_par_grp[g].eq(select_group(parity[g], q_d[g])), x_my[g].eq(meet_y),
-                         y_v[g].eq(x_v[g]), y_d[g].eq(x_d[g]), y_n[g].eq(x_n[g]), y_meet[g].eq(x_meet[g]),
+                         y_v[g].eq(x_v[g]), y_d[g].eq(x_d[g]), y_n[g].eq(x_n[g]), y_inc[g].eq(Cat(~x_meet[g], x_meet[g])),
                          y_count[g].eq(Mux(x_live[g], cnt_push_r[g].data, 0)), y_sub[g].eq(x_sub[g]),
                          y_link[g].eq(Mux(x_sub[g], head_push_r[g][1].data, head_push_r[g][0].data))]
             # (the parity read and the meets are registered apart and joined here: a 16:1
@@ -277,7 +279,7 @@ class TopK(wiring.Component):
             # (likewise the valid bit read and Y's meet: their OR in Q was the critical path)
             m.d.comb += x_live[g].eq(x_valid[g] | x_my[g])
             m.d.comb += [cnt_push_r[g].addr.eq(x_d[g]),
-                         cnt_w[g].addr.eq(y_d[g]), cnt_w[g].data.eq(y_count[g] + Cat(~y_meet[g], y_meet[g])),
+                         cnt_w[g].addr.eq(y_d[g]), cnt_w[g].data.eq(y_count[g] + y_inc[g]),
                          cnt_w[g].en.eq(y_v[g]),
                          head_w[g][0].addr.eq(y_d[g]), head_w[g][0].data.eq(y_n[g]), head_w[g][0].en.eq(y_v[g] & ~y_sub[g]),
                          head_w[g][1].addr.eq(y_d[g]), head_w[g][1].data.eq(y_n[g]), head_w[g][1].en.eq(y_v[g] & y_sub[g]),
