@@ -108,6 +108,10 @@ def test_ecp5_target_uses_registered_multipliers_and_block_rams(tmp_path):
     # (40 bits); p x vfix: 16 x 2 pieces of vfix (21 bits)
     assert ecp5.count("MULT18X18D") == 85
     assert ecp5.count(".REG_OUTPUT_CLK(\"CLK0\")") == 85
+    # Input registers (hw/attn/dsp.py): alpha, C and p at every B input, the row state, dot and
+    # vfix at every A input
+    assert ecp5.count(".REG_INPUTB_CLK(\"CLK0\")") == 85
+    assert ecp5.count(".REG_INPUTA_CLK(\"CLK0\")") == 85
     # Q, K (2 banks), V (2 banks): 136 bits, 8 x18 tiles each; scores 24 bits: 2; row state
     # 16 x 40 + 32 + 8 bits: 38
     assert ecp5.count(".REGMODE_B(\"OUTREG\")") == 8 + 8 + 8 + 2 + 38

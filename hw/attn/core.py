@@ -37,12 +37,12 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 9 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 10 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
   golden model: the FIFO entry into registers, the state read at its row (two cycles, the RAM's
-  output register), the rescale in two
-  stages (multiplier pieces, their sum; the exponent differences and then the shift amounts are
-  formed beside them), the aligned terms in two shifts, their sum, the write-back. After the
+  output register), the rescale in three stages (operands into the multipliers' input
+  registers, multiplier pieces, their sum; the exponent differences and then the shift amounts
+  are formed beside them), the aligned terms in two shifts, their sum, the write-back. After the
   row's last kept block the result goes to the divider instead.
 * **Divider**: ``D`` dividers give ``y_d = round_half_up(acc_d * 2^p_bits / l)``, ``div_steps``
   quotient bits per cycle as one radix-``2^div_steps`` digit (all ``2^div_steps - 1`` trial
@@ -134,10 +134,13 @@ def slices_17(x):
     return out
 
 
-def split_product(m, platform, x, y, name, en=None):
+def split_product(m, platform, x, y, name, en=None, *, register_x=False, register_y=False):
     """``x * y`` as registered slice products ``(register, offset)`` (registered_product: one
-    MULT18X18D with its output register each on ECP5); ``join_pieces`` adds them a stage later."""
-    return [(registered_product(m, platform, piece, y, f"{name}_p{n}", en), lo)
+    MULT18X18D with its output register each on ECP5); ``join_pieces`` adds them a stage later.
+    ``register_x`` / ``register_y``: that operand passes each block's input register first (its
+    value one cycle earlier is multiplied)."""
+    return [(registered_product(m, platform, piece, y, f"{name}_p{n}", en,
+                                register_a=register_x, register_b=register_y), lo)
             for n, (piece, lo) in enumerate(slices_17(x))]
 
 
@@ -698,14 +701,16 @@ class AttentionCore(wiring.Component):
         total = terms[0]
         for t in terms[1:]:
             total = (total + t)[:W]
-        dot = reg(total[:W].as_signed(), "as_dot", signed(W))
+        # as: the dot product is registered in the multipliers' input registers (as is C, set
+        # with the command long before the job's first pair gets here).
+        dot = total[:W].as_signed()
         side = [reg(x, f"as_side{k}") for k, x in enumerate(side)]
         a_stages += 1
         # am: dot * C in pieces of at most 17 bits of dot (one ECP5 MULT18X18D each, C being
         # unsigned and at most 17 bits wide), registered; amp: their sum. The multiplier blocks
         # and the adders joining their outputs were too long for one stage.
         prod_w = W + nm.const_bits + 1
-        pieces = split_product(m, platform, dot, c_reg, "am_prod")
+        pieces = split_product(m, platform, dot, c_reg, "am_prod", register_x=True, register_y=True)
         side = [reg(x, f"am_side{k}") for k, x in enumerate(side)]
         a_stages += 1
         prod = reg(join_pieces(pieces), "amp_prod", signed(prod_w))
@@ -965,15 +970,20 @@ class AttentionCore(wiring.Component):
         p_y, a_y = half_shift(p_T, p_n0, p_nm1, "b4_py"), half_shift(a_T, a_n0, a_nm1, "b4_ay")
         vfix = [reg(x >> v_align[d // B], f"b4_vfix{d}") for d, x in enumerate(vfix)]
         ctl = delay(ctl, "b4")
-        p5 = reg(Mux(ctl["empty"], 0, round_off(p_y)), "b5_p", unsigned(PW))
+        # b5: p and vfix are registered in the multipliers' input registers (p also in the
+        # fabric, for b6_p): one fabric p fanned out to every multiplier's input was too far
+        # from most of them for the multiply's setup.
+        p5_next = Signal(unsigned(PW), name="b5_p_next")
+        m.d.comb += p5_next.eq(Mux(ctl["empty"], 0, round_off(p_y)))
+        p5 = reg(p5_next, "b5_p")
         alpha5 = reg(round_off(a_y), "b5_alpha", unsigned(PW))
-        vfix = [reg(x, f"b5_vfix{d}") for d, x in enumerate(vfix)]
         ctl = delay(ctl, "b5")
 
         # b6: the products p * vfix in pieces of vfix (split_product: one MULT18X18D with its
         # output register each on ECP5); b7: the pieces joined. vfix is wider than 18 bits, so
         # one product is two multiplier blocks and an adder: too long for one stage.
-        pieces6 = [split_product(m, platform, x, p5, f"b6_prod{d}") for d, x in enumerate(vfix)]
+        pieces6 = [split_product(m, platform, x, p5_next, f"b6_prod{d}", register_x=True, register_y=True)
+                   for d, x in enumerate(vfix)]
         p6 = reg(p5, "b6_p")
         alpha6 = reg(alpha5, "b6_alpha")
         ctl = delay(ctl, "b6")
@@ -1024,18 +1034,25 @@ class AttentionCore(wiring.Component):
         m.d.sync += div_go.eq(div_start)
         # The update is cut into register stages for timing (it was the core's critical path:
         # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
-        # U0 takes the FIFO entry, U1 and U1W read the row state, U1M registers the pieces of the
-        # rescaled state (and the exponent differences), U1P their sum (and the shift amounts),
-        # U2 and U2F the aligned terms, U2S their sums, and U3 writes the state or hands the row
-        # to the divider from registers only.
-        # U1M multiplies the state by alpha in pieces of at most 17 bits of the state (one ECP5
+        # U0 takes the FIFO entry, U1 and U1W read the row state, U1M registers it in the
+        # multipliers' inputs (and the exponent differences), U1X the pieces of the rescaled
+        # state, U1P their sum (and the shift amounts), U2 and U2F the aligned terms, U2S their
+        # sums, and U3 writes the state or hands the row to the divider from registers only.
+        # U1X multiplies the state by alpha in pieces of at most 17 bits of the state (one ECP5
         # MULT18X18D each with its output register, alpha being unsigned) and U1P adds the
         # registered pieces (join_pieces: one adder): the whole
         # product in one stage (multiplier blocks, routing, then the LUT adders that join their
         # outputs) was the critical path.
-        u_rescale = Signal()   # in U1M: the pieces of the state times alpha are registered
-        uA_pieces = [split_product(m, platform, stv.acc[d], u_alpha, f"u_accx{d}", u_rescale) for d in range(D)]
-        uL_pieces = split_product(m, platform, stv.l, u_alpha, "u_lx", u_rescale)
+        # Both operands pass each multiplier's input registers (loaded at every edge): the state
+        # from the RAM's output register, valid from U1M until the write in U3 (the address is
+        # ent.row throughout), and alpha, loaded with the entry in U0 and held until U3. Routed
+        # straight into the multiply, each was the core's critical path (the state RAM's output
+        # 4.8 ns across the chip, one alpha register driving every multiplier 4.5 ns, each into
+        # the multiply's 3.5 ns setup).
+        u_rescale = Signal()   # in U1X: the pieces of the state times alpha are registered
+        uA_pieces = [split_product(m, platform, stv.acc[d], u_alpha, f"u_accx{d}", u_rescale,
+                                   register_x=True, register_y=True) for d in range(D)]
+        uL_pieces = split_product(m, platform, stv.l, u_alpha, "u_lx", u_rescale, register_x=True, register_y=True)
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
         e_up = [Signal(8, name=f"u_eup{i}") for i in range(nb)]        # e_new - e (>= 0)
         xt_down = [Signal(8, name=f"u_xtdown{i}") for i in range(nb)]  # e_new - Xt (>= 0)
@@ -1052,7 +1069,7 @@ class AttentionCore(wiring.Component):
         m.d.comb += [stw.l.eq(l_new), st_wr.addr.eq(ent.row)]
         m.d.comb += [stw.acc[d].eq(acc_new[d]) for d in range(D)]
         m.d.comb += [stw.e[i].eq(e_new[i]) for i in range(nb)]
-        u_fsm = OneHot(["U0", "U1", "U1W", "U1M", "U1P", "U2", "U2F", "U2S", "U3"], "update")
+        u_fsm = OneHot(["U0", "U1", "U1W", "U1M", "U1X", "U1P", "U2", "U2F", "U2S", "U3"], "update")
         # ent loads the FIFO's head in every U0 cycle and keeps the one popped: a load enable from
         # the FIFO's ready was a critical path (it fans out to every bit). The enable is not the
         # U0 flip-flop itself, which also pops the FIFO, but copies of it, one per quarter of
@@ -1080,7 +1097,6 @@ class AttentionCore(wiring.Component):
         with m.If(u_fsm["U1W"]):
             m.d.sync += u_fsm.go("U1W", "U1M")
         with m.If(u_fsm["U1M"]):
-            m.d.comb += u_rescale.eq(1)
             # The exponent alignment does not wait for the rescale: e_new - e and e_new - Xt
             # come from two subtractors side by side (each then one sign test), and U1P turns
             # them into the clamped shift amounts. Done after the rescale in one stage
@@ -1092,7 +1108,10 @@ class AttentionCore(wiring.Component):
                 m.d.sync += [e_new[i].eq(Mux(xt_minus_e[8], e_old[i], ent.xt[i])),
                              e_up[i].eq(Mux(xt_minus_e[8], 0, xt_minus_e[:8])),
                              xt_down[i].eq(Mux(e_minus_xt[8], 0, e_minus_xt[:8]))]
-            m.d.sync += u_fsm.go("U1M", "U1P")
+            m.d.sync += u_fsm.go("U1M", "U1X")
+        with m.If(u_fsm["U1X"]):
+            m.d.comb += u_rescale.eq(1)
+            m.d.sync += u_fsm.go("U1X", "U1P")
         with m.If(u_fsm["U1P"]):
             m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
             m.d.sync += uL.eq(join_pieces(uL_pieces))
