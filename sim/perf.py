@@ -23,7 +23,7 @@ Two halves.
    printed by ``perf_report``):
    * Cores and their cost come from sim/perf_points.json (measured here): a dot-unit lane does
      one product per cycle (latency 11 per stream); an attention core does one (query, key) pair
-     per cycle (2 D MACs) plus a fixed per-job overhead (measured: 174,709 - 174,080 = 629 cycles at
+     per cycle (2 D MACs) plus a fixed per-job overhead (measured: 174,724 - 174,080 = 644 cycles at
      every density); a top-k call costs cycles interpolated in the key count from the measured
      points. Resources per core from Yosys synth_xilinx (xc7), used for every family.
    * Linear layers: block linears in MXFP4 on E2M1 dot lanes; with the dual-format fc2 the fc2
