@@ -238,7 +238,7 @@ class TopK(wiring.Component):
         x_meet = [Signal(name=f"x_meet{g}") for g in range(G)]
         x_live = [Signal(name=f"x_live{g}") for g in range(G)]
         # The valid and parity bits of the request's bucket are selected in two steps: by the
-        # digit's high bits in Q (registered: a group of SEL_LOW bits), by its low bits in X. A
+        # digit's high bits in Q (registered: a group of SEL bits), by its low bits in X. A
         # 16:1 select in Q was the critical path (two LUT levels with a route between).
         sel_low = min(R, 2)
         SEL = 1 << sel_low
