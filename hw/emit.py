@@ -45,7 +45,7 @@ CORES = {spec.name: spec for spec in [
     CoreSpec("topk", "hw.sort.topk:TopK",
              {"key_bits": 16, "radix_bits": 4, "max_len": 4096, "lanes": 1, "banks": 0},
              "radix select of the k largest keys, emits k indices in descending key order"),
-    CoreSpec("attention", "hw.attn.core:AttentionCore", {"D": 64, "block": 32, "Br": 64, "Bc": 64, "lanes": 0, "qk_fmt": "e4m3", "v_fmt": "e4m3", "dot_frac": 16, "dot_width": 40, "const_bits": 16, "score_frac": 10, "score_width": 24, "exp_bits": 8, "p_bits": 15, "l_width": 32, "v_guard": 2, "acc_frac": 4, "acc_width": 40, "max_kblocks": 64, "len_bits": 16, "div_steps": 2}, "attention over a KV cache: MX q.k scores, online softmax, block-sparse skipping, exact divide"),
+    CoreSpec("attention", "hw.attn.core:AttentionCore", {"D": 64, "block": 32, "Br": 64, "Bc": 64, "lanes": 0, "qk_fmt": "e4m3", "v_fmt": "e4m3", "dot_frac": 16, "dot_width": 40, "const_bits": 16, "score_frac": 10, "score_width": 24, "exp_bits": 8, "p_bits": 15, "l_width": 32, "v_guard": 2, "acc_frac": 4, "acc_width": 40, "max_kblocks": 64, "len_bits": 16}, "attention over a KV cache: MX q.k scores, online softmax, block-sparse skipping, exact divide"),
 ]}
 
 

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hw.common.fanout import KEEP_FANOUT_COPIES_YOSYS
+
 from .runner import REPO_ROOT
 
 __all__ = ["synthesize", "xilinx_resources", "ecp5_fmax", "format_table", "overused_resources", "FAMILIES"]
@@ -79,8 +81,8 @@ def xilinx_resources(core, params=None, family="xc7", dsp=True):
     """
     emitted, workdir = _emit(core, params, family + ("" if dsp else "-nodsp"))
     arch = "xc7" if family == "xc7" else "xcup"
-    script = (f"read_verilog {emitted.verilog.name}\n"
-              f"synth_xilinx -family {arch} -top {emitted.top} -flatten{'' if dsp else ' -nodsp'}\n"
+    script = (_read_script(emitted)
+              + f"synth_xilinx -family {arch} -top {emitted.top} -flatten{'' if dsp else ' -nodsp'}\n"
               "tee -q -o stat.json stat -json\n")
     _run_yosys(script, workdir)
     cells = _stat_cells((workdir / "stat.json").read_text())
@@ -103,14 +105,20 @@ def overused_resources(nextpnr_log):
             if int(used) > int(avail)]
 
 
+def _read_script(emitted):
+    # the design, its top, and keep on the register copies of hw/common/fanout.py
+    return (f"read_verilog {emitted.verilog.name}\nhierarchy -top {emitted.top}\n"
+            + KEEP_FANOUT_COPIES_YOSYS)
+
+
 def _ecp5_script(emitted, classic_abc=False):
     if not classic_abc:
-        return (f"read_verilog {emitted.verilog.name}\n"
-                f"synth_ecp5 -top {emitted.top} -json netlist.json\n"
+        return (_read_script(emitted)
+                + f"synth_ecp5 -top {emitted.top} -json netlist.json\n"
                 "tee -q -o stat.json stat -json\n")
     # synth_ecp5 up to its LUT mapping, the classic ABC in place of ABC9, then the rest of it.
-    return (f"read_verilog {emitted.verilog.name}\n"
-            f"synth_ecp5 -top {emitted.top} -run begin:map_luts\n"
+    return (_read_script(emitted)
+            + f"synth_ecp5 -top {emitted.top} -run begin:map_luts\n"
             "techmap -map +/lattice/latches_map.v\nabc -lut 4\nclean\n"
             f"synth_ecp5 -top {emitted.top} -json netlist.json -run map_cells:\n"
             "tee -q -o stat.json stat -json\n")

@@ -10,17 +10,16 @@ CONFIGS = [
     {"D": 32, "Br": 8, "Bc": 8, "max_kblocks": 16},
     # The VAR head dim with default numerics, short tiles so that the short jobs span several.
     {"D": 64, "Br": 4, "Bc": 16, "max_kblocks": 8},
-    # Narrow numerics: other formats, MX block 16, odd tile sizes, frequent score saturation,
-    # a divider retiring 3 quotient bits per cycle.
+    # Narrow numerics: other formats, MX block 16, odd tile sizes, frequent score saturation.
     {"D": 32, "block": 16, "Br": 5, "Bc": 6, "qk_fmt": "e2m3", "v_fmt": "e3m2", "exp_bits": 6, "p_bits": 12,
      "score_frac": 8, "score_width": 16, "dot_width": 32, "dot_frac": 12, "v_guard": 1, "acc_frac": 3,
-     "acc_width": 32, "l_width": 24, "div_steps": 3, "max_kblocks": 16},
+     "acc_width": 32, "l_width": 24, "max_kblocks": 16},
 ]
 
 
 @pytest.mark.parametrize("bad, name", [({"lanes": 5}, "lanes"), ({"Br": 0}, "Br"), ({"p_bits": 99}, "p_bits"),
                                         ({"D": 48, "block": 32}, "block"), ({"max_kblocks": 0}, "max_kblocks"),
-                                        ({"qk_fmt": "e9m9"}, "qk_fmt"), ({"div_steps": 0}, "div_steps")])
+                                        ({"qk_fmt": "e9m9"}, "qk_fmt")])
 def test_attention_bad_params(bad, name):
     from hw.attn.core import AttentionCore
     with pytest.raises(ValueError, match=name):

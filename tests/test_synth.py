@@ -99,3 +99,40 @@ def test_ecp5_seed_over_the_time_limit_counts_as_unfinished():
     from sim.synth import ecp5_fmax
     with pytest.raises(RuntimeError, match="finished no seed"):
         ecp5_fmax("lutmul", {"fmt_a": "e2m1", "fmt_b": "e2m1"}, seeds=(1,), pnr_timeout=0.5)
+
+
+@pytest.mark.slow
+def test_fanout_copies_stay_apart_in_synthesis(tmp_path):
+    """hw/common/fanout.py: Yosys merges registers with one input into one flip-flop; the flows'
+    read script keeps the marked copies apart (and only those)."""
+    from types import SimpleNamespace
+
+    from amaranth.back import verilog
+    from amaranth.hdl import Elaboratable, Module, Signal
+
+    from hw.common.fanout import fanout_copy
+    from sim.synth import _ecp5_script, _run_yosys, _stat_cells
+
+    class Twins(Elaboratable):
+        def __init__(self, marked):
+            self.marked = marked
+            self.d, self.a, self.b = Signal(6), Signal(6), Signal(6)
+
+        def elaborate(self, platform):
+            m = Module()
+            make = (lambda name: fanout_copy(6, name)) if self.marked else (lambda name: Signal(6, name=name))
+            r1, r2 = make("r1"), make("r2")
+            m.d.sync += [r1.eq(self.d), r2.eq(self.d)]
+            m.d.comb += [self.a.eq(r1), self.b.eq(r2)]
+            return m
+
+    flip_flops = {}
+    for marked in (False, True):
+        top = Twins(marked)
+        workdir = tmp_path / str(marked)
+        workdir.mkdir()
+        (workdir / "twins.v").write_text(verilog.convert(top, ports=[top.d, top.a, top.b], name="twins"))
+        _run_yosys(_ecp5_script(SimpleNamespace(verilog=Path("twins.v"), top="twins")), workdir)
+        cells = _stat_cells((workdir / "stat.json").read_text())
+        flip_flops[marked] = sum(n for c, n in cells.items() if c.startswith("TRELLIS_FF"))
+    assert flip_flops == {False: 6, True: 12}

@@ -44,9 +44,9 @@ Four units work concurrently, connected by small buffers:
   registers, multiplier pieces, their sum; the exponent differences and then the shift amounts
   are formed beside them), the aligned terms in two shifts, their sum, the write-back. After the
   row's last kept block the result goes to the divider instead.
-* **Divider**: ``D`` dividers give ``y_d = round_half_up(acc_d * 2^p_bits / l)``, ``div_steps``
-  quotient bits per cycle as one radix-``2^div_steps`` digit (all ``2^div_steps - 1`` trial
-  subtractions side by side), then a rounding and a sign cycle; one output beat per query row.
+* **Divider**: ``D`` restoring dividers give ``y_d = round_half_up(acc_d * 2^p_bits / l)``, one
+  quotient bit per cycle (``out_width`` cycles), then a rounding step (one more iteration) and a
+  sign cycle; one output beat per query row.
 
 With ``2 * D`` multipliers (``D`` for q.k, ``D`` for p.V) a dense job needs ``Lq * Lk`` cycles
 at 100 % MAC utilisation; A and B each take one key per cycle and run back to back across
@@ -100,7 +100,9 @@ from amaranth.lib.wiring import In, Out
 from golden.numerics import fp as fpnum
 from golden.numerics.attention import E8M0_BIAS, AttnNumerics, exp2_table
 from ..common import check_int
+from ..common.fanout import fanout_copy
 from ..common.ram import PipelinedRAM
+from ..common.skid import SkidBuffer
 from .dsp import registered_product
 
 __all__ = ["AttentionCore", "MODE_ATTENTION", "MODE_SIMILARITY"]
@@ -191,8 +193,7 @@ class AttentionCore(wiring.Component):
     :class:`~golden.numerics.attention.AttnNumerics` (``qk_fmt``, ``v_fmt``, ``dot_frac``,
     ``dot_width``, ``const_bits``, ``score_frac``, ``score_width``, ``exp_bits``, ``p_bits``,
     ``l_width``, ``v_guard``, ``acc_frac``, ``acc_width``), ``max_kblocks`` (mask bits per tile:
-    Lk <= max_kblocks * Bc), ``len_bits`` (width of lq / lk), ``div_steps`` (quotient bits per
-    divider cycle). All are checked: a bad one raises ``ValueError`` naming it.
+    Lk <= max_kblocks * Bc), ``len_bits`` (width of lq / lk). All are checked: a bad one raises ``ValueError`` naming it.
 
     Streams (payload fields; protocol and beat order in the module docstring):
 
@@ -210,7 +211,7 @@ class AttentionCore(wiring.Component):
 
     def __init__(self, D=64, block=32, Br=64, Bc=64, lanes=0, qk_fmt="e4m3", v_fmt="e4m3", dot_frac=16,
                  dot_width=40, const_bits=16, score_frac=10, score_width=24, exp_bits=8, p_bits=15,
-                 l_width=32, v_guard=2, acc_frac=4, acc_width=40, max_kblocks=64, len_bits=16, div_steps=2):
+                 l_width=32, v_guard=2, acc_frac=4, acc_width=40, max_kblocks=64, len_bits=16):
         check_int("D", D, 1, 256)
         check_int("block", block, 1, 256)
         check_int("Br", Br, 1, 1024)
@@ -225,7 +226,6 @@ class AttentionCore(wiring.Component):
         self.lanes = D
         self.max_kblocks = check_int("max_kblocks", max_kblocks, 1, 4096)
         self.len_bits = check_int("len_bits", len_bits, 1, 24)
-        self.div_steps = check_int("div_steps", div_steps, 1, 8)
         nm = self.nm
         fq, fv = nm.fq, nm.fv
         self.out_width = nm.out_width
@@ -363,13 +363,26 @@ class AttentionCore(wiring.Component):
             ``empty_full``)."""
             key_last = Signal(init=1, name=f"{name}_key_last")
             row_last = Signal(init=1, name=f"{name}_row_last")
+            # key + 1 and row + 1 kept in registers beside the unit's own (they move as the unit
+            # moves key and row, see its issue): an increment in front of the compares was on
+            # the flags' critical path
+            key1 = Signal(range(Bc + 1), init=1, name=f"{name}_key1")
+            row1 = Signal(range(Br + 1), init=1, name=f"{name}_row1")
+            with m.If(issue & (empty | key_last)):
+                m.d.sync += key1.eq(1)
+                with m.If(row_last):
+                    m.d.sync += row1.eq(1)
+                with m.Else():
+                    m.d.sync += row1.eq(row1 + 1)
+            with m.Elif(issue):
+                m.d.sync += key1.eq(key1 + 1)
 
             def at(sel, f):
                 return Mux(sel, f(1), f(0))
             now_key = at(ptr, lambda b: key == bk_lastkey[b])
             now_row = at(ptr, lambda b: row == bk_lastrow[b])
-            next_key = at(ptr, lambda b: key + 1 == bk_lastkey[b])
-            next_row = at(ptr, lambda b: row + 1 == bk_lastrow[b])
+            next_key = at(ptr, lambda b: key1 == bk_lastkey[b])
+            next_row = at(ptr, lambda b: row1 == bk_lastrow[b])
             first_key_same = at(ptr, lambda b: bk_lastkey[b] == 0)
             first_key_other = at(ptr, lambda b: bk_lastkey[1 - b] == 0)
             first_row_other = at(ptr, lambda b: bk_lastrow[1 - b] == 0)
@@ -412,13 +425,22 @@ class AttentionCore(wiring.Component):
                     keys_left.eq(keys_left - Bc), keys_big.eq(keys_left > 2 * Bc)]
         ld_final = Signal()
 
-        vpay = data.View(self.v_layout, self.v.payload.as_value())
+        # Q, K and V reach the loader through skid buffers (registered valid, payload and
+        # ready): from the input ports, the streams' valids were in front of the loader's take
+        # decision and everything it enables (RAM write enables, counters, state).
+        skids = {}
+        for name, layout in (("q", self.q_layout), ("k", self.q_layout), ("v", self.v_layout)):
+            skid = m.submodules[f"{name}_skid"] = SkidBuffer(layout)
+            wiring.connect(m, wiring.flipped(getattr(self, name)), skid.i)
+            skids[name] = skid.o
+        q_in, k_in, v_in = skids["q"], skids["k"], skids["v"]
+        vpay = data.View(self.v_layout, v_in.payload.as_value())
         # The RAM write addresses and data do not depend on the loader's state (only the write
         # enables do): decoding the state in front of every data bit was a critical path.
         kv_addr = Mux(ld_bank, Bc, 0) + kcnt
-        m.d.comb += [q_wr.addr.eq(qcnt), q_wr.data.eq(self.q.payload.as_value()),
-                     k_wr.addr.eq(kv_addr), k_wr.data.eq(self.k.payload.as_value()),
-                     v_wr.addr.eq(kv_addr), v_wr.data.eq(self.v.payload.as_value())]
+        m.d.comb += [q_wr.addr.eq(qcnt), q_wr.data.eq(q_in.payload.as_value()),
+                     k_wr.addr.eq(kv_addr), k_wr.data.eq(k_in.payload.as_value()),
+                     v_wr.addr.eq(kv_addr), v_wr.data.eq(v_in.payload.as_value())]
         ld_fsm = OneHot(["IDLE", "MASK", "QWAIT", "QLOAD", "BLK", "KVLOAD", "NEXT", "DONE"], "loader")
         with m.If(ld_fsm["IDLE"]):
             m.d.comb += self.cmd.ready.eq(1)
@@ -436,19 +458,22 @@ class AttentionCore(wiring.Component):
             m.d.comb += self.mask.ready.eq(~sim_reg)
             with m.If(self.mask.valid | sim_reg):
                 kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
-                m.d.sync += [rem_bits.eq(kept), rem_zero.eq(kept == 0), rem_last.eq(kept[1:] == 0),
+                m.d.sync += [rem_bits.eq(kept),
                              seen_kept.eq(0),
                              keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc),
                              nr_reg.eq(Mux(lq_left > Br, Br, lq_left)),
                              nr_last.eq(Mux(lq_left > Br, Br - 1, lq_left - 1)), lastjob_reg.eq(lq_left <= Br)]
                 m.d.sync += ld_fsm.go("MASK", "QWAIT")
         with m.If(ld_fsm["QWAIT"]):
+            # rem_bits' tests from the register (QWAIT lasts at least a cycle): formed from the
+            # mask beat in MASK, a zero test across all max_kblocks bits was a critical path
+            m.d.sync += [rem_zero.eq(rem_bits == 0), rem_last.eq(rem_bits[1:] == 0)]
             with m.If(~q_busy):
                 m.d.sync += qcnt.eq(0)
                 m.d.sync += ld_fsm.go("QWAIT", "QLOAD")
         with m.If(ld_fsm["QLOAD"]):
-            m.d.comb += [self.q.ready.eq(1), q_wr.en.eq(self.q.valid)]
-            with m.If(self.q.valid):
+            m.d.comb += [q_in.ready.eq(1), q_wr.en.eq(q_in.valid)]
+            with m.If(q_in.valid):
                 m.d.sync += qcnt.eq(qcnt + 1)
                 with m.If(qcnt == nr_last):
                     m.d.sync += q_busy.eq(1)
@@ -488,8 +513,8 @@ class AttentionCore(wiring.Component):
         with m.If(ld_fsm["KVLOAD"]):
             # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
             # and B, which would read it, is idle).
-            take = self.k.valid & (self.v.valid | sim_reg)
-            m.d.comb += [self.k.ready.eq(take), self.v.ready.eq(take & ~sim_reg),
+            take = k_in.valid & (v_in.valid | sim_reg)
+            m.d.comb += [k_in.ready.eq(take), v_in.ready.eq(take & ~sim_reg),
                          k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
             with m.If(take):
                 m.d.sync += [kcnt.eq(kcnt + 1), kv_first.eq(0), kv_last.eq(kcnt + 1 == ld_last)]
@@ -589,8 +614,15 @@ class AttentionCore(wiring.Component):
             mag = code[:fq.code_width - 1]
             exp = mag[fq.mbits:]
             normal = exp.any()
-            return (reg(Cat(mag[:fq.mbits], normal), f"{name}_sig"),
-                    reg(Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)], f"{name}_sh"))
+            # the significand in two register copies, one for each product table (pos, neg):
+            # one register drove some 200 table LUTs
+            sig = Cat(mag[:fq.mbits], normal)
+            copies = []
+            for c in range(2):
+                copy = fanout_copy(len(sig), f"{name}_sig{c}")
+                m.d.sync += copy.eq(sig)
+                copies.append(copy)
+            return (copies, reg(Mux(normal, exp - 1, 0).as_unsigned()[:len(exp)], f"{name}_sh"))
         split = []
         for d in range(D):
             a, b = qv.codes[d], kv.codes[d]
@@ -610,7 +642,7 @@ class AttentionCore(wiring.Component):
             # A ROM kept in LUTs (rom_style "logic"): with its registered output Yosys would
             # otherwise put it in a DP16KD without the output register (5.6 ns clock-to-out).
             # Two tables, for a positive and a negative product, each a function of 2 * sig_bits
-            # inputs (with the sign a ninth input the table was a LUT level deeper); a3
+            # inputs (with the sign a ninth input the table was a LUT level deeper); a3f
             # selects by the sign in front of the shift.
             values = []
             for sign in (0, 1):
@@ -618,7 +650,7 @@ class AttentionCore(wiring.Component):
                 rom_d = Memory(shape=signed(2 * sig_bits + 1), depth=len(table), init=table, attrs={"rom_style": "logic"})
                 m.submodules[f"sig_table{d}_{'neg' if sign else 'pos'}"] = rom_d
                 rd = rom_d.read_port(domain="comb")
-                m.d.comb += rd.addr.eq(Cat(sig_k, sig_q))
+                m.d.comb += rd.addr.eq(Cat(sig_k[sign], sig_q[sign]))
                 values.append(reg(rd.data, f"a2_val{d}_{'neg' if sign else 'pos'}"))
             value = Mux(reg(neg, f"a2_neg{d}"), values[1], values[0])
             lanes.append((value, reg(sh_q + sh_k, f"a2_sh{d}")))
@@ -626,10 +658,18 @@ class AttentionCore(wiring.Component):
         side = [reg(x, f"a2_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
-        # Stage a3: exact signed products, and each MX block's shift onto the 2^-dot_frac grid
-        # decoded for the term stage (out of range, left or right, and the amounts).
+        # a3f, a3: the exact signed products in two shifts, by the amount's low two bits (a3f,
+        # behind the sign's select), then by its multiple of 4 (a3): the select and the whole
+        # shift were too long for one stage. Each MX block's shift onto the 2^-dot_frac grid is
+        # decoded beside them (out of range, left or right, and the amounts).
         pw = fpnum.product_width(fq, fq)
-        prods = [reg((value << shift)[:pw + 1], f"a3_p{d}", signed(pw + 1)) for d, (value, shift) in enumerate(lanes)]
+        fine = [(reg(value << shift[:2], f"a3f_p{d}", signed(len(value) + 3)), reg(shift[2:], f"a3f_sh{d}"))
+                for d, (value, shift) in enumerate(lanes)]
+        esh = [reg(x, f"a3f_esh{i}") for i, x in enumerate(esh)]
+        side = [reg(x, f"a3f_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
+        prods = [reg((value << Cat(Const(0, 2), shift))[:pw + 1], f"a3_p{d}", signed(pw + 1))
+                 for d, (value, shift) in enumerate(fine)]
         sum_bits = pw + 1 + (B - 1).bit_length()   # width of an MX block's adder-tree sum
         esh_dec = []
         for i, sh in enumerate(esh):
@@ -729,13 +769,24 @@ class AttentionCore(wiring.Component):
 
         def sat_threshold(bound, sh):
             return min(max((bound << sh) - ((1 << sh) >> 1), thr_min), thr_max)
-        # The thresholds follow sh_reg one cycle behind (a table read: the shift is set with the
-        # command, long before the job's first pair reaches ar1).
+        # The thresholds follow sh_reg two cycles behind (a table read: the shift is set with
+        # the command, long before the job's first pair reaches ar1), through copies of sh_reg,
+        # one per SAT_GROUP threshold bits: one register driving the whole table (some 400 LUTs)
+        # was a critical path.
+        SAT_GROUP = 16
         sh_values = range(1 << len(sh_reg))
-        hi_job = reg(Array([Const(sat_threshold(smax + 1, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
-                     "a_sat_hi_job", signed(prod_w + 1))
-        lo_job = reg(Array([Const(sat_threshold(smin, sh), signed(prod_w + 1)) for sh in sh_values])[sh_reg],
-                     "a_sat_lo_job", signed(prod_w + 1))
+        thresholds = []
+        for bound, name in ((smax + 1, "hi"), (smin, "lo")):
+            values = [sat_threshold(bound, sh) & ((1 << (prod_w + 1)) - 1) for sh in sh_values]
+            bits = []
+            for lo in range(0, prod_w + 1, SAT_GROUP):
+                hi = min(lo + SAT_GROUP, prod_w + 1)
+                sh_copy = fanout_copy(len(sh_reg), f"a_sat_{name}_sh{lo // SAT_GROUP}")
+                m.d.sync += sh_copy.eq(sh_reg)
+                part = Array([Const(v >> lo, hi - lo) for v in values])[sh_copy]
+                bits.append(reg(part, f"a_sat_{name}_job{lo // SAT_GROUP}", unsigned(hi - lo)))
+            thresholds.append(Cat(*bits).as_signed())
+        hi_job, lo_job = thresholds
         # The rounding shift as floor((prod + 2^(sh-1)) / 2^sh) = (floor(prod / 2^(sh-1)) + 1) >> 1
         # (sh >= 1; with y = 2 prod for sh = 0 the same formula gives prod): the variable shift
         # in ar1, an add of the SW + 1 bits that are kept in ar2, so that no wide add precedes
@@ -749,14 +800,15 @@ class AttentionCore(wiring.Component):
         coarse_shifted = reg(Mux(sh_zero, prod << 1, prod >> Cat(Const(0, 3), sh_less1[3:]))[:SW + 8],
                              "ar1_coarse", signed(SW + 8))
         # The saturation tests in two halves, side by side in ar1: the low halves compared
-        # (unsigned), the high halves (signed) compared and tested for equality; ar2 combines them
-        # (one compare across all prod_w bits was too long):
-        # x >= y  <=>  x_hi > y_hi | (x_hi == y_hi & x_lo >= y_lo), likewise for <.
+        # (unsigned), the high halves (signed) compared both ways; ar2 combines them (one compare
+        # across all prod_w bits was too long, and an equality test of the high halves three LUT
+        # levels where a compare is one carry chain):
+        # x >= y  <=>  x_hi > y_hi | (~(x_hi < y_hi) & x_lo >= y_lo), likewise for <.
         cut = prod_w // 2
         prod_hi = prod[cut:].as_signed()
         hi_hi, lo_hi = hi_job[cut:].as_signed(), lo_job[cut:].as_signed()
-        tests = {"over_hi": prod_hi > hi_hi, "over_eq": prod_hi == hi_hi, "over_lo": prod[:cut] >= hi_job[:cut],
-                 "under_hi": prod_hi < lo_hi, "under_eq": prod_hi == lo_hi, "under_lo": prod[:cut] < lo_job[:cut]}
+        tests = {"over_hi": prod_hi > hi_hi, "over_below": prod_hi < hi_hi, "over_lo": prod[:cut] >= hi_job[:cut],
+                 "under_hi": prod_hi < lo_hi, "under_above": prod_hi > lo_hi, "under_lo": prod[:cut] < lo_job[:cut]}
         tests = {k: reg(v, f"ar1_{k}") for k, v in tests.items()}
         side = [reg(x, f"ar1_side{k}") for k, x in enumerate(side)]
         a_stages += 1
@@ -764,8 +816,8 @@ class AttentionCore(wiring.Component):
         tests = {k: reg(v, f"ar1f_{k}") for k, v in tests.items()}
         side = [reg(x, f"ar1f_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        over = tests["over_hi"] | (tests["over_eq"] & tests["over_lo"])
-        under = tests["under_hi"] | (tests["under_eq"] & tests["under_lo"])
+        over = tests["over_hi"] | (~tests["over_below"] & tests["over_lo"])
+        under = tests["under_hi"] | (~tests["under_above"] & tests["under_lo"])
         shifted = Signal(signed(SW))
         m.d.comb += shifted.eq((half_shifted + 1) >> 1)
         # The pair of an empty block (no key, score unused) gets score_min, which is that
@@ -777,33 +829,37 @@ class AttentionCore(wiring.Component):
         # End of A: score buffer write, block max; a cycle later, the slot handoff (a running-max
         # compare in front of the slot registers' select was a critical path; B starts a row a
         # cycle later for it: once a job, not a row). run_max is the max of the row's scores so
-        # far, back to score_min after a row's last key (a synchronous reset, so the compare
-        # feeds nothing but the select): the next pair is a row's first key or an empty block.
+        # far: it loads the score at a row's first key (or an empty block's pair, score_min)
+        # and at every larger score, so the compare drives only its enable, and after the row's
+        # last key it holds the block max that the handoff takes.
         run_max = Signal(signed(SW), init=smin)
-        new_max = Mux(score > run_max, score, run_max)
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
                      s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
-        with m.If(ae_v):
-            m.d.sync += run_max.eq(Mux(ae_last, smin, new_max))
-        block_max = reg(new_max, "ae_block_max")
+        with m.If(ae_v & (ae_first | (score > run_max))):
+            m.d.sync += run_max.eq(score)
         slot_done = reg(ae_v & ae_last & ~sim_reg, "ae_slot_done")
         slot_done_seq = reg(ae_slot, "ae_slot_done_seq")
         with m.If(slot_done):
-            m.d.sync += [slot_ready[slot_done_seq].eq(1), slot_bmax[slot_done_seq].eq(block_max)]
+            m.d.sync += [slot_ready[slot_done_seq].eq(1), slot_bmax[slot_done_seq].eq(run_max)]
 
         # Similarity output: every score of the job goes into a FIFO that drives ``s``. A pair
         # is issued only when the FIFO will have room for it when it leaves the pipeline:
         # ``s_pending`` counts pairs issued and not yet taken by the host (in the pipeline or
-        # the FIFO), so the FIFO never overflows however long ``s`` stalls. A depth of
-        # ``a_stages + 2`` keeps one pair per cycle while the host takes one beat per cycle
-        # (a score is readable the cycle after it is written).
-        s_depth = a_stages + 2
+        # the FIFO), so the FIFO never overflows however long ``s`` stalls. It counts from
+        # registered issue and take flags (from the issue decision itself the count's adder
+        # was a critical path), so it lags the true count by at most the one pair issued in the
+        # cycle before: a pair is issued while s_pending < s_depth - 1. A depth of
+        # ``a_stages + 4`` keeps one pair per cycle while the host takes one beat per cycle
+        # (a score is readable the cycle after it is written, the count lags a cycle).
+        s_depth = a_stages + 4
         score_w = data.Layout.cast(self.s.payload.shape()).size
         m.submodules.sfifo = sfifo = SyncFIFO(width=score_w, depth=s_depth)
         s_pending = Signal(range(s_depth + 1))
         s_take = self.s.valid & self.s.ready
-        m.d.comb += s_room.eq(s_pending < s_depth)
-        m.d.sync += s_pending.eq(s_pending + (a_issue & sim_reg) - s_take)
+        s_issued = reg(a_issue & sim_reg, "s_issued")
+        s_taken = reg(s_take, "s_taken")
+        m.d.comb += s_room.eq(s_pending < s_depth - 1)
+        m.d.sync += s_pending.eq(s_pending + s_issued - s_taken)
         sw = data.View(self.s.payload.shape(), sfifo.w_data)
         m.d.comb += [sw.score.eq(score), sw.last.eq(ae_jlast), sfifo.w_en.eq(ae_v & sim_reg),
                      self.s.valid.eq(sfifo.r_rdy), self.s.payload.eq(sfifo.r_data), sfifo.r_en.eq(self.s.ready)]
@@ -813,7 +869,26 @@ class AttentionCore(wiring.Component):
             "row": range(Br), "P": data.ArrayLayout(signed(PSW), D), "psum": unsigned(PSUMW),
             "alpha": unsigned(PW), "xt": data.ArrayLayout(8, nb), "first": 1, "final": 1, "lastrow": 1,
         })
-        m.submodules.fifo = fifo = SyncFIFO(width=data.Layout.cast(fifo_layout).size, depth=2)
+        # The row FIFO between B and U, two entries: written at row_done, read asynchronously at
+        # its read pointer (a register), "not empty" a register of its own, formed from the level
+        # and the two handshakes. (Amaranth's SyncFIFO derived it from its level, whose update
+        # waited for the pop, which U decides from that flag: 8.2 ns in series.) B never writes
+        # it full (rows in flight are limited to 2, see rows_started).
+        row_mem = Memory(shape=data.Layout.cast(fifo_layout).size, depth=2, init=[])
+        m.submodules.row_fifo = row_mem
+        rq_w, rq_r = row_mem.write_port(), row_mem.read_port(domain="comb")
+        rq_wptr, rq_rptr = Signal(name="rq_wptr"), Signal(name="rq_rptr")
+        rq_level = Signal(range(3), name="rq_level")
+        rq_ready = Signal(name="rq_ready")   # not empty
+        rq_push, rq_pop = Signal(name="rq_push"), Signal(name="rq_pop")
+        m.d.comb += [rq_w.addr.eq(rq_wptr), rq_w.en.eq(rq_push), rq_r.addr.eq(rq_rptr)]
+        with m.If(rq_push):
+            m.d.sync += rq_wptr.eq(~rq_wptr)
+        with m.If(rq_pop):
+            m.d.sync += rq_rptr.eq(~rq_rptr)
+        rq_level_next = Signal(range(3), name="rq_level_next")
+        m.d.comb += rq_level_next.eq(rq_level + rq_push - rq_pop)
+        m.d.sync += [rq_level.eq(rq_level_next), rq_ready.eq(rq_level_next != 0)]
         # Rows started by B and not yet taken by U (at most 2: the row FIFO's depth), as the
         # difference of two 2-bit counters (started, popped): the limit test reads four register
         # bits, and each counter only counts, where an add-and-subtract counter had the issue
@@ -871,45 +946,45 @@ class AttentionCore(wiring.Component):
             return {k: reg(v, f"{name}_{k}") for k, v in ctl.items()}
 
         # b0: block-RAM reads in flight (their output registers); the row's old running max (the
-        # LUT-RAM read, or score_min before the row's first kept block) and the block max
-        # registered, then compared (registered into b1). b1: m_new = max(m, block max) is
-        # selected, written back to ``mreg`` and held for the row's other keys. The read, the
-        # compare and the write-back were in series at issue, and the compare and the write-back
-        # still too long for one stage.
+        # LUT-RAM read) and the block max registered. b1: m_new = max(m, block max) (the block
+        # max alone before the row's first kept block) and the old max, registered at the row's
+        # first key and held for its other keys, so that the differences after them (m_new - s,
+        # m_new - m) come from registers only; m_new is written back to ``mreg``. The read, the
+        # compare and the write-back were in series at issue; a registered compare, then the
+        # select and the subtractions in one stage were still too long.
         ctl = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty, first=b_first,
                    final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow,
                    **{f"xt{i}": pick([bk_xt[0][i], bk_xt[1][i]], b_ptr) for i in range(nb)})
         ctl = delay(ctl, "b0")
-        mold0 = reg(Mux(b_first, smin, m_rd.data), "b0_mold", signed(SW))
+        mold0 = reg(m_rd.data, "b0_mold", signed(SW))
         bmax0 = reg(slot_bmax[b_seq], "b0_bmax", signed(SW))
-        bmax_gt = reg(bmax0 > mold0, "b1_bmax_gt")
-        bmax1, mold1_read = reg(bmax0, "b1_bmax"), reg(mold0, "b1_mold_read")
+        mnew1 = Signal(signed(SW), name="b1_mnew")
+        mold1 = Signal(signed(SW), name="b1_mold")   # at a row's first kept block: unused (alpha)
+        with m.If(ctl["v"] & ctl["fk"]):
+            m.d.sync += [mnew1.eq(Mux(ctl["first"] | (bmax0 >= mold0), bmax0, mold0)), mold1.eq(mold0)]
         # b1: the score and V reads leave their RAM output registers.
         ctl = delay(ctl, "b1")
-        mnew_fk = Mux(bmax_gt, bmax1, mold1_read)
-        cur_mnew = Signal(signed(SW))
-        cur_mold = Signal(signed(SW))
         with m.If(ctl["v"] & ctl["fk"]):
-            m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(mnew_fk), m_wr.en.eq(1)]
-            m.d.sync += [cur_mnew.eq(mnew_fk), cur_mold.eq(mold1_read)]
-        mnew1 = Mux(ctl["fk"], mnew_fk, cur_mnew)
-        mold1 = Mux(ctl["fk"], mold1_read, cur_mold)
+            m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(mnew1), m_wr.en.eq(1)]
         s_val = s_rd.data.as_signed()
         vview = data.View(self.v_layout, v_rd.data)
 
         r_sh = nm.score_frac - nm.exp_bits
 
         def exp_index(t, name):
-            """(shift n clamped to p_bits + 2, table index) of 2^-t, t >= 0 in score units,
-            registered. The clamp does not wait for the rounding add: n > p_bits + 2 exactly when
-            t >= ((p_bits + 3) << (exp_bits + r)) - 2^(r - 1), a compare of t beside the add."""
+            """(big, shift n, table index) of 2^-t, t >= 0 in score units, registered; big: n is
+            to be clamped to p_bits + 2 (n's bits are then meaningless). The test does not wait
+            for the rounding add: n > p_bits + 2 exactly when t >= ((p_bits + 3) << (exp_bits +
+            r)) - 2^(r - 1), a compare of t beside the add."""
             half = (1 << (r_sh - 1)) if r_sh > 0 else 0
             u = (t + half) >> r_sh
             u_s = Signal(len(t) + 1, name=f"{name}_u")
             m.d.comb += u_s.eq(u)
             big = t >= ((PB + 3) << (nm.exp_bits + r_sh)) - half
-            n_cl = Mux(big, PB + 2, (u_s >> nm.exp_bits)[:_bits(PB + 3)])
-            return reg(n_cl, f"{name}_n", range(PB + 3)), reg(u_s[:nm.exp_bits], f"{name}_i")
+            # the clamp itself is applied in b3, from these registers (behind the add and the
+            # compare it was a critical path)
+            return (reg(big, f"{name}_big"), reg((u_s >> nm.exp_bits)[:_bits(PB + 3)], f"{name}_n", range(PB + 3)),
+                    reg(u_s[:nm.exp_bits], f"{name}_i"))
 
         # b1 -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
         # magnitudes and signs and each MX block's alignment amount (Xt_b - scale, clamped) are
@@ -932,8 +1007,8 @@ class AttentionCore(wiring.Component):
         ctl = delay(ctl, "b1d")
 
         # b1d -> b2: exp2 index rounding and clamp; V signed.
-        p_n, p_i = exp_index(t_p, "b2_p")
-        a_n, a_i = exp_index(t_a, "b2_a")
+        p_big, p_n, p_i = exp_index(t_p, "b2_p")
+        a_big, a_n, a_i = exp_index(t_a, "b2_a")
         v_int = [reg(Mux(neg, -mag, mag), f"b2_vint{d}", signed(vbits + 1)) for d, (mag, neg) in enumerate(zip(v_mag, v_neg))]
         v_align = [reg(Mux(x > VFW, VFW, x), f"b2_dsh{i}", range(VFW + 1)) for i, x in enumerate(v_dsh)]
         ctl = delay(ctl, "b2")
@@ -946,9 +1021,11 @@ class AttentionCore(wiring.Component):
         def table_entry(ports, index, name):
             parts = Array([reg(port.data, f"b3_{name}T{h}") for h, port in enumerate(ports)])
             return reg(parts[reg(index[ib:], f"b3_{name}_part")], f"b3m_{name}T")
-        p_n0, a_n0 = reg(reg(p_n == 0, "b3_pn0"), "b3m_pn0"), reg(reg(a_n == 0, "b3_an0"), "b3m_an0")
-        p_nm1 = reg(reg(p_n - 1, "b3_pnm1", range(PB + 2)), "b3m_pnm1")
-        a_nm1 = reg(reg(a_n - 1, "b3_anm1", range(PB + 2)), "b3m_anm1")
+        # the shift n clamped to p_bits + 2 (big): n == 0 and n - 1
+        p_n0 = reg(reg(~p_big & (p_n == 0), "b3_pn0"), "b3m_pn0")
+        a_n0 = reg(reg(~a_big & (a_n == 0), "b3_an0"), "b3m_an0")
+        p_nm1 = reg(reg(Mux(p_big, PB + 1, p_n - 1), "b3_pnm1", range(PB + 2)), "b3m_pnm1")
+        a_nm1 = reg(reg(Mux(a_big, PB + 1, a_n - 1), "b3_anm1", range(PB + 2)), "b3m_anm1")
         # The alignment shift in two parts: by the amount's multiple of 4 here, the rest in b4.
         vfix = [reg((x << nm.v_guard) >> Cat(Const(0, 2), v_align[d // B][2:]), f"b3_vcoarse{d}", signed(VFW))
                 for d, x in enumerate(v_int)]
@@ -970,26 +1047,41 @@ class AttentionCore(wiring.Component):
         p_y, a_y = half_shift(p_T, p_n0, p_nm1, "b4_py"), half_shift(a_T, a_n0, a_nm1, "b4_ay")
         vfix = [reg(x >> v_align[d // B], f"b4_vfix{d}") for d, x in enumerate(vfix)]
         ctl = delay(ctl, "b4")
-        # b5: p and vfix are registered in the multipliers' input registers (p also in the
-        # fabric, for b6_p): one fabric p fanned out to every multiplier's input was too far
-        # from most of them for the multiply's setup.
-        p5_next = Signal(unsigned(PW), name="b5_p_next")
-        m.d.comb += p5_next.eq(Mux(ctl["empty"], 0, round_off(p_y)))
-        p5 = reg(p5_next, "b5_p")
+        # b5: p rounded (0 for an empty block's pair) into one register copy per group of
+        # P_GROUP products, each next to its multipliers, and vfix registered once more beside
+        # it: one p fanned out to all 2 D multipliers' inputs, behind the rounding add and the
+        # empty select, was up to 8 ns, most of it routing.
+        P_GROUP = 4
+        p5_copies = []
+        for g in range(-(-D // P_GROUP)):
+            copy = fanout_copy(unsigned(PW), f"b5_p{g}")
+            m.d.sync += copy.eq(Mux(ctl["empty"], 0, round_off(p_y)))
+            p5_copies.append(copy)
+        p5 = p5_copies[0]
+        vfix = [reg(x, f"b5_vfix{d}") for d, x in enumerate(vfix)]
         alpha5 = reg(round_off(a_y), "b5_alpha", unsigned(PW))
         ctl = delay(ctl, "b5")
 
-        # b6: the products p * vfix in pieces of vfix (split_product: one MULT18X18D with its
-        # output register each on ECP5); b7: the pieces joined. vfix is wider than 18 bits, so
-        # one product is two multiplier blocks and an adder: too long for one stage.
-        pieces6 = [split_product(m, platform, x, p5_next, f"b6_prod{d}", register_x=True, register_y=True)
-                   for d, x in enumerate(vfix)]
-        p6 = reg(p5, "b6_p")
-        alpha6 = reg(alpha5, "b6_alpha")
-        ctl = delay(ctl, "b6")
+        # b6i: p and vfix in the multipliers' input registers; b6: the products p * vfix in
+        # pieces of vfix (split_product: one MULT18X18D with its output register each on ECP5);
+        # b7: the pieces joined. vfix is wider than 18 bits, so one product is two multiplier
+        # blocks and an adder: too long for one stage.
+        pieces6 = [split_product(m, platform, x, p5_copies[d // P_GROUP], f"b6_prod{d}",
+                                 register_x=True, register_y=True) for d, x in enumerate(vfix)]
+        p6 = reg(reg(p5, "b6i_p"), "b6_p")
+        alpha6 = reg(reg(alpha5, "b6i_alpha"), "b6_alpha")
+        ctl = delay(delay(ctl, "b6i"), "b6")
         prod7 = [reg(join_pieces(pieces), f"b7_prod{d}", signed(PRW)) for d, pieces in enumerate(pieces6)]
         p7 = reg(p6, "b7_p")
         alpha7 = reg(alpha6, "b7_alpha")
+        # the sums' valid and first-key flags, a register copy per lane (one of each drove the
+        # enables and the clear selects of all D sums, some 700 loads)
+        lane_v, lane_fk = [], []
+        for d in range(D):
+            for flags, key in ((lane_v, "v"), (lane_fk, "fk")):
+                copy = fanout_copy(1, f"b7_{key}{d}")
+                m.d.sync += copy.eq(ctl[key])
+                flags.append(copy)
         ctl = delay(ctl, "b7")
 
         # b8: exact block sums. b9: the row's last key has its sums in acc_P / acc_ps, which are
@@ -998,25 +1090,26 @@ class AttentionCore(wiring.Component):
         acc_P = [Signal(signed(PSW), name=f"P{d}") for d in range(D)]
         acc_ps = Signal(PSUMW)
         alpha_keep = Signal(PW)
-        new_P = [Mux(ctl["fk"], 0, a) + x for a, x in zip(acc_P, prod7)]
+        for d in range(D):
+            with m.If(lane_v[d]):
+                m.d.sync += acc_P[d].eq(Mux(lane_fk[d], 0, acc_P[d]) + prod7[d])
         new_ps = Mux(ctl["fk"], 0, acc_ps) + p7
         with m.If(ctl["v"]):
-            m.d.sync += [a.eq(x) for a, x in zip(acc_P, new_P)]
             m.d.sync += acc_ps.eq(new_ps)
             with m.If(ctl["fk"]):
                 m.d.sync += alpha_keep.eq(alpha7)
         row_done = reg(ctl["v"] & ctl["lk"], "b9_row_done")
         ctl = delay(ctl, "b9")
-        fw = data.View(fifo_layout, fifo.w_data)
+        fw = data.View(fifo_layout, rq_w.data)
         m.d.comb += [fw.row.eq(ctl["row"]), fw.psum.eq(acc_ps), fw.alpha.eq(alpha_keep),
                      fw.first.eq(ctl["first"]), fw.final.eq(ctl["final"]), fw.lastrow.eq(ctl["lastrow"]),
-                     fifo.w_en.eq(row_done)]
+                     rq_push.eq(row_done)]
         m.d.comb += [fw.P[d].eq(x) for d, x in enumerate(acc_P)]
         m.d.comb += [fw.xt[i].eq(ctl[f"xt{i}"]) for i in range(nb)]
 
         # ---------------------------------------------------------------- row update (U)
         ent = Signal(fifo_layout)
-        fr = data.View(fifo_layout, fifo.r_data)
+        fr = data.View(fifo_layout, rq_r.data)
         stv = data.View(state_layout, st_rd.data)   # the row state, valid in U1M
         m.d.comb += st_rd.addr.eq(ent.row)
         # A row's first kept block starts from a zero state (acc, l and e): alpha is taken as 0
@@ -1056,8 +1149,10 @@ class AttentionCore(wiring.Component):
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
         e_up = [Signal(8, name=f"u_eup{i}") for i in range(nb)]        # e_new - e (>= 0)
         xt_down = [Signal(8, name=f"u_xtdown{i}") for i in range(nb)]  # e_new - Xt (>= 0)
-        amt_a = [Signal(range(AW + PW + 1), name=f"u_amta{i}") for i in range(nb)]
-        amt_p = [Signal(range(PSW + 1), name=f"u_amtp{i}") for i in range(nb)]
+        # The shift amounts, a register copy per lane (one per MX block drove the 56-bit shifts
+        # of all the block's lanes, some 900 LUTs)
+        amt_a = [fanout_copy(range(AW + PW + 1), f"u_amta{d}") for d in range(D)]
+        amt_p = [fanout_copy(range(PSW + 1), f"u_amtp{d}") for d in range(D)]
         acc_coarse = [Signal(signed(AW + PW + 1), name=f"u_acccoarse{d}") for d in range(D)]
         p_coarse = [Signal(signed(PSW), name=f"u_pcoarse{d}") for d in range(D)]
         acc_term = [Signal(signed(AW), name=f"u_accterm{d}") for d in range(D)]  # rescaled state, aligned
@@ -1079,15 +1174,15 @@ class AttentionCore(wiring.Component):
         ent_width = data.Layout.cast(fifo_layout).size
         for k in range(4):
             ent_load = Signal(init=1, name=f"ent_load{k}")
-            m.d.sync += ent_load.eq(Mux(ent_load, ~fifo.r_rdy, u_leave))
+            m.d.sync += ent_load.eq(Mux(ent_load, ~rq_ready, u_leave))
             lo, hi = k * ent_width // 4, (k + 1) * ent_width // 4
             with m.If(ent_load):
-                m.d.sync += ent.as_value()[lo:hi].eq(fifo.r_data[lo:hi])
+                m.d.sync += ent.as_value()[lo:hi].eq(rq_r.data[lo:hi])
                 if k == 0:
                     m.d.sync += u_alpha.eq(Mux(fr.first, 0, fr.alpha))
         with m.If(u_fsm["U0"]):
-            with m.If(fifo.r_rdy):
-                m.d.comb += [fifo.r_en.eq(1), pop.eq(1)]
+            with m.If(rq_ready):
+                m.d.comb += [rq_pop.eq(1), pop.eq(1)]
                 m.d.sync += u_fsm.go("U0", "U1")
         with m.If(u_fsm["U1"]):
             # The row state is read at ent.row (from a register: through the FIFO's
@@ -1096,30 +1191,35 @@ class AttentionCore(wiring.Component):
             m.d.sync += u_fsm.go("U1", "U1W")
         with m.If(u_fsm["U1W"]):
             m.d.sync += u_fsm.go("U1W", "U1M")
+        # The exponent alignment does not wait for the rescale: the row's old exponents are
+        # registered in U1M (e_old_r: from the state RAM's output, behind the first-block select,
+        # the subtractions after them were a critical path), e_new - e and e_new - Xt come from
+        # two subtractors side by side in U1X (each then one sign test), and U1P turns them into
+        # the clamped shift amounts. Done after the rescale in one stage (compare, subtract,
+        # clamp compare in series) it was the critical path.
+        e_old_r = [Signal(8, name=f"u_eold{i}") for i in range(nb)]
         with m.If(u_fsm["U1M"]):
-            # The exponent alignment does not wait for the rescale: e_new - e and e_new - Xt
-            # come from two subtractors side by side (each then one sign test), and U1P turns
-            # them into the clamped shift amounts. Done after the rescale in one stage
-            # (compare, subtract, clamp compare in series) it was the critical path.
-            for i in range(nb):
-                xt_minus_e = Signal(signed(9), name=f"u_xtme{i}")
-                e_minus_xt = Signal(signed(9), name=f"u_emxt{i}")
-                m.d.comb += [xt_minus_e.eq(ent.xt[i] - e_old[i]), e_minus_xt.eq(e_old[i] - ent.xt[i])]
-                m.d.sync += [e_new[i].eq(Mux(xt_minus_e[8], e_old[i], ent.xt[i])),
-                             e_up[i].eq(Mux(xt_minus_e[8], 0, xt_minus_e[:8])),
-                             xt_down[i].eq(Mux(e_minus_xt[8], 0, e_minus_xt[:8]))]
+            m.d.sync += [r.eq(x) for r, x in zip(e_old_r, e_old)]
             m.d.sync += u_fsm.go("U1M", "U1X")
         with m.If(u_fsm["U1X"]):
             m.d.comb += u_rescale.eq(1)
+            for i in range(nb):
+                xt_minus_e = Signal(signed(9), name=f"u_xtme{i}")
+                e_minus_xt = Signal(signed(9), name=f"u_emxt{i}")
+                m.d.comb += [xt_minus_e.eq(ent.xt[i] - e_old_r[i]), e_minus_xt.eq(e_old_r[i] - ent.xt[i])]
+                m.d.sync += [e_new[i].eq(Mux(xt_minus_e[8], e_old_r[i], ent.xt[i])),
+                             e_up[i].eq(Mux(xt_minus_e[8], 0, xt_minus_e[:8])),
+                             xt_down[i].eq(Mux(e_minus_xt[8], 0, e_minus_xt[:8]))]
             m.d.sync += u_fsm.go("U1X", "U1P")
         with m.If(u_fsm["U1P"]):
             m.d.sync += [uA[d].eq(join_pieces(pieces)) for d, pieces in enumerate(uA_pieces)]
             m.d.sync += uL.eq(join_pieces(uL_pieces))
             # sh_acc = p_bits + e_new - e, sh_P = p_bits - acc_frac + e_new - Xt, each clamped
             # (a shift by the clamp value already gives the sign fill).
-            for i in range(nb):
-                m.d.sync += [amt_a[i].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
-                             amt_p[i].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
+            for d in range(D):
+                i = d // B
+                m.d.sync += [amt_a[d].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
+                             amt_p[d].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
                                              PB - nm.acc_frac + xt_down[i]))]
             m.d.sync += u_fsm.go("U1P", "U2")
         with m.If(u_fsm["U2"]):
@@ -1128,16 +1228,14 @@ class AttentionCore(wiring.Component):
             # from one amount per MX block, and the add were each too long for one stage
             # (floor shifts compose: x >> (a + b) = (x >> a) >> b).
             for d in range(D):
-                i = d // B
-                m.d.sync += [acc_coarse[d].eq(uA[d] >> Cat(Const(0, 3), amt_a[i][3:])),
-                             p_coarse[d].eq(ent.P[d] >> Cat(Const(0, 3), amt_p[i][3:]))]
+                m.d.sync += [acc_coarse[d].eq(uA[d] >> Cat(Const(0, 3), amt_a[d][3:])),
+                             p_coarse[d].eq(ent.P[d] >> Cat(Const(0, 3), amt_p[d][3:]))]
             m.d.sync += l_term.eq(uL >> PB)
             m.d.sync += u_fsm.go("U2", "U2F")
         with m.If(u_fsm["U2F"]):
             for d in range(D):
-                i = d // B
-                m.d.sync += [acc_term[d].eq(acc_coarse[d] >> amt_a[i][:3]),
-                             p_term[d].eq(p_coarse[d] >> amt_p[i][:3])]
+                m.d.sync += [acc_term[d].eq(acc_coarse[d] >> amt_a[d][:3]),
+                             p_term[d].eq(p_coarse[d] >> amt_p[d][:3])]
             m.d.sync += u_fsm.go("U2F", "U2S")
         with m.If(u_fsm["U2S"]):
             m.d.sync += [acc_new[d].eq((acc_term[d] + p_term[d])[:AW]) for d in range(D)]
@@ -1153,92 +1251,69 @@ class AttentionCore(wiring.Component):
                 m.d.sync += u_fsm.go("U3", "U0")
 
         # ---------------------------------------------------------------- divider
-        steps = self.div_steps
-        Wq = -(-self.out_width // steps) * steps   # quotient bits (>= out_width: |y| fits)
+        # D restoring radix-2 dividers, one quotient bit a cycle: Wq = out_width iterations, then
+        # the rounding step (a last iteration, below), SIGN and OUT: out_width + 3 cycles a row
+        # (against at least Bc keys of B work per row and block). One trial subtraction and a
+        # 2:1 select per bit and cycle: with a radix-4 digit (three subtractions side by side and
+        # a priority select behind them) the divider was the core's critical path.
+        Wq = self.out_width   # quotient bits (|y| fits)
         NW = max(AW - 1 + PB, Wq + 1)
         dv_num = [Signal(Wq, name=f"dv_num{d}") for d in range(D)]
         dv_rem = [Signal(LW + 1, name=f"dv_rem{d}") for d in range(D)]
         dv_q = [Signal(Wq, name=f"dv_q{d}") for d in range(D)]
         dv_neg = [Signal(name=f"dv_neg{d}") for d in range(D)]
-        dv_l = Signal(LW)
+        dv_inc = [Signal(name=f"dv_inc{d}") for d in range(D)]   # the rounding's increment, up ^ neg
+        # The divisor, a copy per divider: one register fanned out to the trial subtractions of
+        # all D dividers, spread over the chip, was 2.3 ns of routing on the critical path.
+        dv_l = [fanout_copy(LW, f"dv_l{d}") for d in range(D)]
         dv_e = [Signal(8, name=f"dv_e{i}") for i in range(nb)]
         dv_last = Signal()
-        dv_cnt = Signal(range(Wq + 1))
-        n_digits = 1 << steps
-        dv_lk = [None] + [Signal(LW + steps, name=f"dv_l_times{k}") for k in range(1, n_digits)]  # k * l
-        dv_up = [Signal(name=f"dv_up{d}") for d in range(D)]
+        dv_tok = Signal(Wq, name="dv_tok")   # one-hot: the iteration (a counter's compare was on a path)
         dv_masked = Signal()
-        dv_l_plus1 = Signal(LW + 1)
         dv_fsm = OneHot(["IDLE", "ITER", "ROUND", "SIGN", "OUT"], "divider")
         # The divider's operands are prepared a cycle after U2S, in registers loaded every cycle
-        # (no enable): |acc|, its sign, l + 1, l == 0 and k * l for every digit k. acc_new and
-        # l_new hold from U2S until the divider has loaded these (the start reaches it two
-        # cycles after U2S at the earliest, the next row's U2S is 8 cycles after U3). The
-        # magnitude's negation in front of the divider's load (and the remainder's select) was
-        # the critical path.
+        # (no enable): |acc|, its sign and l == 0. acc_new and l_new hold from U2S until the
+        # divider has loaded these (the start reaches it two cycles after U2S at the earliest,
+        # the next row's U2S is 8 cycles after U3). The magnitude's negation in front of the
+        # divider's load (and the remainder's select) was the critical path.
         pre_neg = [Signal(name=f"dvp_neg{d}") for d in range(D)]
         pre_mag = [Signal(AW, name=f"dvp_mag{d}") for d in range(D)]
-        pre_l_plus1 = Signal(LW + 1, name="dvp_l_plus1")
         pre_masked = Signal(name="dvp_masked")
-        pre_lk = [None] + [Signal(LW + steps, name=f"dvp_l_times{k}") for k in range(1, n_digits)]
         for d in range(D):
             a = acc_new[d]
             m.d.sync += [pre_neg[d].eq(a < 0), pre_mag[d].eq(Mux(a < 0, -a, a))]
-        m.d.sync += [pre_l_plus1.eq(l_new + 1), pre_masked.eq(l_new == 0)]
-        # k * l for every digit k, as shifted copies of l added (a constant multiply would be
-        # mapped to a multiplier block)
-        m.d.sync += [pre_lk[k].eq(sum(l_new << j for j in range(steps) if k >> j & 1))
-                     for k in range(1, n_digits)]
-        # The next remainder, in IDLE (the prepared operand) and in ITER (the step below) alike,
-        # comes out of one priority select behind the trial subtractions: in IDLE every trial
-        # subtraction is made negative (l's copies get a top bit, one more carry bit), so the
-        # select falls through to its last input, which is the load value in IDLE. A separate
-        # IDLE / ITER select behind it was one more LUT level after the carry chains. Each
-        # divider reads IDLE from a copy of its own (dv_idle<d>, set on OUT -> IDLE, cleared by
-        # the start, like the state bit): one flip-flop would fan out to some 600 loads.
-        # The remainder and the numerator bits have no enable: after ITER the remainder is only
-        # read in ROUND and the numerator bits not at all, so the steps they take in ROUND,
-        # SIGN and OUT are harmless.
+        m.d.sync += pre_masked.eq(l_new == 0)
+        # Each step compares X = 2 rem + (the next numerator bit) with l through one subtraction,
+        # of 2 l + 1 from 2 X + low: its sign is that of X - l when low = 1 (the iterations). The
+        # rounding step is one more iteration, with the numerator's bits all shifted out
+        # (X = 2 rem) and low = 1 - neg: 2 (2 rem - l) - neg >= 0 exactly when 2 rem >= l + neg,
+        # i.e. round half up: ties go up for y >= 0 and toward zero in magnitude for y < 0.
+        # In IDLE the subtraction is made negative (the divisor gets a top bit above X's range),
+        # so the remainder's select falls through to its load value: a separate IDLE / ITER
+        # select behind the subtraction was one more LUT level. Each divider reads IDLE from a
+        # copy of its own (dv_idle<d>, set on OUT -> IDLE, cleared by the start, like the state
+        # bit): one flip-flop would fan out to some 600 loads. The remainder and the numerator
+        # bits have no enable: after ITER the remainder is only read in ROUND and the numerator
+        # bits not at all, so the steps they take in ROUND, SIGN and OUT are harmless.
         idle = dv_fsm["IDLE"]
         idle_at = [Signal(init=1, name=f"dv_idle{d}") for d in range(D)]
-        step_rem, step_num, step_q, load_rem, load_num = [], [], [], [], []
+        step_rem, step_num, fits_at = [], [], []
         for d in range(D):
             m.d.sync += idle_at[d].eq(Mux(idle_at[d], ~div_go, dv_fsm["OUT"] & self.o.ready))
             num = Signal(NW, name=f"dv_n{d}")
             m.d.comb += num.eq(pre_mag[d] << PB)
-            load_num.append(num[:Wq])
-            load_rem.append((num >> Wq)[:LW + 1])
-            # div_steps quotient bits a cycle as one radix-2^steps digit: the next remainder
-            # candidates X - k l for every digit k are formed side by side, and the largest k
-            # that leaves X - k l >= 0 is taken (the tests are monotone in k). Restoring steps
-            # one after another put div_steps subtractors in series in one cycle.
-            rem, q = dv_rem[d], dv_q[d]
-            x = Cat(dv_num[d][Wq - steps:], rem[:LW])        # rem * 2^steps + the next bits
-            fits = []
-            diffs = [Mux(idle_at[d], load_rem[d], x[:LW])]
-            for k in range(1, n_digits):
-                diff = Signal(signed(LW + steps + 2), name=f"dv_diff{d}_{k}")
-                m.d.comb += diff.eq(x - Cat(dv_lk[k], idle_at[d]))
-                fits.append(~diff[-1])
-                diffs.append(diff[:LW])
-            # the digit is the number of candidates that fit: fits is a thermometer code,
-            # so bit j of the digit is set when the last fitting k has bit j set (a sum
-            # would put one more carry chain behind the subtractors)
-            digit = Signal(steps, name=f"dv_digit{d}")
-            fits_ext = [Const(1)] + fits + [Const(0)]
-            m.d.comb += digit.eq(Cat(*[
-                Cat(*[fits_ext[k] & ~fits_ext[k + 1] for k in range(1, n_digits) if k >> j & 1]).any()
-                for j in range(steps)]))
-            # the next remainder by priority from the tests themselves (the largest fitting
-            # k), not through the digit: one LUT level less behind the subtractors
-            rem_new = diffs[0]
-            for k in range(1, n_digits):
-                rem_new = Mux(fits[k - 1], diffs[k], rem_new)
-            step_rem.append(rem_new)
-            step_num.append((dv_num[d] << steps)[:Wq])
-            step_q.append(Cat(digit, q)[:Wq])
-        m.d.sync += [dv_rem[d].eq(step_rem[d]) for d in range(D)]
-        m.d.sync += [dv_num[d].eq(Mux(idle_at[d], load_num[d], step_num[d])) for d in range(D)]
+            load_rem = (num >> Wq)[:LW + 1]
+            rem = dv_rem[d]
+            x = Cat(dv_num[d][Wq - 1], rem[:LW])   # 2 rem + the next numerator bit
+            low = ~(dv_fsm["ROUND"] & dv_neg[d])
+            diff = Signal(signed(LW + 4), name=f"dv_diff{d}")
+            m.d.comb += diff.eq(Cat(low, x) - Cat(Const(1), dv_l[d], Const(0), idle_at[d]))
+            fits = Signal(name=f"dv_fits{d}")
+            m.d.comb += fits.eq(~diff[-1])
+            fits_at.append(fits)
+            step_rem.append(Mux(fits, diff[1:LW + 1], Mux(idle_at[d], load_rem, x[:LW])))
+            step_num.append((dv_num[d] << 1)[:Wq])
+            m.d.sync += [dv_rem[d].eq(step_rem[d]), dv_num[d].eq(Mux(idle_at[d], num[:Wq], step_num[d]))]
         with m.If(idle):
             # While idle the divider loads the prepared operands every cycle, so that the
             # start (a handshake with the update FSM) only changes the state: as the enable
@@ -1246,35 +1321,31 @@ class AttentionCore(wiring.Component):
             m.d.comb += div_idle.eq(1)
             m.d.sync += [dv_neg[d].eq(pre_neg[d]) for d in range(D)]
             m.d.sync += [dv_q[d].eq(0) for d in range(D)]
-            m.d.sync += [dv_l.eq(l_new), dv_l_plus1.eq(pre_l_plus1), dv_masked.eq(pre_masked),
-                         dv_last.eq(ent.lastrow), dv_cnt.eq(0)]
-            m.d.sync += [dv_lk[k].eq(pre_lk[k]) for k in range(1, n_digits)]
+            m.d.sync += [dv_l[d].eq(l_new) for d in range(D)]
+            m.d.sync += [dv_masked.eq(pre_masked), dv_last.eq(ent.lastrow), dv_tok.eq(1)]
             m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
             with m.If(div_go):
                 m.d.sync += dv_fsm.go("IDLE", "ITER")
         with m.If(dv_fsm["ITER"]):
-            m.d.sync += [dv_q[d].eq(step_q[d]) for d in range(D)]
-            m.d.sync += dv_cnt.eq(dv_cnt + steps)
-            with m.If(dv_cnt + steps >= Wq):
+            m.d.sync += [dv_q[d].eq(Cat(fits_at[d], dv_q[d])[:Wq]) for d in range(D)]
+            m.d.sync += dv_tok.eq(dv_tok << 1)
+            with m.If(dv_tok[Wq - 1]):
                 m.d.sync += dv_fsm.go("ITER", "ROUND")
         with m.If(dv_fsm["ROUND"]):
-            # Round half up: one more quotient bit from the remainder (ties go up for y >= 0
-            # and toward zero in magnitude for y < 0, i.e. toward +inf); applied with the sign
-            # in SIGN: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
-            # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: q, up and the
-            # sign are cleared here.
+            # The rounding step's bit is up; the increment applied with the sign in SIGN is
+            # up ^ neg: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
+            # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: q, the
+            # increment and the sign are cleared here.
             masked = dv_masked
             for d in range(D):
-                twice = Cat(0, dv_rem[d])
-                # up: twice >= l (y >= 0), twice > l, i.e. >= l + 1 (y < 0): one compare
-                m.d.sync += [dv_up[d].eq(~masked & (twice >= Mux(dv_neg[d], dv_l_plus1, dv_l))),
+                m.d.sync += [dv_inc[d].eq(~masked & (fits_at[d] ^ dv_neg[d])),
                              dv_neg[d].eq(~masked & dv_neg[d]), dv_q[d].eq(Mux(masked, 0, dv_q[d]))]
             m.d.sync += dv_fsm.go("ROUND", "SIGN")
         with m.If(dv_fsm["SIGN"]):
             ow = self.out_width
             for d in range(D):
                 flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
-                m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + (dv_up[d] ^ dv_neg[d]))
+                m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + dv_inc[d])
             for i in range(nb):
                 m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
             m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]

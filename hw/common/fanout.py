@@ -1,0 +1,27 @@
+"""Register copies for a value with many far-apart loads.
+
+Why: on an FPGA one flip-flop driving loads spread over the chip (the same operand at every
+multiplier of a row of DSP blocks, one divisor at every divider) spends most of the cycle in
+routing, and no placement fixes it. Copies of the register, each driving a share of the loads,
+can each sit next to theirs. But synthesis merges registers with the same input and clock into
+one (Yosys ``opt_merge``), so the copies are marked: :func:`fanout_copy` names a register
+with the attribute :data:`FANOUT_COPY_ATTR`, and the synthesis flows (``sim/synth.py``) set
+Yosys' ``keep`` on every flip-flop that drives such a wire before optimizing, which keeps them
+apart. Simulation and behaviour are those of plain registers.
+"""
+
+from amaranth.hdl import Signal
+
+__all__ = ["FANOUT_COPY_ATTR", "KEEP_FANOUT_COPIES_YOSYS", "fanout_copy"]
+
+FANOUT_COPY_ATTR = "varaccel_fanout_copy"
+
+# Yosys commands (after read_verilog) that set keep on the flip-flops driving a marked wire: proc
+# turns the processes into flip-flop cells first (synth_* runs it again, a no-op then).
+KEEP_FANOUT_COPIES_YOSYS = f"proc\nsetattr -set keep 1 a:{FANOUT_COPY_ATTR} %ci1 t:$dff t:$adff %u %i\n"
+
+
+def fanout_copy(shape, name):
+    """A new ``Signal`` of ``shape`` marked as a register copy that synthesis keeps apart from
+    its twins (assign it in a synchronous domain, as each of its twins)."""
+    return Signal(shape, name=name, attrs={FANOUT_COPY_ATTR: 1})
