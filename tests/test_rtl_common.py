@@ -52,8 +52,9 @@ def test_skid_buffer_passes_every_beat_in_order_under_stalls(seed, p_valid, p_re
         assert first_out == list(range(1, len(beats) + 1))
 
 
-def test_skid_buffer_outputs_are_registers():
-    """o.valid, o.payload and i.ready do not follow i.valid, i.payload or o.ready within a cycle."""
+def test_skid_buffer_outputs_do_not_follow_inputs_within_a_cycle():
+    """o.valid, o.payload and i.ready come from registers: they do not follow i.valid, i.payload
+    or o.ready within a cycle."""
     dut = SkidBuffer(8)
     seen = []
 
@@ -62,7 +63,7 @@ def test_skid_buffer_outputs_are_registers():
         ctx.set(dut.i.valid, 1)
         ctx.set(dut.o.ready, 0)
         await ctx.tick()
-        await ctx.tick()   # main holds 0x5A, the skid entry too: i.ready low
+        await ctx.tick()   # both entries hold 0x5A: full, i.ready low
         for i_valid in (0, 1):
             for o_ready in (0, 1):
                 for payload in (0x00, 0xFF):

@@ -822,7 +822,12 @@ class AttentionCore(wiring.Component):
         m.d.comb += shifted.eq((half_shifted + 1) >> 1)
         # The pair of an empty block (no key, score unused) gets score_min, which is that
         # block's max.
-        score = reg(Mux(under | side[4], smin, Mux(over, smax, shifted)), "ar_score", signed(SW))
+        score_value = Mux(under | side[4], smin, Mux(over, smax, shifted))
+        score = reg(score_value, "ar_score", signed(SW))
+        # a copy of the score for the running max (the score register also feeds the score
+        # RAM's inputs, which sit where the block RAMs are)
+        score_for_max = fanout_copy(signed(SW), "ar_score_for_max")
+        m.d.sync += score_for_max.eq(score_value)
         ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast, ae_first = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
         a_stages += 1
 
@@ -835,8 +840,8 @@ class AttentionCore(wiring.Component):
         run_max = Signal(signed(SW), init=smin)
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
                      s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
-        with m.If(ae_v & (ae_first | (score > run_max))):
-            m.d.sync += run_max.eq(score)
+        with m.If(ae_v & (ae_first | (score_for_max > run_max))):
+            m.d.sync += run_max.eq(score_for_max)
         slot_done = reg(ae_v & ae_last & ~sim_reg, "ae_slot_done")
         slot_done_seq = reg(ae_slot, "ae_slot_done_seq")
         with m.If(slot_done):
@@ -946,26 +951,29 @@ class AttentionCore(wiring.Component):
             return {k: reg(v, f"{name}_{k}") for k, v in ctl.items()}
 
         # b0: block-RAM reads in flight (their output registers); the row's old running max (the
-        # LUT-RAM read) and the block max registered. b1: m_new = max(m, block max) (the block
-        # max alone before the row's first kept block) and the old max, registered at the row's
-        # first key and held for its other keys, so that the differences after them (m_new - s,
-        # m_new - m) come from registers only; m_new is written back to ``mreg``. The read, the
-        # compare and the write-back were in series at issue; a registered compare, then the
-        # select and the subtractions in one stage were still too long.
+        # LUT-RAM read) and the block max registered. b1: at the row's first key, the compare
+        # m < block max (or the row's first kept block: m_new is the block max) and both
+        # operands are registered and held for the row's other keys; m_new = max(m, block max)
+        # is selected from them, written back to ``mreg``, and the differences after it
+        # (m_new - s, m_new - m) are formed from both candidates, selected behind the carry
+        # chains. The read, the compare and the write-back were in series at issue; the select
+        # in one stage with the compare (24 loads of the compare's result), or in front of the
+        # subtractions, was too long.
         ctl = dict(v=b_issue, row=b_row, fk=b_rowstart, lk=b_lastkey, empty=b_empty, first=b_first,
                    final=pick(bk_final, b_ptr), lastrow=pick(bk_lastjob, b_ptr) & b_lastrow,
                    **{f"xt{i}": pick([bk_xt[0][i], bk_xt[1][i]], b_ptr) for i in range(nb)})
         ctl = delay(ctl, "b0")
         mold0 = reg(m_rd.data, "b0_mold", signed(SW))
         bmax0 = reg(slot_bmax[b_seq], "b0_bmax", signed(SW))
-        mnew1 = Signal(signed(SW), name="b1_mnew")
+        take_bmax = Signal(name="b1_take_bmax")   # m_new is the block max
+        bmax1 = Signal(signed(SW), name="b1_bmax")
         mold1 = Signal(signed(SW), name="b1_mold")   # at a row's first kept block: unused (alpha)
         with m.If(ctl["v"] & ctl["fk"]):
-            m.d.sync += [mnew1.eq(Mux(ctl["first"] | (bmax0 >= mold0), bmax0, mold0)), mold1.eq(mold0)]
+            m.d.sync += [take_bmax.eq(ctl["first"] | (bmax0 >= mold0)), bmax1.eq(bmax0), mold1.eq(mold0)]
         # b1: the score and V reads leave their RAM output registers.
         ctl = delay(ctl, "b1")
         with m.If(ctl["v"] & ctl["fk"]):
-            m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(mnew1), m_wr.en.eq(1)]
+            m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(Mux(take_bmax, bmax1, mold1)), m_wr.en.eq(1)]
         s_val = s_rd.data.as_signed()
         vview = data.View(self.v_layout, v_rd.data)
 
@@ -989,8 +997,8 @@ class AttentionCore(wiring.Component):
         # b1 -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
         # magnitudes and signs and each MX block's alignment amount (Xt_b - scale, clamped) are
         # registered before the index rounding and the V negation.
-        t_p = reg(mnew1 - s_val, "b1d_tp", SW + 1)
-        t_a = reg(mnew1 - mold1, "b1d_ta", SW + 1)
+        t_p = reg(Mux(take_bmax, bmax1 - s_val, mold1 - s_val), "b1d_tp", SW + 1)
+        t_a = reg(Mux(take_bmax, bmax1 - mold1, 0), "b1d_ta", SW + 1)
         v_mag, v_neg = [], []
         for d in range(D):
             code = vview.codes[d]
@@ -1297,6 +1305,10 @@ class AttentionCore(wiring.Component):
         # bits not at all, so the steps they take in ROUND, SIGN and OUT are harmless.
         idle = dv_fsm["IDLE"]
         idle_at = [Signal(init=1, name=f"dv_idle{d}") for d in range(D)]
+        # low, per divider, a register: 1 - neg in the rounding step, 1 otherwise (the ROUND
+        # state bit fanned out to every divider's subtraction was the critical path)
+        low_at = [Signal(init=1, name=f"dv_low{d}") for d in range(D)]
+        m.d.sync += [low_at[d].eq(~(dv_fsm["ITER"] & dv_tok[Wq - 1] & dv_neg[d])) for d in range(D)]
         step_rem, step_num, fits_at = [], [], []
         for d in range(D):
             m.d.sync += idle_at[d].eq(Mux(idle_at[d], ~div_go, dv_fsm["OUT"] & self.o.ready))
@@ -1305,7 +1317,7 @@ class AttentionCore(wiring.Component):
             load_rem = (num >> Wq)[:LW + 1]
             rem = dv_rem[d]
             x = Cat(dv_num[d][Wq - 1], rem[:LW])   # 2 rem + the next numerator bit
-            low = ~(dv_fsm["ROUND"] & dv_neg[d])
+            low = low_at[d]
             diff = Signal(signed(LW + 4), name=f"dv_diff{d}")
             m.d.comb += diff.eq(Cat(low, x) - Cat(Const(1), dv_l[d], Const(0), idle_at[d]))
             fits = Signal(name=f"dv_fits{d}")

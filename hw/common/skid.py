@@ -1,14 +1,16 @@
-"""Skid buffer: a stream register slice whose outputs (``o.valid``, ``o.payload``) and input
-ready (``i.ready``) all come straight from flip-flops.
+"""Skid buffer: a two-entry stream buffer whose ``o.valid`` and ``i.ready`` come straight from
+flip-flops and whose ``o.payload`` is a 2:1 select of registers by a register.
 
 Why: a core that takes a stream beat decides it from the beat's ``valid`` and from its own state,
 and the decision fans out to counters, memory write enables and state. With the stream's
 ``valid`` from outside the core, that input (possibly routed from far away) was in front of the
-attention core's loader logic on its critical path. Behind a skid buffer the core sees a
+attention core's loader logic on its critical path. Behind this buffer the core sees a
 registered ``valid`` and drives a registered ``ready`` back.
 
-Two entries (``main`` drives the output, ``skid`` catches the beat that arrives in the cycle
-where the output stalls): one beat per cycle through, in order, nothing lost or duplicated
+The entries are written at a write pointer and read at a read pointer, so the data registers'
+enables depend on the input side alone: a register slice whose output register loads when the
+consumer takes a beat put the consumer's decision in front of every data bit's enable (a
+critical path of its own). One beat per cycle through, in order, nothing lost or duplicated
 under any stall pattern, one cycle of latency.
 """
 
@@ -20,8 +22,8 @@ __all__ = ["SkidBuffer"]
 
 
 class SkidBuffer(wiring.Component):
-    """``i`` -> ``o``, payload ``shape``; ``o.valid``, ``o.payload`` and ``i.ready`` are
-    registers."""
+    """``i`` -> ``o``, payload ``shape``; ``o.valid`` and ``i.ready`` are registers, ``o.payload``
+    a select of registers by a register."""
 
     def __init__(self, shape):
         super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
@@ -29,17 +31,22 @@ class SkidBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         incoming = Value.cast(self.i.payload)
-        width = len(incoming)
-        main_valid, skid_valid = Signal(), Signal()
-        main_data, skid_data = Signal(width), Signal(width)
-        m.d.comb += [self.i.ready.eq(~skid_valid), self.o.valid.eq(main_valid),
-                     self.o.payload.eq(main_data)]
-        with m.If(~main_valid | self.o.ready):
-            # main is free (or handed on) this cycle: it takes the skid entry if there is one
-            # (then i.ready was low), else the incoming beat if any
-            m.d.sync += [main_valid.eq(skid_valid | self.i.valid),
-                         main_data.eq(Mux(skid_valid, skid_data, incoming)), skid_valid.eq(0)]
-        with m.Elif(self.i.valid & ~skid_valid):
-            # main holds a refused beat: the incoming one waits in the skid entry
-            m.d.sync += [skid_valid.eq(1), skid_data.eq(incoming)]
+        entries = [Signal(len(incoming), name=f"entry{k}") for k in range(2)]
+        wptr, rptr = Signal(), Signal()
+        level = Signal(range(3))
+        nonempty, full = Signal(), Signal()
+        push = self.i.valid & ~full
+        pop = self.o.ready & nonempty
+        m.d.comb += [self.i.ready.eq(~full), self.o.valid.eq(nonempty),
+                     self.o.payload.eq(Mux(rptr, entries[1], entries[0]))]
+        for k, entry in enumerate(entries):
+            with m.If(push & (wptr == k)):
+                m.d.sync += entry.eq(incoming)
+        with m.If(push):
+            m.d.sync += wptr.eq(~wptr)
+        with m.If(pop):
+            m.d.sync += rptr.eq(~rptr)
+        level_next = Signal(range(3))
+        m.d.comb += level_next.eq(level + push - pop)
+        m.d.sync += [level.eq(level_next), nonempty.eq(level_next != 0), full.eq(level_next == 2)]
         return m
