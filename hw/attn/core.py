@@ -555,11 +555,26 @@ class AttentionCore(wiring.Component):
         a_rowstart = Signal(init=1)   # a_key == 0, kept as a flag
         a_issue = Signal()
         s_room = Signal()  # similarity: the score FIFO has room for one more pair in flight
-        m.d.comb += a_issue.eq(pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr) &
-                               Mux(sim_reg, s_room, ~a_rowstart | ~slot_busy[a_seq]))
+        # The issue decision is one LUT of registers: its inputs that depend on other units
+        # (the bank's full / done flags, the next score slot's busy flag) are registered a
+        # cycle late, which only ever delays an issue (the other units set them towards
+        # "go"; A itself moves them towards "stop", and then its own flags take over: a_leave
+        # clears a_bank_ok, and after a row's last key the slot after the current one is
+        # read, a_free_next). Through the flag selects by a_ptr / a_seq the decision was three
+        # LUT levels in front of its ~100 loads.
+        a_bank_ok = Signal(name="a_bank_ok")
+        a_free_now = Signal(name="a_free_now")     # ~slot_busy[a_seq], a cycle late
+        a_free_next = Signal(name="a_free_next")   # ~slot_busy[a_seq + 1], a cycle late
+        a_advanced = Signal(name="a_advanced")     # a_seq moved on in the last cycle
+        m.d.comb += a_issue.eq(a_bank_ok & Mux(sim_reg, s_room,
+                                               ~a_rowstart | Mux(a_advanced, a_free_next, a_free_now)))
         a_key_last, a_row_last = issue_flags(a_issue, a_ptr, a_key, a_row, a_empty, "a")
         a_lastkey = a_empty | a_key_last
         a_lastrow = a_row_last
+        a_leave = a_issue & a_lastkey & a_lastrow   # A's last pair of the bank
+        m.d.sync += [a_bank_ok.eq(~a_leave & pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr)),
+                     a_free_now.eq(~slot_busy[a_seq]), a_free_next.eq(~slot_busy[(a_seq + 1) % N_SLOTS]),
+                     a_advanced.eq(a_issue & a_lastkey & ~sim_reg)]
         m.d.comb += [q_rd.addr.eq(a_row), k_rd.addr.eq(Mux(a_ptr, Bc, 0) + a_key)]
         # In similarity mode the softmax unit (B) stays idle: A neither claims score slots nor
         # advances the slot sequence (so that A and B agree on it in the next attention job),
@@ -898,9 +913,10 @@ class AttentionCore(wiring.Component):
         # difference of two 2-bit counters (started, popped): the limit test reads four register
         # bits, and each counter only counts, where an add-and-subtract counter had the issue
         # decision and the FIFO pop in series.
+        # The room test itself is a register, formed from the counters' next values.
         rows_started = Signal(2)
         rows_popped = Signal(2)
-        inflight_room = (rows_started - rows_popped)[:2] < 2
+        inflight_room = Signal(init=1, name="b_room")
         b_row = Signal(range(Br))
         b_key = Signal(range(Bc))
         b_seq = Signal(range(N_SLOTS))
@@ -913,11 +929,21 @@ class AttentionCore(wiring.Component):
         # tiles of one or two rows can come closer, and after the last key of such a bank B
         # waits two cycles (b_hold, a shift register: waiting while its bit 0 is set).
         b_hold = Signal(2)
-        m.d.comb += b_issue.eq(~sim_reg & pick(bk_full, b_ptr) & ~b_hold[0] &
-                               (~b_rowstart | (slot_ready[b_seq] & inflight_room)))
+        # As A's: the bank's full flag and the score slots' ready flags (set by the loader and
+        # by A) are read a cycle late, B's own moves are followed at once (b_leave, b_ready_next).
+        b_bank_ok = Signal(name="b_bank_ok")
+        b_ready_now = Signal(name="b_ready_now")     # slot_ready[b_seq], a cycle late
+        b_ready_next = Signal(name="b_ready_next")   # slot_ready[b_seq + 1], a cycle late
+        b_advanced = Signal(name="b_advanced")
+        m.d.comb += b_issue.eq(b_bank_ok & ~b_hold[0] &
+                               (~b_rowstart | (Mux(b_advanced, b_ready_next, b_ready_now) & inflight_room)))
         b_key_last, b_row_last = issue_flags(b_issue, b_ptr, b_key, b_row, b_empty, "b")
         b_lastkey = b_empty | b_key_last
         b_lastrow = b_row_last
+        b_leave = b_issue & b_lastkey & b_lastrow
+        m.d.sync += [b_bank_ok.eq(~b_leave & ~sim_reg & pick(bk_full, b_ptr)),
+                     b_ready_now.eq(slot_ready[b_seq]), b_ready_next.eq(slot_ready[(b_seq + 1) % N_SLOTS]),
+                     b_advanced.eq(b_issue & b_lastkey)]
         b_first = pick(bk_first, b_ptr)
         with m.If(b_issue & b_lastkey & b_lastrow & pick(bk_tiny, b_ptr)):
             m.d.sync += b_hold.eq(0b11)
@@ -941,10 +967,11 @@ class AttentionCore(wiring.Component):
                 m.d.sync += [b_key.eq(b_key + 1), b_rowstart.eq(0)]
         pop = Signal()
         start_row = b_issue & b_rowstart
-        with m.If(start_row):
-            m.d.sync += rows_started.eq(rows_started + 1)
-        with m.If(pop):
-            m.d.sync += rows_popped.eq(rows_popped + 1)
+        started_next = Signal(2, name="rows_started_next")
+        popped_next = Signal(2, name="rows_popped_next")
+        m.d.comb += [started_next.eq(rows_started + start_row), popped_next.eq(rows_popped + pop)]
+        m.d.sync += [rows_started.eq(started_next), rows_popped.eq(popped_next),
+                     inflight_room.eq((started_next - popped_next)[:2] < 2)]
 
         def delay(ctl, name):
             """The control fields of a B stage, registered into the next one."""
@@ -1018,7 +1045,13 @@ class AttentionCore(wiring.Component):
         p_big, p_n, p_i = exp_index(t_p, "b2_p")
         a_big, a_n, a_i = exp_index(t_a, "b2_a")
         v_int = [reg(Mux(neg, -mag, mag), f"b2_vint{d}", signed(vbits + 1)) for d, (mag, neg) in enumerate(zip(v_mag, v_neg))]
-        v_align = [reg(Mux(x > VFW, VFW, x), f"b2_dsh{i}", range(VFW + 1)) for i, x in enumerate(v_dsh)]
+        # the clamped alignment amount, a register copy per lane (one per MX block drove the
+        # shifts of all the block's lanes)
+        v_align = []
+        for d in range(D):
+            copy = fanout_copy(range(VFW + 1), f"b2_dsh{d}")
+            m.d.sync += copy.eq(Mux(v_dsh[d // B] > VFW, VFW, v_dsh[d // B]))
+            v_align.append(copy)
         ctl = delay(ctl, "b2")
 
         # b2 -> b3: the exp2 table entries of every part registered with the index's top bits;
@@ -1035,13 +1068,13 @@ class AttentionCore(wiring.Component):
         p_nm1 = reg(reg(Mux(p_big, PB + 1, p_n - 1), "b3_pnm1", range(PB + 2)), "b3m_pnm1")
         a_nm1 = reg(reg(Mux(a_big, PB + 1, a_n - 1), "b3_anm1", range(PB + 2)), "b3m_anm1")
         # The alignment shift in two parts: by the amount's multiple of 4 here, the rest in b4.
-        vfix = [reg((x << nm.v_guard) >> Cat(Const(0, 2), v_align[d // B][2:]), f"b3_vcoarse{d}", signed(VFW))
+        vfix = [reg((x << nm.v_guard) >> Cat(Const(0, 2), v_align[d][2:]), f"b3_vcoarse{d}", signed(VFW))
                 for d, x in enumerate(v_int)]
-        v_align = [reg(x[:2], f"b3_dsh{i}") for i, x in enumerate(v_align)]
+        v_align = [reg(x[:2], f"b3_dsh{d}") for d, x in enumerate(v_align)]
         ctl = delay(ctl, "b3")
         p_T, a_T = table_entry(rom_p, p_i, "p"), table_entry(rom_a, a_i, "a")
         vfix = [reg(x, f"b3m_vcoarse{d}") for d, x in enumerate(vfix)]
-        v_align = [reg(x, f"b3m_dsh{i}") for i, x in enumerate(v_align)]
+        v_align = [reg(x, f"b3m_dsh{d}") for d, x in enumerate(v_align)]
         ctl = delay(ctl, "b3m")
 
         # b3 -> b4 -> b5: the rounding shift (T + 2^(n-1)) >> n (T itself when n = 0) in two
@@ -1053,7 +1086,7 @@ class AttentionCore(wiring.Component):
         def round_off(y):
             return (y >> 1) + y[0]
         p_y, a_y = half_shift(p_T, p_n0, p_nm1, "b4_py"), half_shift(a_T, a_n0, a_nm1, "b4_ay")
-        vfix = [reg(x >> v_align[d // B], f"b4_vfix{d}") for d, x in enumerate(vfix)]
+        vfix = [reg(x >> v_align[d], f"b4_vfix{d}") for d, x in enumerate(vfix)]
         ctl = delay(ctl, "b4")
         # b5: p rounded (0 for an empty block's pair) into one register copy per group of
         # P_GROUP products, each next to its multipliers, and vfix registered once more beside
