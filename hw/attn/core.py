@@ -37,13 +37,14 @@ Four units work concurrently, connected by small buffers:
   same block: ``m_new = max(m, block max)`` (running max kept in a small register file),
   ``p = exp2(s - m_new)`` (256-entry table + rounding shift), V aligned to ``Xt_b`` (floor shift),
   ``D`` multipliers ``p * vfix`` into exact per-row sums ``P_d``; ``alpha = exp2(m - m_new)``.
-* **Row update (U)**: per (row, block), 10 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
+* **Row update (U)**: per (row, block), 11 cycles: ``l``, ``acc_d`` and ``e_b`` of the row (row-state
   memory) are rescaled by ``alpha`` and the block sum is added with the exponent alignment of the
   golden model: the FIFO entry into registers, the state read at its row (two cycles, the RAM's
   output register), the rescale in three stages (operands into the multipliers' input
   registers, multiplier pieces, their sum; the exponent differences and then the shift amounts
-  are formed beside them), the aligned terms in two shifts, their sum, the write-back. After the
-  row's last kept block the result goes to the divider instead.
+  are formed beside them), the shift amounts copied to every lane, the aligned terms in two
+  shifts, their sum, the write-back. After the row's last kept block the result goes to the
+  divider instead.
 * **Divider**: ``D`` restoring dividers give ``y_d = round_half_up(acc_d * 2^p_bits / l)``, one
   quotient bit per cycle (``out_width`` cycles), then a rounding step (one more iteration) and a
   sign cycle; one output beat per query row.
@@ -1115,15 +1116,22 @@ class AttentionCore(wiring.Component):
         prod7 = [reg(join_pieces(pieces), f"b7_prod{d}", signed(PRW)) for d, pieces in enumerate(pieces6)]
         p7 = reg(p6, "b7_p")
         alpha7 = reg(alpha6, "b7_alpha")
+        ctl = delay(ctl, "b7")
+        # b7r: the products registered once more, away from the multipliers (the joined products
+        # sit next to them, the sums next to the row FIFO: the route between and the sums' adder
+        # were too long for one stage)
+        prod7 = [reg(x, f"b7r_prod{d}") for d, x in enumerate(prod7)]
+        p7 = reg(p7, "b7r_p")
+        alpha7 = reg(alpha7, "b7r_alpha")
         # the sums' valid and first-key flags, a register copy per lane (one of each drove the
         # enables and the clear selects of all D sums, some 700 loads)
         lane_v, lane_fk = [], []
         for d in range(D):
             for flags, key in ((lane_v, "v"), (lane_fk, "fk")):
-                copy = fanout_copy(1, f"b7_{key}{d}")
+                copy = fanout_copy(1, f"b7r_{key}{d}")
                 m.d.sync += copy.eq(ctl[key])
                 flags.append(copy)
-        ctl = delay(ctl, "b7")
+        ctl = delay(ctl, "b7r")
 
         # b8: exact block sums. b9: the row's last key has its sums in acc_P / acc_ps, which are
         # written to the FIFO from these registers (the sums' adders in front of the FIFO's write
@@ -1169,9 +1177,10 @@ class AttentionCore(wiring.Component):
         # The update is cut into register stages for timing (it was the core's critical path:
         # exponent compare -> shift amount -> barrel shift -> add -> state memory / divider):
         # U0 takes the FIFO entry, U1 and U1W read the row state, U1M registers it in the
-        # multipliers' inputs (and the exponent differences), U1X the pieces of the rescaled
-        # state, U1P their sum (and the shift amounts), U2 and U2F the aligned terms, U2S their
-        # sums, and U3 writes the state or hands the row to the divider from registers only.
+        # multipliers' inputs (and the old exponents), U1X the pieces of the rescaled state (and
+        # the exponent differences), U1P their sum (and the shift amounts), U1Q the amounts'
+        # copies per lane, U2 and U2F the aligned terms, U2S their sums, and U3 writes the state
+        # or hands the row to the divider from registers only.
         # U1X multiplies the state by alpha in pieces of at most 17 bits of the state (one ECP5
         # MULT18X18D each with its output register, alpha being unsigned) and U1P adds the
         # registered pieces (join_pieces: one adder): the whole
@@ -1190,8 +1199,11 @@ class AttentionCore(wiring.Component):
         e_new = [Signal(8, name=f"u_enew{i}") for i in range(nb)]
         e_up = [Signal(8, name=f"u_eup{i}") for i in range(nb)]        # e_new - e (>= 0)
         xt_down = [Signal(8, name=f"u_xtdown{i}") for i in range(nb)]  # e_new - Xt (>= 0)
-        # The shift amounts, a register copy per lane (one per MX block drove the 56-bit shifts
-        # of all the block's lanes, some 900 LUTs)
+        # The shift amounts, per MX block (U1P), then a register copy per lane (U1Q): one per
+        # block drove the 56-bit shifts of all the block's lanes (some 900 LUTs), and the copies
+        # loaded straight from the clamp logic were still too far from it.
+        amt_a_blk = [Signal(range(AW + PW + 1), name=f"u_amta_blk{i}") for i in range(nb)]
+        amt_p_blk = [Signal(range(PSW + 1), name=f"u_amtp_blk{i}") for i in range(nb)]
         amt_a = [fanout_copy(range(AW + PW + 1), f"u_amta{d}") for d in range(D)]
         amt_p = [fanout_copy(range(PSW + 1), f"u_amtp{d}") for d in range(D)]
         acc_coarse = [Signal(signed(AW + PW + 1), name=f"u_acccoarse{d}") for d in range(D)]
@@ -1205,7 +1217,7 @@ class AttentionCore(wiring.Component):
         m.d.comb += [stw.l.eq(l_new), st_wr.addr.eq(ent.row)]
         m.d.comb += [stw.acc[d].eq(acc_new[d]) for d in range(D)]
         m.d.comb += [stw.e[i].eq(e_new[i]) for i in range(nb)]
-        u_fsm = OneHot(["U0", "U1", "U1W", "U1M", "U1X", "U1P", "U2", "U2F", "U2S", "U3"], "update")
+        u_fsm = OneHot(["U0", "U1", "U1W", "U1M", "U1X", "U1P", "U1Q", "U2", "U2F", "U2S", "U3"], "update")
         # ent loads the FIFO's head in every U0 cycle and keeps the one popped: a load enable from
         # the FIFO's ready was a critical path (it fans out to every bit). The enable is not the
         # U0 flip-flop itself, which also pops the FIFO, but copies of it, one per quarter of
@@ -1257,12 +1269,15 @@ class AttentionCore(wiring.Component):
             m.d.sync += uL.eq(join_pieces(uL_pieces))
             # sh_acc = p_bits + e_new - e, sh_P = p_bits - acc_frac + e_new - Xt, each clamped
             # (a shift by the clamp value already gives the sign fill).
-            for d in range(D):
-                i = d // B
-                m.d.sync += [amt_a[d].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
-                             amt_p[d].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
-                                             PB - nm.acc_frac + xt_down[i]))]
-            m.d.sync += u_fsm.go("U1P", "U2")
+            for i in range(nb):
+                m.d.sync += [amt_a_blk[i].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
+                             amt_p_blk[i].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
+                                                 PB - nm.acc_frac + xt_down[i]))]
+            m.d.sync += u_fsm.go("U1P", "U1Q")
+        with m.If(u_fsm["U1Q"]):
+            m.d.sync += [amt_a[d].eq(amt_a_blk[d // B]) for d in range(D)]
+            m.d.sync += [amt_p[d].eq(amt_p_blk[d // B]) for d in range(D)]
+            m.d.sync += u_fsm.go("U1Q", "U2")
         with m.If(u_fsm["U2"]):
             # The aligned terms in two shifts, by the amount's multiple of 8 (U2) and by the
             # rest (U2F), then their sums in U2S: the whole 56-bit barrel shift, fanned out
@@ -1278,6 +1293,11 @@ class AttentionCore(wiring.Component):
                 m.d.sync += [acc_term[d].eq(acc_coarse[d] >> amt_a[d][:3]),
                              p_term[d].eq(p_coarse[d] >> amt_p[d][:3])]
             m.d.sync += u_fsm.go("U2F", "U2S")
+        # The state write enable (U3 of a row that is not final) from a register of its own: the
+        # state decode and ent.final reached the 38 block RAMs' enables (7.3 ns).
+        st_write = Signal(name="u_st_write")
+        m.d.sync += st_write.eq(u_fsm["U2S"] & ~ent.final)
+        m.d.comb += st_wr.en.eq(st_write)   # in U3
         with m.If(u_fsm["U2S"]):
             m.d.sync += [acc_new[d].eq((acc_term[d] + p_term[d])[:AW]) for d in range(D)]
             m.d.sync += l_new.eq((l_term + ent.psum)[:LW])
@@ -1288,7 +1308,6 @@ class AttentionCore(wiring.Component):
                     m.d.comb += div_start.eq(1)
                     m.d.sync += u_fsm.go("U3", "U0")
             with m.Else():
-                m.d.comb += st_wr.en.eq(1)
                 m.d.sync += u_fsm.go("U3", "U0")
 
         # ---------------------------------------------------------------- divider
@@ -1315,7 +1334,7 @@ class AttentionCore(wiring.Component):
         # The divider's operands are prepared a cycle after U2S, in registers loaded every cycle
         # (no enable): |acc|, its sign and l == 0. acc_new and l_new hold from U2S until the
         # divider has loaded these (the start reaches it two cycles after U2S at the earliest,
-        # the next row's U2S is 8 cycles after U3). The magnitude's negation in front of the
+        # the next row's U2S is 9 cycles after U3). The magnitude's negation in front of the
         # divider's load (and the remainder's select) was the critical path.
         pre_neg = [Signal(name=f"dvp_neg{d}") for d in range(D)]
         pre_mag = [Signal(AW, name=f"dvp_mag{d}") for d in range(D)]
