@@ -769,6 +769,11 @@ class AttentionCore(wiring.Component):
         pieces = split_product(m, platform, dot, c_reg, "am_prod", register_x=True, register_y=True)
         side = [reg(x, f"am_side{k}") for k, x in enumerate(side)]
         a_stages += 1
+        # amr: the pieces registered once more, in the fabric (from the multipliers' output
+        # registers, the route and the join's 58-bit adder were too long for one stage)
+        pieces = [(reg(piece, f"amr_piece{n}"), lo) for n, (piece, lo) in enumerate(pieces)]
+        side = [reg(x, f"amr_side{k}") for k, x in enumerate(side)]
+        a_stages += 1
         prod = reg(join_pieces(pieces), "amp_prod", signed(prod_w))
         side = [reg(x, f"amp_side{k}") for k, x in enumerate(side)]
         a_stages += 1
@@ -882,8 +887,14 @@ class AttentionCore(wiring.Component):
         m.d.comb += s_room.eq(s_pending < s_depth - 1)
         m.d.sync += s_pending.eq(s_pending + s_issued - s_taken)
         sw = data.View(self.s.payload.shape(), sfifo.w_data)
-        m.d.comb += [sw.score.eq(score), sw.last.eq(ae_jlast), sfifo.w_en.eq(ae_v & sim_reg),
-                     self.s.valid.eq(sfifo.r_rdy), self.s.payload.eq(sfifo.r_data), sfifo.r_en.eq(self.s.ready)]
+        m.d.comb += [sw.score.eq(score), sw.last.eq(ae_jlast), sfifo.w_en.eq(ae_v & sim_reg)]
+        # ``s`` leaves through a skid buffer (two more entries, counted in s_pending like the
+        # FIFO's): the host's ready then reaches only the buffer's pointers, not the FIFO's level
+        # logic.
+        m.submodules.s_skid = s_skid = SkidBuffer(self.s.payload.shape())
+        m.d.comb += [s_skid.i.valid.eq(sfifo.r_rdy), s_skid.i.payload.eq(sfifo.r_data),
+                     sfifo.r_en.eq(s_skid.i.ready)]
+        wiring.connect(m, s_skid.o, wiring.flipped(self.s))
 
         # ---------------------------------------------------------------- softmax / P.V unit (B)
         fifo_layout = data.StructLayout({
@@ -1008,7 +1019,7 @@ class AttentionCore(wiring.Component):
         r_sh = nm.score_frac - nm.exp_bits
 
         def exp_index(t, name):
-            """(big, shift n, table index) of 2^-t, t >= 0 in score units, registered; big: n is
+            """(big, shift n, table index copies) of 2^-t, t >= 0 in score units, registered; big: n is
             to be clamped to p_bits + 2 (n's bits are then meaningless). The test does not wait
             for the rounding add: n > p_bits + 2 exactly when t >= ((p_bits + 3) << (exp_bits +
             r)) - 2^(r - 1), a compare of t beside the add."""
@@ -1019,8 +1030,15 @@ class AttentionCore(wiring.Component):
             big = t >= ((PB + 3) << (nm.exp_bits + r_sh)) - half
             # the clamp itself is applied in b3, from these registers (behind the add and the
             # compare it was a critical path)
+            # the table index in a register copy per table part (one drove all four parts,
+            # some 400 LUTs)
+            index = []
+            for h in range(1 << part_bits):
+                copy = fanout_copy(nm.exp_bits, f"{name}_i{h}")
+                m.d.sync += copy.eq(u_s[:nm.exp_bits])
+                index.append(copy)
             return (reg(big, f"{name}_big"), reg((u_s >> nm.exp_bits)[:_bits(PB + 3)], f"{name}_n", range(PB + 3)),
-                    reg(u_s[:nm.exp_bits], f"{name}_i"))
+                    index)
 
         # b1 -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
         # magnitudes and signs and each MX block's alignment amount (Xt_b - scale, clamped) are
@@ -1058,11 +1076,12 @@ class AttentionCore(wiring.Component):
         # b2 -> b3: the exp2 table entries of every part registered with the index's top bits;
         # b3m: the part selected. n - 1 and n == 0 with them; V aligned to Xt_b (floor shift).
         ib = nm.exp_bits - part_bits
-        m.d.comb += [port.addr.eq(p_i[:ib]) for port in rom_p] + [port.addr.eq(a_i[:ib]) for port in rom_a]
+        m.d.comb += [port.addr.eq(i[:ib]) for port, i in zip(rom_p, p_i)]
+        m.d.comb += [port.addr.eq(i[:ib]) for port, i in zip(rom_a, a_i)]
 
         def table_entry(ports, index, name):
             parts = Array([reg(port.data, f"b3_{name}T{h}") for h, port in enumerate(ports)])
-            return reg(parts[reg(index[ib:], f"b3_{name}_part")], f"b3m_{name}T")
+            return reg(parts[reg(index[0][ib:], f"b3_{name}_part")], f"b3m_{name}T")
         # the shift n clamped to p_bits + 2 (big): n == 0 and n - 1
         p_n0 = reg(reg(~p_big & (p_n == 0), "b3_pn0"), "b3m_pn0")
         a_n0 = reg(reg(~a_big & (a_n == 0), "b3_an0"), "b3m_an0")
@@ -1405,14 +1424,18 @@ class AttentionCore(wiring.Component):
                 m.d.sync += [dv_inc[d].eq(~masked & (fits_at[d] ^ dv_neg[d])),
                              dv_neg[d].eq(~masked & dv_neg[d]), dv_q[d].eq(Mux(masked, 0, dv_q[d]))]
             m.d.sync += dv_fsm.go("ROUND", "SIGN")
+        # The output beat is formed at every edge, without an enable (the SIGN state as the
+        # enable of all its bits was a critical path): its operands do not change in SIGN and
+        # OUT, so the beat formed in SIGN holds while OUT waits for o.ready.
+        ow = self.out_width
+        for d in range(D):
+            flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
+            m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + dv_inc[d])
+        for i in range(nb):
+            m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
+        m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last)]
         with m.If(dv_fsm["SIGN"]):
-            ow = self.out_width
-            for d in range(D):
-                flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
-                m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + dv_inc[d])
-            for i in range(nb):
-                m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
-            m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last), self.o.valid.eq(1)]
+            m.d.sync += self.o.valid.eq(1)
             m.d.sync += dv_fsm.go("SIGN", "OUT")
         with m.If(dv_fsm["OUT"]):
             with m.If(self.o.ready):
