@@ -420,6 +420,11 @@ class AttentionCore(wiring.Component):
         rem_last = Signal()           # rem_bits[1:] == 0
         keys_big = Signal()           # keys_left > Bc
 
+        # The block scan moves past a loaded block in the BLK state after it (scan_due), not at
+        # its last key's take: behind the take (from the K and V buffers' valids) the scan's
+        # updates (a 62-bit zero test among them) were a critical path. One loader cycle a block.
+        scan_due = Signal()
+
         def scan_next_block():
             """rem_bits and keys_left move on by one key block (with their tests)."""
             return [rem_bits.eq(rem_bits >> 1), rem_zero.eq(rem_last), rem_last.eq(rem_bits[2:] == 0),
@@ -459,7 +464,7 @@ class AttentionCore(wiring.Component):
             m.d.comb += self.mask.ready.eq(~sim_reg)
             with m.If(self.mask.valid | sim_reg):
                 kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
-                m.d.sync += [rem_bits.eq(kept),
+                m.d.sync += [rem_bits.eq(kept), scan_due.eq(0),
                              seen_kept.eq(0),
                              keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc),
                              nr_reg.eq(Mux(lq_left > Br, Br, lq_left)),
@@ -482,7 +487,9 @@ class AttentionCore(wiring.Component):
         with m.If(ld_fsm["BLK"]):
             bank_free = ~pick(bk_full, ld_bank)
             alloc = Signal()
-            with m.If(rem_zero):
+            with m.If(scan_due):
+                m.d.sync += scan_next_block() + [scan_due.eq(0)]
+            with m.Elif(rem_zero):
                 # Only reachable when no block of the tile is kept: an empty bank makes every
                 # row of the tile flow through as a fully masked row (y = 0).
                 with m.If(bank_free):
@@ -511,6 +518,21 @@ class AttentionCore(wiring.Component):
                     with m.If(ld_bank == b):
                         m.d.sync += [bk_lastrow[b].eq(nr_last), bk_tiny[b].eq(nr_last <= 1),
                                      bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
+        # The V tile exponents (the running max of the block's V scale codes) are updated a
+        # cycle after each take, from registers (behind the take, the buffer's output select,
+        # the compare and the select were a critical path). B reads a bank's exponents no earlier
+        # than two cycles after its last take (it sees the bank full a cycle late).
+        xt_update = Signal()
+        xt_go, xt_bank, xt_first = Signal(name="xt_go"), Signal(name="xt_bank"), Signal(name="xt_first")
+        xt_scale = [Signal(8, name=f"xt_scale{i}") for i in range(nb)]
+        m.d.sync += [xt_go.eq(xt_update), xt_bank.eq(ld_bank), xt_first.eq(kv_first)]
+        m.d.sync += [r.eq(vpay.scales[i]) for i, r in enumerate(xt_scale)]
+        with m.If(xt_go):
+            for b in range(2):
+                with m.If(xt_bank == b):
+                    for i in range(nb):
+                        sc = xt_scale[i]
+                        m.d.sync += bk_xt[b][i].eq(Mux(xt_first | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
         with m.If(ld_fsm["KVLOAD"]):
             # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
             # and B, which would read it, is idle).
@@ -519,16 +541,12 @@ class AttentionCore(wiring.Component):
                          k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
             with m.If(take):
                 m.d.sync += [kcnt.eq(kcnt + 1), kv_first.eq(0), kv_last.eq(kcnt + 1 == ld_last)]
-                for b in range(2):
-                    with m.If(ld_bank == b):
-                        for i in range(nb):
-                            sc = vpay.scales[i]
-                            m.d.sync += bk_xt[b][i].eq(Mux(kv_first | (sc > bk_xt[b][i]), sc, bk_xt[b][i]))
+                m.d.comb += xt_update.eq(1)
                 with m.If(kv_last):
                     for b in range(2):
                         with m.If(ld_bank == b):
                             m.d.sync += bk_full[b].eq(1)
-                    m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1)] + scan_next_block()
+                    m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1), scan_due.eq(1)]
                     with m.If(ld_final):
                         m.d.sync += ld_fsm.go("KVLOAD", "NEXT")
                     with m.Else():
@@ -850,6 +868,10 @@ class AttentionCore(wiring.Component):
         score_for_max = fanout_copy(signed(SW), "ar_score_for_max")
         m.d.sync += score_for_max.eq(score_value)
         ae_v, ae_slot, ae_key, ae_last, ae_empty, ae_jlast, ae_first = [reg(x, f"ar_side{k}") for k, x in enumerate(side)]
+        # and of its valid and first-key flags (the shared ones drive the score RAM's write and
+        # the slot handoff)
+        max_v, max_first = fanout_copy(1, "ar_max_v"), fanout_copy(1, "ar_max_first")
+        m.d.sync += [max_v.eq(side[0]), max_first.eq(side[6])]
         a_stages += 1
 
         # End of A: score buffer write, block max; a cycle later, the slot handoff (a running-max
@@ -861,7 +883,7 @@ class AttentionCore(wiring.Component):
         run_max = Signal(signed(SW), init=smin)
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
                      s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
-        with m.If(ae_v & (ae_first | (score_for_max > run_max))):
+        with m.If(max_v & (max_first | (score_for_max > run_max))):
             m.d.sync += run_max.eq(score_for_max)
         slot_done = reg(ae_v & ae_last & ~sim_reg, "ae_slot_done")
         slot_done_seq = reg(ae_slot, "ae_slot_done_seq")
@@ -1397,32 +1419,37 @@ class AttentionCore(wiring.Component):
             step_rem.append(Mux(fits, diff[1:LW + 1], Mux(idle_at[d], load_rem, x[:LW])))
             step_num.append((dv_num[d] << 1)[:Wq])
             m.d.sync += [dv_rem[d].eq(step_rem[d]), dv_num[d].eq(Mux(idle_at[d], num[:Wq], step_num[d]))]
+        # ITER, per divider (set by the start, cleared after the last iteration, like dv_idle<d>):
+        # the quotient shifts in a bit at each iteration and holds otherwise (its old bits are
+        # all shifted out by the Wq iterations, so it needs no clear)
+        iter_at = [Signal(name=f"dv_iter{d}") for d in range(D)]
+        for d in range(D):
+            m.d.sync += iter_at[d].eq(Mux(iter_at[d], ~dv_tok[Wq - 1], div_go))
+            with m.If(iter_at[d]):
+                m.d.sync += dv_q[d].eq(Cat(fits_at[d], dv_q[d])[:Wq])
         with m.If(idle):
             # While idle the divider loads the prepared operands every cycle, so that the
             # start (a handshake with the update FSM) only changes the state: as the enable
             # of all these registers it was a critical path.
             m.d.comb += div_idle.eq(1)
             m.d.sync += [dv_neg[d].eq(pre_neg[d]) for d in range(D)]
-            m.d.sync += [dv_q[d].eq(0) for d in range(D)]
             m.d.sync += [dv_l[d].eq(l_new) for d in range(D)]
             m.d.sync += [dv_masked.eq(pre_masked), dv_last.eq(ent.lastrow), dv_tok.eq(1)]
             m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
             with m.If(div_go):
                 m.d.sync += dv_fsm.go("IDLE", "ITER")
         with m.If(dv_fsm["ITER"]):
-            m.d.sync += [dv_q[d].eq(Cat(fits_at[d], dv_q[d])[:Wq]) for d in range(D)]
             m.d.sync += dv_tok.eq(dv_tok << 1)
             with m.If(dv_tok[Wq - 1]):
                 m.d.sync += dv_fsm.go("ITER", "ROUND")
         with m.If(dv_fsm["ROUND"]):
             # The rounding step's bit is up; the increment applied with the sign in SIGN is
             # up ^ neg: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
-            # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: q, the
-            # increment and the sign are cleared here.
+            # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: the increment
+            # and the sign are cleared here, q at the output.
             masked = dv_masked
             for d in range(D):
-                m.d.sync += [dv_inc[d].eq(~masked & (fits_at[d] ^ dv_neg[d])),
-                             dv_neg[d].eq(~masked & dv_neg[d]), dv_q[d].eq(Mux(masked, 0, dv_q[d]))]
+                m.d.sync += [dv_inc[d].eq(~masked & (fits_at[d] ^ dv_neg[d])), dv_neg[d].eq(~masked & dv_neg[d])]
             m.d.sync += dv_fsm.go("ROUND", "SIGN")
         # The output beat is formed at every edge, without an enable (the SIGN state as the
         # enable of all its bits was a critical path): its operands do not change in SIGN and
@@ -1430,7 +1457,7 @@ class AttentionCore(wiring.Component):
         ow = self.out_width
         for d in range(D):
             flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
-            m.d.sync += self.o.payload.y[d].eq((dv_q[d][:ow] ^ flip) + dv_inc[d])
+            m.d.sync += self.o.payload.y[d].eq(Mux(dv_masked, 0, (dv_q[d][:ow] ^ flip) + dv_inc[d]))
         for i in range(nb):
             m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
         m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last)]
