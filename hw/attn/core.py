@@ -413,6 +413,7 @@ class AttentionCore(wiring.Component):
         ld_last = Signal(range(Bc))   # index of the block's last key (its key count - 1)
         kv_first = Signal()           # kcnt == 0: the block's first key is next
         kv_last = Signal()            # kcnt == ld_last: the block's last key is next
+        kcnt1 = Signal(range(Bc + 1))  # kcnt + 1, kept beside it (no increment before kv_last's compare)
         # Registered tests on rem_bits and keys_left, kept with them, so that the block scan
         # decides from single bits: a wide zero test and a compare were in front of the loader's
         # and the bank descriptors' updates.
@@ -506,7 +507,7 @@ class AttentionCore(wiring.Component):
                 m.d.comb += alloc.eq(1)
                 last_key = Mux(keys_big, Bc - 1, keys_left - 1)
                 final = rem_last
-                m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0), kv_first.eq(1),
+                m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0), kcnt1.eq(1), kv_first.eq(1),
                              kv_last.eq(last_key == 0)]
                 for b in range(2):
                     with m.If(ld_bank == b):
@@ -540,7 +541,7 @@ class AttentionCore(wiring.Component):
             m.d.comb += [k_in.ready.eq(take), v_in.ready.eq(take & ~sim_reg),
                          k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
             with m.If(take):
-                m.d.sync += [kcnt.eq(kcnt + 1), kv_first.eq(0), kv_last.eq(kcnt + 1 == ld_last)]
+                m.d.sync += [kcnt.eq(kcnt1), kcnt1.eq(kcnt1 + 1), kv_first.eq(0), kv_last.eq(kcnt1 == ld_last)]
                 m.d.comb += xt_update.eq(1)
                 with m.If(kv_last):
                     for b in range(2):
@@ -1035,8 +1036,13 @@ class AttentionCore(wiring.Component):
         ctl = delay(ctl, "b1")
         with m.If(ctl["v"] & ctl["fk"]):
             m.d.comb += [m_wr.addr.eq(ctl["row"]), m_wr.data.eq(Mux(take_bmax, bmax1, mold1)), m_wr.en.eq(1)]
-        s_val = s_rd.data.as_signed()
-        vview = data.View(self.v_layout, v_rd.data)
+        # b1s: the score and the V token registered once more, in the fabric, with the row's max
+        # operands (the block RAMs' output registers sit where the RAMs are; from there the
+        # subtractions and the V decode behind them were too long for one stage)
+        s_val = reg(s_rd.data.as_signed(), "b1s_s", signed(SW))
+        vview = data.View(self.v_layout, reg(v_rd.data, "b1s_v"))
+        take_bmax, bmax1, mold1 = reg(take_bmax, "b1s_take_bmax"), reg(bmax1, "b1s_bmax"), reg(mold1, "b1s_mold")
+        ctl = delay(ctl, "b1s")
 
         r_sh = nm.score_frac - nm.exp_bits
 
@@ -1062,7 +1068,7 @@ class AttentionCore(wiring.Component):
             return (reg(big, f"{name}_big"), reg((u_s >> nm.exp_bits)[:_bits(PB + 3)], f"{name}_n", range(PB + 3)),
                     index)
 
-        # b1 -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
+        # b1s -> b1d: the differences in front of the exp2 indices (m_new - s, m_new - m), the V
         # magnitudes and signs and each MX block's alignment amount (Xt_b - scale, clamped) are
         # registered before the index rounding and the V negation.
         t_p = reg(Mux(take_bmax, bmax1 - s_val, mold1 - s_val), "b1d_tp", SW + 1)
