@@ -94,7 +94,6 @@ to back (the core pulls each in the order above); every stream may stall at any 
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -324,6 +323,9 @@ class AttentionCore(wiring.Component):
         lq_left = Signal(LB)
         valid_bits = Signal(KB)
         sim_reg = Signal()   # the current job is a similarity job (mode 1): scores out on ``s``
+        # the loader's own copy of it (sim_reg drives some units across the chip; from there it
+        # reached the loader's K/V take on the critical path)
+        ld_sim = fanout_copy(1, "ld_sim")
         job_done = Signal()
 
         # ---------------------------------------------------------------- bank descriptors
@@ -458,7 +460,7 @@ class AttentionCore(wiring.Component):
             is_attn, is_sim = p.mode == MODE_ATTENTION, p.mode == MODE_SIMILARITY
             with m.If(self.cmd.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
                 m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
-                             sim_reg.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
+                             sim_reg.eq(is_sim), ld_sim.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
                 m.d.sync += ld_fsm.go("IDLE", "MASK")
         with m.If(ld_fsm["MASK"]):
             # Similarity jobs are dense and take no mask beat: every valid key block is kept.
@@ -537,9 +539,9 @@ class AttentionCore(wiring.Component):
         with m.If(ld_fsm["KVLOAD"]):
             # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
             # and B, which would read it, is idle).
-            take = k_in.valid & (v_in.valid | sim_reg)
-            m.d.comb += [k_in.ready.eq(take), v_in.ready.eq(take & ~sim_reg),
-                         k_wr.en.eq(take), v_wr.en.eq(take & ~sim_reg)]
+            take = k_in.valid & (v_in.valid | ld_sim)
+            m.d.comb += [k_in.ready.eq(take), v_in.ready.eq(take & ~ld_sim),
+                         k_wr.en.eq(take), v_wr.en.eq(take & ~ld_sim)]
             with m.If(take):
                 m.d.sync += [kcnt.eq(kcnt1), kcnt1.eq(kcnt1 + 1), kv_first.eq(0), kv_last.eq(kcnt1 == ld_last)]
                 m.d.comb += xt_update.eq(1)
@@ -884,7 +886,8 @@ class AttentionCore(wiring.Component):
         run_max = Signal(signed(SW), init=smin)
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
                      s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
-        with m.If(max_v & (max_first | (score_for_max > run_max))):
+        # score > run_max as the sign of run_max - score (one carry chain, see take_bmax)
+        with m.If(max_v & (max_first | (run_max - score_for_max)[-1])):
             m.d.sync += run_max.eq(score_for_max)
         slot_done = reg(ae_v & ae_last & ~sim_reg, "ae_slot_done")
         slot_done_seq = reg(ae_slot, "ae_slot_done_seq")
@@ -902,21 +905,40 @@ class AttentionCore(wiring.Component):
         # (a score is readable the cycle after it is written, the count lags a cycle).
         s_depth = a_stages + 4
         score_w = data.Layout.cast(self.s.payload.shape()).size
-        m.submodules.sfifo = sfifo = SyncFIFO(width=score_w, depth=s_depth)
+        # The score FIFO: a LUT RAM of a power-of-two depth >= s_depth (the pointers wrap by
+        # themselves), written at every similarity score (it cannot be full, see s_pending) and
+        # read while "not empty", a register formed from the count's next value (Amaranth's
+        # SyncFIFO derived its flags from its level through the handshakes: a critical path).
+        s_mem_depth = 1 << (s_depth - 1).bit_length()
+        s_mem = Memory(shape=score_w, depth=s_mem_depth, init=[])
+        m.submodules.s_fifo = s_mem
+        s_w, s_r = s_mem.write_port(), s_mem.read_port(domain="comb")
+        s_wptr, s_rptr = Signal(range(s_mem_depth), name="s_wptr"), Signal(range(s_mem_depth), name="s_rptr")
+        s_count = Signal(range(s_mem_depth + 1), name="s_count")
+        s_nonempty = Signal(name="s_nonempty")
+        s_push, s_pop = Signal(name="s_push"), Signal(name="s_pop")
+        s_count_next = Signal(range(s_mem_depth + 1), name="s_count_next")
+        m.d.comb += [s_w.addr.eq(s_wptr), s_w.en.eq(s_push), s_r.addr.eq(s_rptr),
+                     s_count_next.eq(s_count + s_push - s_pop)]
+        with m.If(s_push):
+            m.d.sync += s_wptr.eq(s_wptr + 1)
+        with m.If(s_pop):
+            m.d.sync += s_rptr.eq(s_rptr + 1)
+        m.d.sync += [s_count.eq(s_count_next), s_nonempty.eq(s_count_next != 0)]
         s_pending = Signal(range(s_depth + 1))
         s_take = self.s.valid & self.s.ready
         s_issued = reg(a_issue & sim_reg, "s_issued")
         s_taken = reg(s_take, "s_taken")
         m.d.comb += s_room.eq(s_pending < s_depth - 1)
         m.d.sync += s_pending.eq(s_pending + s_issued - s_taken)
-        sw = data.View(self.s.payload.shape(), sfifo.w_data)
-        m.d.comb += [sw.score.eq(score), sw.last.eq(ae_jlast), sfifo.w_en.eq(ae_v & sim_reg)]
+        sw = data.View(self.s.payload.shape(), s_w.data)
+        m.d.comb += [sw.score.eq(score), sw.last.eq(ae_jlast), s_push.eq(ae_v & sim_reg)]
         # ``s`` leaves through a skid buffer (two more entries, counted in s_pending like the
         # FIFO's): the host's ready then reaches only the buffer's pointers, not the FIFO's level
         # logic.
         m.submodules.s_skid = s_skid = SkidBuffer(self.s.payload.shape())
-        m.d.comb += [s_skid.i.valid.eq(sfifo.r_rdy), s_skid.i.payload.eq(sfifo.r_data),
-                     sfifo.r_en.eq(s_skid.i.ready)]
+        m.d.comb += [s_skid.i.valid.eq(s_nonempty), s_skid.i.payload.eq(s_r.data),
+                     s_pop.eq(s_skid.i.ready & s_nonempty)]
         wiring.connect(m, s_skid.o, wiring.flipped(self.s))
 
         # ---------------------------------------------------------------- softmax / P.V unit (B)
@@ -1031,7 +1053,9 @@ class AttentionCore(wiring.Component):
         bmax1 = Signal(signed(SW), name="b1_bmax")
         mold1 = Signal(signed(SW), name="b1_mold")   # at a row's first kept block: unused (alpha)
         with m.If(ctl["v"] & ctl["fk"]):
-            m.d.sync += [take_bmax.eq(ctl["first"] | (bmax0 >= mold0)), bmax1.eq(bmax0), mold1.eq(mold0)]
+            # m < bmax as the sign of m - bmax, the carry chain's last bit (Yosys maps a signed
+            # compare to the chain and two more LUT levels); on a tie m_new is the same either way
+            m.d.sync += [take_bmax.eq(ctl["first"] | (mold0 - bmax0)[-1]), bmax1.eq(bmax0), mold1.eq(mold0)]
         # b1: the score and V reads leave their RAM output registers.
         ctl = delay(ctl, "b1")
         with m.If(ctl["v"] & ctl["fk"]):
@@ -1084,8 +1108,12 @@ class AttentionCore(wiring.Component):
             shifted = (Cat(mag_code[:fv.mbits], Const(1)) << exp) >> 1
             v_mag.append(reg(Mux(normal, shifted, mag_code[:fv.mbits]), f"b1d_vmag{d}", vbits))
             v_neg.append(reg(code[fv.code_width - 1], f"b1d_vneg{d}"))
-        # each MX block's alignment amount Xt_b - scale (>= 0), clamped to VFW in b2
-        v_dsh = [reg(ctl[f"xt{i}"] - vview.scales[i], f"b1d_dsh{i}", unsigned(8)) for i in range(nb)]
+        # each MX block's alignment amount Xt_b - scale (>= 0), clamped to VFW
+        v_dsh = []
+        for i in range(nb):
+            x = Signal(8, name=f"b1d_dsh_raw{i}")
+            m.d.comb += x.eq(ctl[f"xt{i}"] - vview.scales[i])
+            v_dsh.append(reg(Mux(x > VFW, VFW, x), f"b1d_dsh{i}", range(VFW + 1)))
         ctl = delay(ctl, "b1d")
 
         # b1d -> b2: exp2 index rounding and clamp; V signed.
@@ -1097,7 +1125,7 @@ class AttentionCore(wiring.Component):
         v_align = []
         for d in range(D):
             copy = fanout_copy(range(VFW + 1), f"b2_dsh{d}")
-            m.d.sync += copy.eq(Mux(v_dsh[d // B] > VFW, VFW, v_dsh[d // B]))
+            m.d.sync += copy.eq(v_dsh[d // B])
             v_align.append(copy)
         ctl = delay(ctl, "b2")
 

@@ -8,9 +8,9 @@ attention core's loader logic on its critical path. Behind this buffer the core 
 registered ``valid`` and drives a registered ``ready`` back.
 
 The entries are written at a write pointer and read at a read pointer, so the data registers'
-enables depend on the input side alone: a register slice whose output register loads when the
-consumer takes a beat put the consumer's decision in front of every data bit's enable (a
-critical path of its own). One beat per cycle through, in order, nothing lost or duplicated
+enables depend on the buffer's own registers alone: a register slice whose output register loads
+when the consumer takes a beat put the consumer's decision in front of every data bit's enable
+(a critical path of its own). One beat per cycle through, in order, nothing lost or duplicated
 under any stall pattern, one cycle of latency.
 """
 
@@ -39,8 +39,12 @@ class SkidBuffer(wiring.Component):
         pop = self.o.ready & nonempty
         m.d.comb += [self.i.ready.eq(~full), self.o.valid.eq(nonempty),
                      self.o.payload.eq(Mux(rptr, entries[1], entries[0]))]
+        # The entry at the write pointer is free whenever the buffer is not full, so it loads
+        # the incoming payload at every such edge, beat or not (without a beat the pointer stays
+        # and the next payload overwrites it): its enable comes from registers, and the input's
+        # valid reaches only the pointers and the level.
         for k, entry in enumerate(entries):
-            with m.If(push & (wptr == k)):
+            with m.If(~full & (wptr == k)):
                 m.d.sync += entry.eq(incoming)
         with m.If(push):
             m.d.sync += wptr.eq(~wptr)
