@@ -340,13 +340,28 @@ class AttentionCore(wiring.Component):
         bk_lastkey = bank_sig(range(Bc), "lastkey")
         bk_lastrow = bank_sig(range(Br), "lastrow")
         bk_tiny = bank_sig(1, "tiny")   # at most two rows (see b_hold)
-        # An empty bank (a tile with no kept block) becomes full a cycle after the loader describes
-        # it, like a loaded one (whose keys take at least that cycle): the units' registered
-        # last-key / last-row flags (issue_flags) see the new indices first.
-        empty_full = bank_sig(1, "empty_full")
+        # lastkey == 0 and lastrow == 0, set with them: the units' flags for a bank's first key
+        # and row are then a select of registers, not a compare behind it
+        bk_onekey = [Signal(init=1, name=f"bank{b}_onekey") for b in range(2)]   # as lastkey, 0 at reset
+        bk_onerow = [Signal(init=1, name=f"bank{b}_onerow") for b in range(2)]
+        # A bank's full flag is set and cleared a cycle after the event, from requests in
+        # registers (full_set: the loader's last take, or the description of an empty bank;
+        # full_clr: the bank's last (row, key) pair issued by B, or by A in similarity mode):
+        # behind the loader's take and both units' issue decisions, the flag's update was on
+        # the late-endpoint list. The delay only postpones the refill and the units' start by
+        # a cycle. An empty bank (a tile with no kept block) thus becomes full a cycle after the
+        # loader describes it, like a loaded one (whose keys take at least that cycle): the
+        # units' registered last-key / last-row flags (issue_flags) see the new indices first.
+        # The loader cannot come back to a bank before its set request is applied (it loads the
+        # other bank in between), and a bank is only cleared when full: the two never meet.
+        full_set = bank_sig(1, "full_set")
+        full_clr = bank_sig(1, "full_clr")
         for b in range(2):
-            with m.If(empty_full[b]):
-                m.d.sync += [bk_full[b].eq(1), empty_full[b].eq(0)]
+            m.d.sync += [full_set[b].eq(0), full_clr[b].eq(0)]
+            with m.If(full_set[b]):
+                m.d.sync += bk_full[b].eq(1)
+            with m.Elif(full_clr[b]):
+                m.d.sync += bk_full[b].eq(0)
         bk_first = bank_sig(1, "first")
         bk_final = bank_sig(1, "final")
         bk_lastjob = bank_sig(1, "lastjob")
@@ -355,7 +370,7 @@ class AttentionCore(wiring.Component):
         def pick(sigs, ptr):
             return Mux(ptr, sigs[1], sigs[0])
 
-        def issue_flags(issue, ptr, key, row, empty, name):
+        def issue_flags(issue, ptr, key, row, name):
             """Registered ``key == last key`` and ``row == last row`` of the bank at ``ptr`` for a
             unit that issues one (row, key) pair a cycle (A or B): the compares with the bank's
             indices sat between the issue decision and every counter it updates. Each cycle the
@@ -363,7 +378,9 @@ class AttentionCore(wiring.Component):
             issue from the candidates (next key, first key of the next row, first key of the
             other bank), else from the present position, so that a bank the loader has just
             described is seen a cycle later (it becomes full no earlier than that, see
-            ``empty_full``)."""
+            ``full_set``). An empty bank (no key: each row a single masked pair) has last key
+            index 0, so its key flag is always set: a pair is a row's last exactly when the key
+            flag is set, and the units need not test the bank's empty flag for it."""
             key_last = Signal(init=1, name=f"{name}_key_last")
             row_last = Signal(init=1, name=f"{name}_row_last")
             # key + 1 and row + 1 kept in registers beside the unit's own (they move as the unit
@@ -371,7 +388,7 @@ class AttentionCore(wiring.Component):
             # the flags' critical path
             key1 = Signal(range(Bc + 1), init=1, name=f"{name}_key1")
             row1 = Signal(range(Br + 1), init=1, name=f"{name}_row1")
-            with m.If(issue & (empty | key_last)):
+            with m.If(issue & key_last):
                 m.d.sync += key1.eq(1)
                 with m.If(row_last):
                     m.d.sync += row1.eq(1)
@@ -386,10 +403,10 @@ class AttentionCore(wiring.Component):
             now_row = at(ptr, lambda b: row == bk_lastrow[b])
             next_key = at(ptr, lambda b: key1 == bk_lastkey[b])
             next_row = at(ptr, lambda b: row1 == bk_lastrow[b])
-            first_key_same = at(ptr, lambda b: bk_lastkey[b] == 0)
-            first_key_other = at(ptr, lambda b: bk_lastkey[1 - b] == 0)
-            first_row_other = at(ptr, lambda b: bk_lastrow[1 - b] == 0)
-            with m.If(issue & (empty | key_last)):
+            first_key_same = at(ptr, lambda b: bk_onekey[b])
+            first_key_other = at(ptr, lambda b: bk_onekey[1 - b])
+            first_row_other = at(ptr, lambda b: bk_onerow[1 - b])
+            with m.If(issue & key_last):
                 with m.If(row_last):
                     m.d.sync += [key_last.eq(first_key_other), row_last.eq(first_row_other)]
                 with m.Else():
@@ -422,6 +439,7 @@ class AttentionCore(wiring.Component):
         rem_zero = Signal()           # rem_bits == 0
         rem_last = Signal()           # rem_bits[1:] == 0
         keys_big = Signal()           # keys_left > Bc
+        keys_one = Signal()           # keys_left == 1
 
         # The block scan moves past a loaded block in the BLK state after it (scan_due), not at
         # its last key's take: behind the take (from the K and V buffers' valids) the scan's
@@ -431,7 +449,8 @@ class AttentionCore(wiring.Component):
         def scan_next_block():
             """rem_bits and keys_left move on by one key block (with their tests)."""
             return [rem_bits.eq(rem_bits >> 1), rem_zero.eq(rem_last), rem_last.eq(rem_bits[2:] == 0),
-                    keys_left.eq(keys_left - Bc), keys_big.eq(keys_left > 2 * Bc)]
+                    keys_left.eq(keys_left - Bc), keys_big.eq(keys_left > 2 * Bc),
+                    keys_one.eq(keys_left == Bc + 1)]
         ld_final = Signal()
 
         # Q, K and V reach the loader through skid buffers (registered valid, payload and
@@ -469,7 +488,7 @@ class AttentionCore(wiring.Component):
                 kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
                 m.d.sync += [rem_bits.eq(kept), scan_due.eq(0),
                              seen_kept.eq(0),
-                             keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc),
+                             keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc), keys_one.eq(lk_reg == 1),
                              nr_reg.eq(Mux(lq_left > Br, Br, lq_left)),
                              nr_last.eq(Mux(lq_left > Br, Br - 1, lq_left - 1)), lastjob_reg.eq(lq_left <= Br)]
                 m.d.sync += ld_fsm.go("MASK", "QWAIT")
@@ -481,7 +500,9 @@ class AttentionCore(wiring.Component):
                 m.d.sync += qcnt.eq(0)
                 m.d.sync += ld_fsm.go("QWAIT", "QLOAD")
         with m.If(ld_fsm["QLOAD"]):
-            m.d.comb += [q_in.ready.eq(1), q_wr.en.eq(q_in.valid)]
+            # Q's RAM is written in every QLOAD cycle, as K's and V's in KVLOAD (the tile's rows
+            # are not read before QLOAD ends: the loader waits in QWAIT until A is done with them).
+            m.d.comb += [q_in.ready.eq(1), q_wr.en.eq(1)]
             with m.If(q_in.valid):
                 m.d.sync += qcnt.eq(qcnt + 1)
                 with m.If(qcnt == nr_last):
@@ -499,8 +520,9 @@ class AttentionCore(wiring.Component):
                     m.d.comb += alloc.eq(1)
                     for b in range(2):
                         with m.If(ld_bank == b):
-                            m.d.sync += [bk_empty[b].eq(1), bk_lastkey[b].eq(0), bk_first[b].eq(1), bk_final[b].eq(1),
-                                         empty_full[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
+                            m.d.sync += [bk_empty[b].eq(1), bk_lastkey[b].eq(0), bk_onekey[b].eq(1),
+                                         bk_first[b].eq(1), bk_final[b].eq(1),
+                                         full_set[b].eq(1)] + [x.eq(0) for x in bk_xt[b]]
                     m.d.sync += ld_bank.eq(~ld_bank)
                     m.d.sync += ld_fsm.go("BLK", "NEXT")
             with m.Elif(~rem_bits[0]):
@@ -509,22 +531,25 @@ class AttentionCore(wiring.Component):
                 m.d.comb += alloc.eq(1)
                 last_key = Mux(keys_big, Bc - 1, keys_left - 1)
                 final = rem_last
+                one_key = Mux(keys_big, Bc == 1, keys_one)   # last_key == 0
                 m.d.sync += [ld_last.eq(last_key), ld_final.eq(final), kcnt.eq(0), kcnt1.eq(1), kv_first.eq(1),
-                             kv_last.eq(last_key == 0)]
+                             kv_last.eq(one_key)]
                 for b in range(2):
                     with m.If(ld_bank == b):
-                        m.d.sync += [bk_empty[b].eq(0), bk_lastkey[b].eq(last_key), bk_first[b].eq(~seen_kept),
+                        m.d.sync += [bk_empty[b].eq(0), bk_lastkey[b].eq(last_key), bk_onekey[b].eq(one_key),
+                                     bk_first[b].eq(~seen_kept),
                                      bk_final[b].eq(final)]
                 m.d.sync += ld_fsm.go("BLK", "KVLOAD")
             with m.If(alloc):
                 for b in range(2):
                     with m.If(ld_bank == b):
-                        m.d.sync += [bk_lastrow[b].eq(nr_last), bk_tiny[b].eq(nr_last <= 1),
+                        m.d.sync += [bk_lastrow[b].eq(nr_last), bk_tiny[b].eq(nr_last <= 1), bk_onerow[b].eq(nr_last == 0),
                                      bk_lastjob[b].eq(lastjob_reg), bk_adone[b].eq(0)]
         # The V tile exponents (the running max of the block's V scale codes) are updated a
         # cycle after each take, from registers (behind the take, the buffer's output select,
         # the compare and the select were a critical path). B reads a bank's exponents no earlier
-        # than two cycles after its last take (it sees the bank full a cycle late).
+        # than three cycles after its last take (the full flag is set a cycle after it, and B
+        # sees it a cycle late).
         xt_update = Signal()
         xt_go, xt_bank, xt_first = Signal(name="xt_go"), Signal(name="xt_bank"), Signal(name="xt_first")
         xt_scale = [Signal(8, name=f"xt_scale{i}") for i in range(nb)]
@@ -539,16 +564,22 @@ class AttentionCore(wiring.Component):
         with m.If(ld_fsm["KVLOAD"]):
             # Similarity jobs stream no V: K alone paces the load (the V bank is left stale,
             # and B, which would read it, is idle).
+            # The K and V RAMs are written in every KVLOAD cycle, at the next key's address,
+            # with whatever the buffers show: the take's write is the last at that address
+            # before kcnt moves on, and the bank being loaded is read by no unit until it is
+            # full. So the write enable is the state bit (behind the take and the buffers'
+            # valids it was on the late-endpoint list); in similarity jobs V's bank gets stale
+            # words, which B, idle, never reads.
             take = k_in.valid & (v_in.valid | ld_sim)
             m.d.comb += [k_in.ready.eq(take), v_in.ready.eq(take & ~ld_sim),
-                         k_wr.en.eq(take), v_wr.en.eq(take & ~ld_sim)]
+                         k_wr.en.eq(1), v_wr.en.eq(1)]
             with m.If(take):
                 m.d.sync += [kcnt.eq(kcnt1), kcnt1.eq(kcnt1 + 1), kv_first.eq(0), kv_last.eq(kcnt1 == ld_last)]
                 m.d.comb += xt_update.eq(1)
                 with m.If(kv_last):
                     for b in range(2):
                         with m.If(ld_bank == b):
-                            m.d.sync += bk_full[b].eq(1)
+                            m.d.sync += full_set[b].eq(1)
                     m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1), scan_due.eq(1)]
                     with m.If(ld_final):
                         m.d.sync += ld_fsm.go("KVLOAD", "NEXT")
@@ -590,8 +621,8 @@ class AttentionCore(wiring.Component):
         a_advanced = Signal(name="a_advanced")     # a_seq moved on in the last cycle
         m.d.comb += a_issue.eq(a_bank_ok & Mux(sim_reg, s_room,
                                                ~a_rowstart | Mux(a_advanced, a_free_next, a_free_now)))
-        a_key_last, a_row_last = issue_flags(a_issue, a_ptr, a_key, a_row, a_empty, "a")
-        a_lastkey = a_empty | a_key_last
+        a_key_last, a_row_last = issue_flags(a_issue, a_ptr, a_key, a_row, "a")
+        a_lastkey = a_key_last
         a_lastrow = a_row_last
         a_leave = a_issue & a_lastkey & a_lastrow   # A's last pair of the bank
         m.d.sync += [a_bank_ok.eq(~a_leave & pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr)),
@@ -605,9 +636,22 @@ class AttentionCore(wiring.Component):
         b_ptr = Signal()
         a_jlast = Signal()  # the job's final (row, key) pair: its score carries ``last``
         m.d.comb += a_jlast.eq(a_lastkey & a_lastrow & pick(bk_final, a_ptr) & pick(bk_lastjob, a_ptr))
+        # A slot's busy flag is set (by A at a row's first key) and cleared (by B after the row's
+        # last key) a cycle after the event, from requests in registers: behind both units'
+        # issue decisions and slot selects its update was on the late-endpoint list. A reads
+        # the flag a cycle late and comes back to a slot no earlier than N_SLOTS (4) row starts
+        # later, so the late set is never missed; the late clear costs A a cycle only when it
+        # waits for B. A slot is cleared only while busy and set only while free: the two
+        # requests never meet.
+        busy_set = [Signal(name=f"slot{i}_busy_set") for i in range(N_SLOTS)]
+        busy_clr = [Signal(name=f"slot{i}_busy_clr") for i in range(N_SLOTS)]
+        for i in range(N_SLOTS):
+            m.d.sync += [busy_set[i].eq(a_issue & a_rowstart & ~sim_reg & (a_seq == i)), busy_clr[i].eq(0)]
+            with m.If(busy_set[i]):
+                m.d.sync += slot_busy[i].eq(1)
+            with m.Elif(busy_clr[i]):
+                m.d.sync += slot_busy[i].eq(0)
         with m.If(a_issue):
-            with m.If(a_rowstart & ~sim_reg):
-                m.d.sync += slot_busy[a_seq].eq(1)
             with m.If(a_lastkey):
                 m.d.sync += [a_key.eq(0), a_rowstart.eq(1)]
                 with m.If(~sim_reg):
@@ -621,7 +665,7 @@ class AttentionCore(wiring.Component):
                             with m.If(bk_final[b]):
                                 m.d.sync += q_busy.eq(0)
                             with m.If(sim_reg):
-                                m.d.sync += bk_full[b].eq(0)
+                                m.d.sync += full_clr[b].eq(1)
                     m.d.sync += a_ptr.eq(~a_ptr)
                     with m.If(sim_reg):
                         m.d.sync += b_ptr.eq(~b_ptr)
@@ -994,8 +1038,8 @@ class AttentionCore(wiring.Component):
         b_advanced = Signal(name="b_advanced")
         m.d.comb += b_issue.eq(b_bank_ok & ~b_hold[0] &
                                (~b_rowstart | (Mux(b_advanced, b_ready_next, b_ready_now) & inflight_room)))
-        b_key_last, b_row_last = issue_flags(b_issue, b_ptr, b_key, b_row, b_empty, "b")
-        b_lastkey = b_empty | b_key_last
+        b_key_last, b_row_last = issue_flags(b_issue, b_ptr, b_key, b_row, "b")
+        b_lastkey = b_key_last
         b_lastrow = b_row_last
         b_leave = b_issue & b_lastkey & b_lastrow
         m.d.sync += [b_bank_ok.eq(~b_leave & ~sim_reg & pick(bk_full, b_ptr)),
@@ -1010,14 +1054,14 @@ class AttentionCore(wiring.Component):
         m.d.comb += [s_rd.addr.eq(b_seq * Bc + b_key), v_rd.addr.eq(Mux(b_ptr, Bc, 0) + b_key)]
         with m.If(b_issue):
             with m.If(b_lastkey):
-                m.d.sync += [slot_ready[b_seq].eq(0), slot_busy[b_seq].eq(0), b_key.eq(0), b_rowstart.eq(1),
+                m.d.sync += [slot_ready[b_seq].eq(0), Array(busy_clr)[b_seq].eq(1), b_key.eq(0), b_rowstart.eq(1),
                              b_seq.eq(b_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
                                       Mux(b_seq == N_SLOTS - 1, 0, b_seq + 1))]
                 with m.If(b_lastrow):
                     m.d.sync += [b_row.eq(0), b_ptr.eq(~b_ptr)]
                     for b in range(2):
                         with m.If(b_ptr == b):
-                            m.d.sync += bk_full[b].eq(0)
+                            m.d.sync += full_clr[b].eq(1)
                 with m.Else():
                     m.d.sync += b_row.eq(b_row + 1)
             with m.Else():
@@ -1349,32 +1393,42 @@ class AttentionCore(wiring.Component):
                              amt_p_blk[i].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
                                                  PB - nm.acc_frac + xt_down[i]))]
             m.d.sync += u_fsm.go("U1P", "U1Q")
+        # The per-lane shift amounts and the aligned terms below are loaded at every edge, without
+        # an enable (a state bit as the enable of their ~2,000 bits was on the late-endpoint
+        # list): each stage's inputs hold from the stage before it on until the next row's U1P
+        # (amt_*_blk, uA and uL are loaded in U1P, ent in U0), so each register holds its row's
+        # value from the state that loads it in the sequence below until at least U2S.
+        m.d.sync += [amt_a[d].eq(amt_a_blk[d // B]) for d in range(D)]   # right from U1Q on
+        m.d.sync += [amt_p[d].eq(amt_p_blk[d // B]) for d in range(D)]
         with m.If(u_fsm["U1Q"]):
-            m.d.sync += [amt_a[d].eq(amt_a_blk[d // B]) for d in range(D)]
-            m.d.sync += [amt_p[d].eq(amt_p_blk[d // B]) for d in range(D)]
             m.d.sync += u_fsm.go("U1Q", "U2")
+        # The aligned terms in two shifts, by the amount's multiple of 8 (right from U2 on) and
+        # by the rest (from U2F on), then their sums in U2S: the whole 56-bit barrel shift, fanned
+        # out from one amount per MX block, and the add were each too long for one stage (floor
+        # shifts compose: x >> (a + b) = (x >> a) >> b).
+        for d in range(D):
+            m.d.sync += [acc_coarse[d].eq(uA[d] >> Cat(Const(0, 3), amt_a[d][3:])),
+                         p_coarse[d].eq(ent.P[d] >> Cat(Const(0, 3), amt_p[d][3:])),
+                         acc_term[d].eq(acc_coarse[d] >> amt_a[d][:3]),
+                         p_term[d].eq(p_coarse[d] >> amt_p[d][:3])]
+        m.d.sync += l_term.eq(uL >> PB)
         with m.If(u_fsm["U2"]):
-            # The aligned terms in two shifts, by the amount's multiple of 8 (U2) and by the
-            # rest (U2F), then their sums in U2S: the whole 56-bit barrel shift, fanned out
-            # from one amount per MX block, and the add were each too long for one stage
-            # (floor shifts compose: x >> (a + b) = (x >> a) >> b).
-            for d in range(D):
-                m.d.sync += [acc_coarse[d].eq(uA[d] >> Cat(Const(0, 3), amt_a[d][3:])),
-                             p_coarse[d].eq(ent.P[d] >> Cat(Const(0, 3), amt_p[d][3:]))]
-            m.d.sync += l_term.eq(uL >> PB)
             m.d.sync += u_fsm.go("U2", "U2F")
         with m.If(u_fsm["U2F"]):
-            for d in range(D):
-                m.d.sync += [acc_term[d].eq(acc_coarse[d] >> amt_a[d][:3]),
-                             p_term[d].eq(p_coarse[d] >> amt_p[d][:3])]
             m.d.sync += u_fsm.go("U2F", "U2S")
         # The state write enable (U3 of a row that is not final) from a register of its own: the
         # state decode and ent.final reached the 38 block RAMs' enables (7.3 ns).
         st_write = Signal(name="u_st_write")
         m.d.sync += st_write.eq(u_fsm["U2S"] & ~ent.final)
         m.d.comb += st_wr.en.eq(st_write)   # in U3
+        # acc_new holds from U2S until the divider has read it: loaded under per-lane copies of
+        # U2S (set from U2F, which always moves to U2S for one cycle), not U2S's own fanout.
+        for d in range(D):
+            u2s_at = fanout_copy(1, f"u_u2s{d}")
+            m.d.sync += u2s_at.eq(u_fsm["U2F"])
+            with m.If(u2s_at):
+                m.d.sync += acc_new[d].eq((acc_term[d] + p_term[d])[:AW])
         with m.If(u_fsm["U2S"]):
-            m.d.sync += [acc_new[d].eq((acc_term[d] + p_term[d])[:AW]) for d in range(D)]
             m.d.sync += l_new.eq((l_term + ent.psum)[:LW])
             m.d.sync += u_fsm.go("U2S", "U3")
         with m.If(u_fsm["U3"]):
@@ -1397,7 +1451,11 @@ class AttentionCore(wiring.Component):
         dv_rem = [Signal(LW + 1, name=f"dv_rem{d}") for d in range(D)]
         dv_q = [Signal(Wq, name=f"dv_q{d}") for d in range(D)]
         dv_neg = [Signal(name=f"dv_neg{d}") for d in range(D)]
-        dv_inc = [Signal(name=f"dv_inc{d}") for d in range(D)]   # the rounding's increment, up ^ neg
+        # Each divider's trial bit, registered beside its subtraction: the quotient register,
+        # placed towards the output beat, was 4 ns of routing behind the chain. The quotient
+        # shifts in the bit a cycle later (dv_qshift<d>, ITER a cycle late), and the rounding
+        # step's bit (up) stays here for the output beat.
+        dv_fit = [Signal(name=f"dv_fit{d}") for d in range(D)]
         # The divisor, a copy per divider: one register fanned out to the trial subtractions of
         # all D dividers, spread over the chip, was 2.3 ns of routing on the critical path.
         dv_l = [fanout_copy(LW, f"dv_l{d}") for d in range(D)]
@@ -1456,18 +1514,28 @@ class AttentionCore(wiring.Component):
         # ITER, per divider (set by the start, cleared after the last iteration, like dv_idle<d>):
         # the quotient shifts in a bit at each iteration and holds otherwise (its old bits are
         # all shifted out by the Wq iterations, so it needs no clear)
-        iter_at = [Signal(name=f"dv_iter{d}") for d in range(D)]
+        # The trial bit is held after the rounding step (ROUND, per divider: round_at<d>), so
+        # that the output beat, formed at every edge, does not change while OUT waits.
+        # Each divider's operands load under its own idle flag (the IDLE state bit as the enable
+        # of all D divisors' and signs' bits reached some 350 loads).
         for d in range(D):
-            m.d.sync += iter_at[d].eq(Mux(iter_at[d], ~dv_tok[Wq - 1], div_go))
-            with m.If(iter_at[d]):
-                m.d.sync += dv_q[d].eq(Cat(fits_at[d], dv_q[d])[:Wq])
+            with m.If(idle_at[d]):
+                m.d.sync += [dv_neg[d].eq(pre_neg[d]), dv_l[d].eq(l_new)]
+        iter_at = [Signal(name=f"dv_iter{d}") for d in range(D)]
+        round_at = [Signal(name=f"dv_round{d}") for d in range(D)]
+        qshift_at = [Signal(name=f"dv_qshift{d}") for d in range(D)]
+        for d in range(D):
+            m.d.sync += [iter_at[d].eq(Mux(iter_at[d], ~dv_tok[Wq - 1], div_go)),
+                         round_at[d].eq(iter_at[d] & dv_tok[Wq - 1]), qshift_at[d].eq(iter_at[d])]
+            with m.If(iter_at[d] | round_at[d]):
+                m.d.sync += dv_fit[d].eq(fits_at[d])
+            with m.If(qshift_at[d]):
+                m.d.sync += dv_q[d].eq(Cat(dv_fit[d], dv_q[d])[:Wq])
         with m.If(idle):
             # While idle the divider loads the prepared operands every cycle, so that the
             # start (a handshake with the update FSM) only changes the state: as the enable
             # of all these registers it was a critical path.
             m.d.comb += div_idle.eq(1)
-            m.d.sync += [dv_neg[d].eq(pre_neg[d]) for d in range(D)]
-            m.d.sync += [dv_l[d].eq(l_new) for d in range(D)]
             m.d.sync += [dv_masked.eq(pre_masked), dv_last.eq(ent.lastrow), dv_tok.eq(1)]
             m.d.sync += [dv_e[i].eq(e_new[i]) for i in range(nb)]
             with m.If(div_go):
@@ -1477,21 +1545,18 @@ class AttentionCore(wiring.Component):
             with m.If(dv_tok[Wq - 1]):
                 m.d.sync += dv_fsm.go("ITER", "ROUND")
         with m.If(dv_fsm["ROUND"]):
-            # The rounding step's bit is up; the increment applied with the sign in SIGN is
-            # up ^ neg: -(q + up) = ~q + (1 - up), one adder with the sign as its inversion.
-            # A fully masked row (l = 0, flagged when l was loaded) gives y = 0: the increment
-            # and the sign are cleared here, q at the output.
-            masked = dv_masked
-            for d in range(D):
-                m.d.sync += [dv_inc[d].eq(~masked & (fits_at[d] ^ dv_neg[d])), dv_neg[d].eq(~masked & dv_neg[d])]
+            # The rounding step: its bit (up) is in dv_fit<d> from SIGN on, and the quotient's
+            # last bit reaches dv_q<d> at the end of this cycle.
             m.d.sync += dv_fsm.go("ROUND", "SIGN")
         # The output beat is formed at every edge, without an enable (the SIGN state as the
         # enable of all its bits was a critical path): its operands do not change in SIGN and
-        # OUT, so the beat formed in SIGN holds while OUT waits for o.ready.
+        # OUT, so the beat formed in SIGN holds while OUT waits for o.ready. The increment
+        # applied with the sign is up ^ neg: -(q + up) = ~q + (1 - up), one adder with the sign
+        # as its inversion. A fully masked row (l = 0, flagged when l was loaded) gives y = 0.
         ow = self.out_width
         for d in range(D):
             flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
-            m.d.sync += self.o.payload.y[d].eq(Mux(dv_masked, 0, (dv_q[d][:ow] ^ flip) + dv_inc[d]))
+            m.d.sync += self.o.payload.y[d].eq(Mux(dv_masked, 0, (dv_q[d][:ow] ^ flip) + (dv_fit[d] ^ dv_neg[d])))
         for i in range(nb):
             m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
         m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last)]
