@@ -1,19 +1,21 @@
-"""Shared stream blocks of hw/common (Amaranth simulator): the skid buffer."""
+"""Shared stream blocks of hw/common (Amaranth simulator): the registered-flag FIFO and the skid
+buffer (its two-entry case)."""
 
 import random
 
 import pytest
 from amaranth.sim import Simulator
 
-from hw.common.skid import SkidBuffer
+from hw.common.fifo import RegisteredFlagFifo, SkidBuffer
 
 
+@pytest.mark.parametrize("depth", [2, 8])
 @pytest.mark.parametrize("p_valid, p_ready", [(0.5, 0.5), (0.9, 0.2), (0.2, 0.9), (1.0, 1.0)])
-def test_skid_buffer_passes_every_beat_in_order_under_stalls(seed, p_valid, p_ready):
+def test_fifo_passes_every_beat_in_order_under_stalls(seed, depth, p_valid, p_ready):
     """Random valid gaps on the input and random ready on the output: every beat comes out once,
     in order; with both sides always willing, one beat per cycle after one cycle of latency."""
     rng = random.Random(seed)
-    dut = SkidBuffer(16)
+    dut = SkidBuffer(16) if depth == 2 else RegisteredFlagFifo(16, depth)
     beats = [rng.randrange(1 << 16) for _ in range(400)]
     got, first_out = [], []
 
@@ -52,18 +54,19 @@ def test_skid_buffer_passes_every_beat_in_order_under_stalls(seed, p_valid, p_re
         assert first_out == list(range(1, len(beats) + 1))
 
 
-def test_skid_buffer_outputs_do_not_follow_inputs_within_a_cycle():
-    """o.valid, o.payload and i.ready come from registers: they do not follow i.valid, i.payload
-    or o.ready within a cycle."""
-    dut = SkidBuffer(8)
+@pytest.mark.parametrize("depth", [2, 4])
+def test_fifo_outputs_do_not_follow_inputs_within_a_cycle(depth):
+    """o.valid, o.payload and i.ready come from registers (and a read at a register pointer):
+    they do not follow i.valid, i.payload or o.ready within a cycle."""
+    dut = RegisteredFlagFifo(8, depth)
     seen = []
 
     async def bench(ctx):
         ctx.set(dut.i.payload, 0x5A)
         ctx.set(dut.i.valid, 1)
         ctx.set(dut.o.ready, 0)
-        await ctx.tick()
-        await ctx.tick()   # both entries hold 0x5A: full, i.ready low
+        for _ in range(depth):
+            await ctx.tick()   # every entry holds 0x5A: full, i.ready low
         for i_valid in (0, 1):
             for o_ready in (0, 1):
                 for payload in (0x00, 0xFF):
@@ -77,3 +80,9 @@ def test_skid_buffer_outputs_do_not_follow_inputs_within_a_cycle():
     sim.add_testbench(bench)
     sim.run()
     assert seen == [(1, 0x5A, 0)] * 8
+
+
+@pytest.mark.parametrize("depth", [0, 1, 3, 6, 2.0, True])
+def test_fifo_bad_depth(depth):
+    with pytest.raises(ValueError, match="depth"):
+        RegisteredFlagFifo(8, depth)

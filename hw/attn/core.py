@@ -102,7 +102,7 @@ from golden.numerics.attention import E8M0_BIAS, AttnNumerics, exp2_table
 from ..common import check_int
 from ..common.fanout import fanout_copy
 from ..common.ram import PipelinedRAM
-from ..common.skid import SkidBuffer
+from ..common.fifo import RegisteredFlagFifo, SkidBuffer
 from .dsp import registered_product
 
 __all__ = ["AttentionCore", "MODE_ATTENTION", "MODE_SIMILARITY"]
@@ -948,41 +948,22 @@ class AttentionCore(wiring.Component):
         # ``a_stages + 4`` keeps one pair per cycle while the host takes one beat per cycle
         # (a score is readable the cycle after it is written, the count lags a cycle).
         s_depth = a_stages + 4
-        score_w = data.Layout.cast(self.s.payload.shape()).size
-        # The score FIFO: a LUT RAM of a power-of-two depth >= s_depth (the pointers wrap by
-        # themselves), written at every similarity score (it cannot be full, see s_pending) and
-        # read while "not empty", a register formed from the count's next value (Amaranth's
-        # SyncFIFO derived its flags from its level through the handshakes: a critical path).
-        s_mem_depth = 1 << (s_depth - 1).bit_length()
-        s_mem = Memory(shape=score_w, depth=s_mem_depth, init=[])
-        m.submodules.s_fifo = s_mem
-        s_w, s_r = s_mem.write_port(), s_mem.read_port(domain="comb")
-        s_wptr, s_rptr = Signal(range(s_mem_depth), name="s_wptr"), Signal(range(s_mem_depth), name="s_rptr")
-        s_count = Signal(range(s_mem_depth + 1), name="s_count")
-        s_nonempty = Signal(name="s_nonempty")
-        s_push, s_pop = Signal(name="s_push"), Signal(name="s_pop")
-        s_count_next = Signal(range(s_mem_depth + 1), name="s_count_next")
-        m.d.comb += [s_w.addr.eq(s_wptr), s_w.en.eq(s_push), s_r.addr.eq(s_rptr),
-                     s_count_next.eq(s_count + s_push - s_pop)]
-        with m.If(s_push):
-            m.d.sync += s_wptr.eq(s_wptr + 1)
-        with m.If(s_pop):
-            m.d.sync += s_rptr.eq(s_rptr + 1)
-        m.d.sync += [s_count.eq(s_count_next), s_nonempty.eq(s_count_next != 0)]
+        # The score FIFO: registered flags (hw/common/fifo.py), a power-of-two depth >= s_depth,
+        # written at every similarity score (it cannot be full, see s_pending).
+        s_fifo = m.submodules.s_fifo = RegisteredFlagFifo(self.s.payload.shape(), 1 << (s_depth - 1).bit_length())
         s_pending = Signal(range(s_depth + 1))
         s_take = self.s.valid & self.s.ready
         s_issued = reg(a_issue & sim_reg, "s_issued")
         s_taken = reg(s_take, "s_taken")
         m.d.comb += s_room.eq(s_pending < s_depth - 1)
         m.d.sync += s_pending.eq(s_pending + s_issued - s_taken)
-        sw = data.View(self.s.payload.shape(), s_w.data)
-        m.d.comb += [sw.score.eq(score), sw.last.eq(ae_jlast), s_push.eq(ae_v & sim_reg)]
+        m.d.comb += [s_fifo.i.payload.score.eq(score), s_fifo.i.payload.last.eq(ae_jlast),
+                     s_fifo.i.valid.eq(ae_v & sim_reg)]
         # ``s`` leaves through a skid buffer (two more entries, counted in s_pending like the
         # FIFO's): the host's ready then reaches only the buffer's pointers, not the FIFO's level
         # logic.
         m.submodules.s_skid = s_skid = SkidBuffer(self.s.payload.shape())
-        m.d.comb += [s_skid.i.valid.eq(s_nonempty), s_skid.i.payload.eq(s_r.data),
-                     s_pop.eq(s_skid.i.ready & s_nonempty)]
+        wiring.connect(m, s_fifo.o, s_skid.i)
         wiring.connect(m, s_skid.o, wiring.flipped(self.s))
 
         # ---------------------------------------------------------------- softmax / P.V unit (B)
@@ -990,26 +971,13 @@ class AttentionCore(wiring.Component):
             "row": range(Br), "P": data.ArrayLayout(signed(PSW), D), "psum": unsigned(PSUMW),
             "alpha": unsigned(PW), "xt": data.ArrayLayout(8, nb), "first": 1, "final": 1, "lastrow": 1,
         })
-        # The row FIFO between B and U, two entries: written at row_done, read asynchronously at
-        # its read pointer (a register), "not empty" a register of its own, formed from the level
-        # and the two handshakes. (Amaranth's SyncFIFO derived it from its level, whose update
-        # waited for the pop, which U decides from that flag: 8.2 ns in series.) B never writes
-        # it full (rows in flight are limited to 2, see rows_started).
-        row_mem = Memory(shape=data.Layout.cast(fifo_layout).size, depth=2, init=[])
-        m.submodules.row_fifo = row_mem
-        rq_w, rq_r = row_mem.write_port(), row_mem.read_port(domain="comb")
-        rq_wptr, rq_rptr = Signal(name="rq_wptr"), Signal(name="rq_rptr")
-        rq_level = Signal(range(3), name="rq_level")
-        rq_ready = Signal(name="rq_ready")   # not empty
-        rq_push, rq_pop = Signal(name="rq_push"), Signal(name="rq_pop")
-        m.d.comb += [rq_w.addr.eq(rq_wptr), rq_w.en.eq(rq_push), rq_r.addr.eq(rq_rptr)]
-        with m.If(rq_push):
-            m.d.sync += rq_wptr.eq(~rq_wptr)
-        with m.If(rq_pop):
-            m.d.sync += rq_rptr.eq(~rq_rptr)
-        rq_level_next = Signal(range(3), name="rq_level_next")
-        m.d.comb += rq_level_next.eq(rq_level + rq_push - rq_pop)
-        m.d.sync += [rq_level.eq(rq_level_next), rq_ready.eq(rq_level_next != 0)]
+        # The row FIFO between B and U, two entries with registered flags (hw/common/fifo.py):
+        # U decides its pop from "not empty", so with a flag derived from the level (Amaranth's
+        # SyncFIFO: the level's update waits for the pop) the two were 8.2 ns in series. B never
+        # writes it full (rows in flight are limited to 2, see rows_started).
+        row_fifo = m.submodules.row_fifo = RegisteredFlagFifo(fifo_layout, 2)
+        rq_ready = row_fifo.o.valid   # not empty
+        rq_pop = row_fifo.o.ready
         # Rows started by B and not yet taken by U (at most 2: the row FIFO's depth), as the
         # difference of two 2-bit counters (started, popped): the limit test reads four register
         # bits, and each counter only counts, where an add-and-subtract counter had the issue
@@ -1268,16 +1236,16 @@ class AttentionCore(wiring.Component):
                 m.d.sync += alpha_keep.eq(alpha7)
         row_done = reg(ctl["v"] & ctl["lk"], "b9_row_done")
         ctl = delay(ctl, "b9")
-        fw = data.View(fifo_layout, rq_w.data)
+        fw = row_fifo.i.payload
         m.d.comb += [fw.row.eq(ctl["row"]), fw.psum.eq(acc_ps), fw.alpha.eq(alpha_keep),
                      fw.first.eq(ctl["first"]), fw.final.eq(ctl["final"]), fw.lastrow.eq(ctl["lastrow"]),
-                     rq_push.eq(row_done)]
+                     row_fifo.i.valid.eq(row_done)]
         m.d.comb += [fw.P[d].eq(x) for d, x in enumerate(acc_P)]
         m.d.comb += [fw.xt[i].eq(ctl[f"xt{i}"]) for i in range(nb)]
 
         # ---------------------------------------------------------------- row update (U)
         ent = Signal(fifo_layout)
-        fr = data.View(fifo_layout, rq_r.data)
+        fr = row_fifo.o.payload
         stv = data.View(state_layout, st_rd.data)   # the row state, valid in U1M
         m.d.comb += st_rd.addr.eq(ent.row)
         # A row's first kept block starts from a zero state (acc, l and e): alpha is taken as 0
@@ -1349,7 +1317,7 @@ class AttentionCore(wiring.Component):
             m.d.sync += ent_load.eq(Mux(ent_load, ~rq_ready, u_leave))
             lo, hi = k * ent_width // 4, (k + 1) * ent_width // 4
             with m.If(ent_load):
-                m.d.sync += ent.as_value()[lo:hi].eq(rq_r.data[lo:hi])
+                m.d.sync += ent.as_value()[lo:hi].eq(fr.as_value()[lo:hi])
                 if k == 0:
                     m.d.sync += u_alpha.eq(Mux(fr.first, 0, fr.alpha))
         with m.If(u_fsm["U0"]):
