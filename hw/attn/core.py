@@ -441,11 +441,9 @@ class AttentionCore(wiring.Component):
         keys_big = Signal()           # keys_left > Bc
         keys_one = Signal()           # keys_left == 1
 
-        # The block scan moves past a loaded block in the BLK state after it (scan_due), not at
-        # its last key's take: behind the take (from the K and V buffers' valids) the scan's
-        # updates (a 62-bit zero test among them) were a critical path. One loader cycle a block.
-        scan_due = Signal()
-
+        # The block scan moves past a loaded block in the KVEND state after it, not at its last
+        # key's take: behind the take (from the K and V buffers' valids) the scan's updates (a
+        # 62-bit zero test among them) were a critical path.
         def scan_next_block():
             """rem_bits and keys_left move on by one key block (with their tests)."""
             return [rem_bits.eq(rem_bits >> 1), rem_zero.eq(rem_last), rem_last.eq(rem_bits[2:] == 0),
@@ -469,7 +467,7 @@ class AttentionCore(wiring.Component):
         m.d.comb += [q_wr.addr.eq(qcnt), q_wr.data.eq(q_in.payload.as_value()),
                      k_wr.addr.eq(kv_addr), k_wr.data.eq(k_in.payload.as_value()),
                      v_wr.addr.eq(kv_addr), v_wr.data.eq(v_in.payload.as_value())]
-        ld_fsm = OneHot(["IDLE", "MASK", "QWAIT", "QLOAD", "BLK", "KVLOAD", "NEXT", "DONE"], "loader")
+        ld_fsm = OneHot(["IDLE", "MASK", "QWAIT", "QLOAD", "BLK", "KVLOAD", "KVEND", "NEXT", "DONE"], "loader")
         with m.If(ld_fsm["IDLE"]):
             m.d.comb += self.cmd.ready.eq(1)
             p = self.cmd.payload
@@ -486,7 +484,7 @@ class AttentionCore(wiring.Component):
             m.d.comb += self.mask.ready.eq(~sim_reg)
             with m.If(self.mask.valid | sim_reg):
                 kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
-                m.d.sync += [rem_bits.eq(kept), scan_due.eq(0),
+                m.d.sync += [rem_bits.eq(kept),
                              seen_kept.eq(0),
                              keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc), keys_one.eq(lk_reg == 1),
                              nr_reg.eq(Mux(lq_left > Br, Br, lq_left)),
@@ -511,9 +509,7 @@ class AttentionCore(wiring.Component):
         with m.If(ld_fsm["BLK"]):
             bank_free = ~pick(bk_full, ld_bank)
             alloc = Signal()
-            with m.If(scan_due):
-                m.d.sync += scan_next_block() + [scan_due.eq(0)]
-            with m.Elif(rem_zero):
+            with m.If(rem_zero):
                 # Only reachable when no block of the tile is kept: an empty bank makes every
                 # row of the tile flow through as a fully masked row (y = 0).
                 with m.If(bank_free):
@@ -548,8 +544,8 @@ class AttentionCore(wiring.Component):
         # The V tile exponents (the running max of the block's V scale codes) are updated a
         # cycle after each take, from registers (behind the take, the buffer's output select,
         # the compare and the select were a critical path). B reads a bank's exponents no earlier
-        # than three cycles after its last take (the full flag is set a cycle after it, and B
-        # sees it a cycle late).
+        # than four cycles after its last take (KVEND, then the full flag's set request, and
+        # B sees the flag a cycle late).
         xt_update = Signal()
         xt_go, xt_bank, xt_first = Signal(name="xt_go"), Signal(name="xt_bank"), Signal(name="xt_first")
         xt_scale = [Signal(8, name=f"xt_scale{i}") for i in range(nb)]
@@ -577,14 +573,18 @@ class AttentionCore(wiring.Component):
                 m.d.sync += [kcnt.eq(kcnt1), kcnt1.eq(kcnt1 + 1), kv_first.eq(0), kv_last.eq(kcnt1 == ld_last)]
                 m.d.comb += xt_update.eq(1)
                 with m.If(kv_last):
-                    for b in range(2):
-                        with m.If(ld_bank == b):
-                            m.d.sync += full_set[b].eq(1)
-                    m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1), scan_due.eq(1)]
-                    with m.If(ld_final):
-                        m.d.sync += ld_fsm.go("KVLOAD", "NEXT")
-                    with m.Else():
-                        m.d.sync += ld_fsm.go("KVLOAD", "BLK")
+                    m.d.sync += ld_fsm.go("KVLOAD", "KVEND")
+        with m.If(ld_fsm["KVEND"]):
+            # The block's bookkeeping a cycle after its last take (one loader cycle a block):
+            # behind the take (from the buffers' valids) these updates were the late endpoints.
+            for b in range(2):
+                with m.If(ld_bank == b):
+                    m.d.sync += full_set[b].eq(1)
+            m.d.sync += [ld_bank.eq(~ld_bank), seen_kept.eq(1)] + scan_next_block()
+            with m.If(ld_final):
+                m.d.sync += ld_fsm.go("KVEND", "NEXT")
+            with m.Else():
+                m.d.sync += ld_fsm.go("KVEND", "BLK")
         with m.If(ld_fsm["NEXT"]):
             m.d.sync += lq_left.eq(lq_left - nr_reg)
             with m.If(lastjob_reg):
@@ -1486,9 +1486,13 @@ class AttentionCore(wiring.Component):
         # that the output beat, formed at every edge, does not change while OUT waits.
         # Each divider's operands load under its own idle flag (the IDLE state bit as the enable
         # of all D divisors' and signs' bits reached some 350 loads).
+        # The fully-masked flag, a copy per divider for its output lanes: one register at the
+        # output select of all D lanes pulled the output registers together, far from some
+        # of the dividers (the quotient bits then crossed the chip, 3.8 ns).
+        masked_at = [fanout_copy(1, f"dv_masked{d}") for d in range(D)]
         for d in range(D):
             with m.If(idle_at[d]):
-                m.d.sync += [dv_neg[d].eq(pre_neg[d]), dv_l[d].eq(l_new)]
+                m.d.sync += [dv_neg[d].eq(pre_neg[d]), dv_l[d].eq(l_new), masked_at[d].eq(pre_masked)]
         iter_at = [Signal(name=f"dv_iter{d}") for d in range(D)]
         round_at = [Signal(name=f"dv_round{d}") for d in range(D)]
         qshift_at = [Signal(name=f"dv_qshift{d}") for d in range(D)]
@@ -1524,7 +1528,7 @@ class AttentionCore(wiring.Component):
         ow = self.out_width
         for d in range(D):
             flip = Mux(dv_neg[d], Const((1 << ow) - 1, ow), Const(0, ow))
-            m.d.sync += self.o.payload.y[d].eq(Mux(dv_masked, 0, (dv_q[d][:ow] ^ flip) + (dv_fit[d] ^ dv_neg[d])))
+            m.d.sync += self.o.payload.y[d].eq(Mux(masked_at[d], 0, (dv_q[d][:ow] ^ flip) + (dv_fit[d] ^ dv_neg[d])))
         for i in range(nb):
             m.d.sync += self.o.payload.exp[i].eq(dv_e[i] + self.out_exp_offset)
         m.d.sync += [self.o.payload.masked.eq(dv_masked), self.o.payload.last.eq(dv_last)]
