@@ -195,10 +195,9 @@ class AttentionCore(wiring.Component):
     ``l_width``, ``v_guard``, ``acc_frac``, ``acc_width``), ``max_kblocks`` (mask bits per tile:
     Lk <= max_kblocks * Bc), ``len_bits`` (width of lq / lk). All are checked: a bad one raises ``ValueError`` naming it.
 
-    Streams (payload fields; protocol and beat order in the module docstring). Each input
-    stream enters through a two-entry skid buffer (``hw/common/fifo.py``), so a port may take up
-    to two beats before the loader needs them (a second command while a job runs, the next
-    tile's mask); ``s`` leaves through one.
+    Streams (payload fields; protocol and beat order in the module docstring). ``q``, ``k`` and
+    ``v`` enter through two-entry skid buffers (``hw/common/fifo.py``), so each may take up to
+    two beats before the loader needs them; ``s`` leaves through one.
 
     * ``cmd`` (in): ``lq``, ``lk`` (``len_bits`` each: query rows, keys), ``c`` (``const_bits``:
       the score constant C), ``shift`` (6 bits: dot_frac + c_frac - score_frac), ``mode``
@@ -454,16 +453,20 @@ class AttentionCore(wiring.Component):
                     keys_one.eq(keys_left == Bc + 1)]
         ld_final = Signal()
 
-        # Every input stream reaches the loader through a skid buffer (registered valid, payload
-        # and ready): from the input ports, the streams' valids were in front of the loader's
-        # take decisions and everything they enable (RAM write enables, counters, state).
+        # Q, K and V reach the loader through skid buffers (registered valid, payload and
+        # ready): from the input ports, the streams' valids were in front of the loader's take
+        # decision and everything it enables (RAM write enables, counters, state). The command
+        # and the mask do not: behind a buffer's output select, the command's tests (lq != 0,
+        # the key-count compares of valid_bits) in front of the loads of all the job registers
+        # were a 10 ns path (tried once: 100.3 MHz at seed 2); they would need a decode state.
         skids = {}
-        for name in ("cmd", "mask", "q", "k", "v"):
+        for name in ("q", "k", "v"):
             port = getattr(self, name)
             skid = m.submodules[f"{name}_skid"] = SkidBuffer(port.payload.shape())
             wiring.connect(m, wiring.flipped(port), skid.i)
             skids[name] = skid.o
-        cmd_in, mask_in, q_in, k_in, v_in = (skids[name] for name in ("cmd", "mask", "q", "k", "v"))
+        cmd_in, mask_in = self.cmd, self.mask
+        q_in, k_in, v_in = skids["q"], skids["k"], skids["v"]
         vpay = data.View(self.v_layout, v_in.payload.as_value())
         # The RAM write addresses and data do not depend on the loader's state (only the write
         # enables do): decoding the state in front of every data bit was a critical path.
