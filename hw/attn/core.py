@@ -195,9 +195,7 @@ class AttentionCore(wiring.Component):
     ``l_width``, ``v_guard``, ``acc_frac``, ``acc_width``), ``max_kblocks`` (mask bits per tile:
     Lk <= max_kblocks * Bc), ``len_bits`` (width of lq / lk). All are checked: a bad one raises ``ValueError`` naming it.
 
-    Streams (payload fields; protocol and beat order in the module docstring). ``q``, ``k`` and
-    ``v`` enter through two-entry skid buffers (``hw/common/fifo.py``), so each may take up to
-    two beats before the loader needs them; ``s`` leaves through one.
+    Streams (payload fields; protocol and beat order in the module docstring):
 
     * ``cmd`` (in): ``lq``, ``lk`` (``len_bits`` each: query rows, keys), ``c`` (``const_bits``:
       the score constant C), ``shift`` (6 bits: dot_frac + c_frac - score_frac), ``mode``
@@ -455,17 +453,12 @@ class AttentionCore(wiring.Component):
 
         # Q, K and V reach the loader through skid buffers (registered valid, payload and
         # ready): from the input ports, the streams' valids were in front of the loader's take
-        # decision and everything it enables (RAM write enables, counters, state). The command
-        # and the mask do not: behind a buffer's output select, the command's tests (lq != 0,
-        # the key-count compares of valid_bits) in front of the loads of all the job registers
-        # were a 10 ns path (tried once: 100.3 MHz at seed 2); they would need a decode state.
+        # decision and everything it enables (RAM write enables, counters, state).
         skids = {}
-        for name in ("q", "k", "v"):
-            port = getattr(self, name)
-            skid = m.submodules[f"{name}_skid"] = SkidBuffer(port.payload.shape())
-            wiring.connect(m, wiring.flipped(port), skid.i)
+        for name, layout in (("q", self.q_layout), ("k", self.q_layout), ("v", self.v_layout)):
+            skid = m.submodules[f"{name}_skid"] = SkidBuffer(layout)
+            wiring.connect(m, wiring.flipped(getattr(self, name)), skid.i)
             skids[name] = skid.o
-        cmd_in, mask_in = self.cmd, self.mask
         q_in, k_in, v_in = skids["q"], skids["k"], skids["v"]
         vpay = data.View(self.v_layout, v_in.payload.as_value())
         # The RAM write addresses and data do not depend on the loader's state (only the write
@@ -476,21 +469,21 @@ class AttentionCore(wiring.Component):
                      v_wr.addr.eq(kv_addr), v_wr.data.eq(v_in.payload.as_value())]
         ld_fsm = OneHot(["IDLE", "MASK", "QWAIT", "QLOAD", "BLK", "KVLOAD", "KVEND", "NEXT", "DONE"], "loader")
         with m.If(ld_fsm["IDLE"]):
-            m.d.comb += cmd_in.ready.eq(1)
-            p = cmd_in.payload
+            m.d.comb += self.cmd.ready.eq(1)
+            p = self.cmd.payload
             # Commands that produce nothing are taken and dropped: lq = 0 in any mode, a
             # similarity job without keys (it would have no beat to carry ``last``), and the
             # reserved modes 2 (pivot, not built) and 3.
             is_attn, is_sim = p.mode == MODE_ATTENTION, p.mode == MODE_SIMILARITY
-            with m.If(cmd_in.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
+            with m.If(self.cmd.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
                 m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
                              sim_reg.eq(is_sim), ld_sim.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
                 m.d.sync += ld_fsm.go("IDLE", "MASK")
         with m.If(ld_fsm["MASK"]):
             # Similarity jobs are dense and take no mask beat: every valid key block is kept.
-            m.d.comb += mask_in.ready.eq(~sim_reg)
-            with m.If(mask_in.valid | sim_reg):
-                kept = Mux(sim_reg, valid_bits, mask_in.payload.bits & valid_bits)
+            m.d.comb += self.mask.ready.eq(~sim_reg)
+            with m.If(self.mask.valid | sim_reg):
+                kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
                 m.d.sync += [rem_bits.eq(kept),
                              seen_kept.eq(0),
                              keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc), keys_one.eq(lk_reg == 1),
@@ -1183,24 +1176,19 @@ class AttentionCore(wiring.Component):
         p_y, a_y = half_shift(p_T, p_n0, p_nm1, "b4_py"), half_shift(a_T, a_n0, a_nm1, "b4_ay")
         vfix = [reg(x >> v_align[d], f"b4_vfix{d}") for d, x in enumerate(vfix)]
         ctl = delay(ctl, "b4")
-        # b4r: p rounded (0 for an empty block's pair) and alpha rounded. b5: p into one register
-        # copy per group of P_GROUP products, each next to its multipliers, and vfix registered
-        # once more beside it: one p fanned out to all 2 D multipliers' inputs, behind the
-        # rounding add and the empty select, was up to 8 ns, most of it routing; with the add
-        # in front of the copies, the route to them was still on the late-endpoint list.
-        p4r = reg(Mux(ctl["empty"], 0, round_off(p_y)), "b4r_p", unsigned(PW))
-        alpha4r = reg(round_off(a_y), "b4r_alpha", unsigned(PW))
-        vfix = [reg(x, f"b4r_vfix{d}") for d, x in enumerate(vfix)]
-        ctl = delay(ctl, "b4r")
-        P_GROUP = 2
+        # b5: p rounded (0 for an empty block's pair) into one register copy per group of
+        # P_GROUP products, each next to its multipliers, and vfix registered once more beside
+        # it: one p fanned out to all 2 D multipliers' inputs, behind the rounding add and the
+        # empty select, was up to 8 ns, most of it routing.
+        P_GROUP = 4
         p5_copies = []
         for g in range(-(-D // P_GROUP)):
             copy = fanout_copy(unsigned(PW), f"b5_p{g}")
-            m.d.sync += copy.eq(p4r)
+            m.d.sync += copy.eq(Mux(ctl["empty"], 0, round_off(p_y)))
             p5_copies.append(copy)
         p5 = p5_copies[0]
         vfix = [reg(x, f"b5_vfix{d}") for d, x in enumerate(vfix)]
-        alpha5 = reg(alpha4r, "b5_alpha", unsigned(PW))
+        alpha5 = reg(round_off(a_y), "b5_alpha", unsigned(PW))
         ctl = delay(ctl, "b5")
 
         # b6i: p and vfix in the multipliers' input registers; b6: the products p * vfix in

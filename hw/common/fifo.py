@@ -15,7 +15,7 @@ Storage: two entries are two registers and a 2:1 select by the read pointer (a L
 holds 16 words of 4 bits); deeper FIFOs use a memory read asynchronously (LUT RAM on FPGAs).
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -40,12 +40,8 @@ class RegisteredFlagFifo(wiring.Component):
         incoming = Value.cast(self.i.payload)
         wptr = Signal(range(self.depth), name="wptr")
         rptr = Signal(range(self.depth), name="rptr")
-        # The level in thermometer code, fill[k] = (level > k): not empty is fill[0], full is
-        # fill[depth - 1], and each bit's next value is a function of its neighbours and the
-        # two handshakes (one LUT level for the flags; a binary level with compares behind its
-        # adder was two or three, on the skid buffers' late endpoints).
-        fill = Signal(self.depth, name="fill")
-        nonempty, full = fill[0], fill[-1]
+        level = Signal(range(self.depth + 1), name="level")
+        nonempty, full = Signal(name="nonempty"), Signal(name="full")
         push = self.i.valid & ~full
         pop = self.o.ready & nonempty
         m.d.comb += [self.i.ready.eq(~full), self.o.valid.eq(nonempty)]
@@ -68,8 +64,9 @@ class RegisteredFlagFifo(wiring.Component):
             m.d.sync += wptr.eq(wptr + 1)   # wraps: the depth is a power of two
         with m.If(pop):
             m.d.sync += rptr.eq(rptr + 1)
-        up, down = push & ~pop, pop & ~push
-        m.d.sync += fill.eq(Mux(up, Cat(Const(1, 1), fill[:-1]), Mux(down, fill[1:], fill)))
+        level_next = Signal(range(self.depth + 1), name="level_next")
+        m.d.comb += level_next.eq(level + push - pop)
+        m.d.sync += [level.eq(level_next), nonempty.eq(level_next != 0), full.eq(level_next == self.depth)]
         return m
 
 
