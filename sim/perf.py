@@ -23,8 +23,8 @@ Two halves.
    printed by ``perf_report``):
    * Cores and their cost come from sim/perf_points.json (measured here): a dot-unit lane does
      one product per cycle (latency 11 per stream); an attention core does one (query, key) pair
-     per cycle (2 D MACs) plus a per-job overhead, the largest measured (174,788 - 174,080 = 708
-     cycles dense; 688 and 676 at 50 % and 25 % density, the loader's cycle per kept block
+     per cycle (2 D MACs) plus a per-job overhead, the largest measured (174,796 - 174,080 = 716
+     cycles dense; 696 and 684 at 50 % and 25 % density, the loader's cycle per kept block
      showing); a top-k call costs cycles interpolated in the key count from the measured
      points. Resources per core from Yosys synth_xilinx (xc7), used for every family.
    * Linear layers: block linears in MXFP4 on E2M1 dot lanes; with the dual-format fc2 the fc2
@@ -322,7 +322,7 @@ class _Cores:
         att = points["attention"]
         self.attn_macs_per_cycle = att["macs_per_cycle"]
         over = [p["cycles"] - p["kept_pairs"] for p in att["points"]]
-        # the overhead is nearly the same at every measured density (676 to 708 cycles, one
+        # the overhead is nearly the same at every measured density (684 to 716 cycles, one
         # loader cycle per kept block): a fixed cost per job, the largest taken
         self.attn_job_overhead = max(over)
         if att["synth_xc7"]["LUT"] is None:
