@@ -5,16 +5,17 @@ endpoints fall into groups (a register that fans out across the die, a compare b
 state flag) and closing timing means working through the groups, not the single worst path.
 ``varaccel synth --family ecp5`` writes ``nextpnr_seed<N>.json`` with nextpnr's
 ``--detailed-timing-report``: for every routed net, the arrival time range (ns after the
-launching clock edge) at each of its timed sinks. This tool reads that file and
-
-groups the endpoints that arrive after a period by register name (bit indices and numbers
-folded, so ``core.dv_q3[7]`` and ``core.dv_q12[0]`` are one group ``core.dv_q#``), with the
-net that drives each group. The report lists only the path ends (flip-flop, RAM and multiplier
+launching clock edge) at each of its timed sinks. This tool reads that file and groups the
+endpoints that arrive after a period by register name (bit indices and numbers folded, so
+``core.dv_q3[7]`` and ``core.dv_q12[0]`` are one group ``core.dv_q#``), with the net that
+drives each group. The report lists only the path ends (flip-flop, RAM and multiplier
 inputs), not the LUTs on the way: the path behind a group is read from the HDL.
 
 Usage::
 
-    python -m sim.endpoints build/synth/attention-ecp5/nextpnr_seed1.json --mhz 150
+    python -m sim.endpoints build/synth/attention-<params>-ecp5/nextpnr_seed1.json --mhz 150
+
+(``<params>``: the parameter tag of the flow's work directory, ``workdir`` in its result.)
 """
 from __future__ import annotations
 
