@@ -9,7 +9,10 @@ launching clock edge) at each of its timed sinks. This tool reads that file and 
 endpoints that arrive after a period by register name (bit indices and numbers folded, so
 ``core.dv_q3[7]`` and ``core.dv_q12[0]`` are one group ``core.dv_q#``), with the net that
 drives each group. The report lists only the path ends (flip-flop, RAM and multiplier
-inputs), not the LUTs on the way: the path behind a group is read from the HDL.
+inputs), not the LUTs on the way: the path behind a group is read from the HDL. A design
+placed with I/O pins also has paths from its input pins, which are not register to register
+and do not count in nextpnr's Fmax (out of context, as the attention core is placed, the
+latest endpoint was the critical path's).
 
 Usage::
 
