@@ -108,8 +108,9 @@ def test_ecp5_seed_over_the_time_limit_counts_as_unfinished():
 
 @pytest.mark.slow
 def test_fanout_copies_stay_apart_in_synthesis(tmp_path):
-    """hw/common/fanout.py: Yosys merges registers with one input into one flip-flop; the flows'
-    read script keeps the marked copies apart (and only those)."""
+    """hw/common/fanout.py: Yosys merges registers with the same inputs into one flip-flop; the
+    flows' read script keeps the marked copies apart (and only those), also from a plain twin
+    (opt_merge folds a plain register into a kept twin: the twin's loads then hang on the copy)."""
     from types import SimpleNamespace
 
     from amaranth.back import verilog
@@ -120,24 +121,29 @@ def test_fanout_copies_stay_apart_in_synthesis(tmp_path):
 
     class Twins(Elaboratable):
         def __init__(self, marked):
-            self.marked = marked
-            self.d, self.a, self.b = Signal(6), Signal(6), Signal(6)
+            self.marked = marked   # which of the two registers are fanout copies
+            self.d, self.en, self.a, self.b = Signal(6), Signal(), Signal(6), Signal(6)
 
         def elaborate(self, platform):
             m = Module()
-            make = (lambda name: fanout_copy(6, name)) if self.marked else (lambda name: Signal(6, name=name))
-            r1, r2 = make("r1"), make("r2")
-            m.d.sync += [r1.eq(self.d), r2.eq(self.d)]
-            m.d.comb += [self.a.eq(r1), self.b.eq(r2)]
+            r1, r2 = [fanout_copy(6, name) if marked else Signal(6, name=name)
+                      for name, marked in zip(("r1", "r2"), self.marked)]
+            # the same next value, written twice (two adders until opt_merge shares them), and
+            # the same enable: twins only after Yosys' own optimizations
+            with m.If(self.en):
+                m.d.sync += r1.eq(self.d + self.a[0])
+            with m.If(self.en):
+                m.d.sync += r2.eq(self.d + self.a[0])
+            m.d.comb += [self.a.eq(r1 ^ 3), self.b.eq(r2 ^ 5)]
             return m
 
     flip_flops = {}
-    for marked in (False, True):
+    for marked in ((False, False), (True, True), (False, True)):
         top = Twins(marked)
-        workdir = tmp_path / str(marked)
+        workdir = tmp_path / "".join(str(int(x)) for x in marked)
         workdir.mkdir()
-        (workdir / "twins.v").write_text(verilog.convert(top, ports=[top.d, top.a, top.b], name="twins"))
+        (workdir / "twins.v").write_text(verilog.convert(top, ports=[top.d, top.en, top.a, top.b], name="twins"))
         _run_yosys(_ecp5_script(SimpleNamespace(verilog=Path("twins.v"), top="twins")), workdir)
         cells = _stat_cells((workdir / "stat.json").read_text())
         flip_flops[marked] = sum(n for c, n in cells.items() if c.startswith("TRELLIS_FF"))
-    assert flip_flops == {False: 6, True: 12}
+    assert flip_flops == {(False, False): 6, (True, True): 12, (False, True): 12}

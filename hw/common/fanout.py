@@ -16,9 +16,18 @@ __all__ = ["FANOUT_COPY_ATTR", "KEEP_FANOUT_COPIES_YOSYS", "fanout_copy"]
 
 FANOUT_COPY_ATTR = "varaccel_fanout_copy"
 
-# Yosys commands (after read_verilog) that set keep on the flip-flops driving a marked wire: proc
-# turns the processes into flip-flop cells first (synth_* runs it again, a no-op then).
-KEEP_FANOUT_COPIES_YOSYS = f"proc\nsetattr -set keep 1 a:{FANOUT_COPY_ATTR} %ci1 t:$dff t:$adff %u %i\n"
+# Yosys commands (after read_verilog) that set keep on the flip-flops driving a marked wire, and
+# on their plain twins. opt_merge folds a twin without keep into a kept flip-flop with the same
+# inputs (it keeps the kept one), so a copy whose twin is an ordinary register (the job's mode
+# register and the loader's copy of it, say) would end up driving the twin's loads as well. So:
+# proc turns the processes into flip-flop cells; opt_dff moves enables and resets into them and
+# opt_merge (flip-flops excluded) shares identical logic, so that twins read the same nets;
+# then every flip-flop whose D input is a marked flip-flop's gets keep too. synth_* runs these
+# passes again later (no-ops for what is done here).
+KEEP_FANOUT_COPIES_YOSYS = (
+    "proc\nopt_expr\nopt_clean\nopt_dff\nopt_merge */t:$*dff* %n\nopt_clean\n"
+    f"select -set fanout_copies a:{FANOUT_COPY_ATTR} %ci1 t:$*dff* %i\n"
+    "setattr -set keep 1 @fanout_copies @fanout_copies %ci1:+[D] %co1:+[D] t:$*dff* %i %u\n")
 
 
 def fanout_copy(shape, name):
