@@ -6,7 +6,7 @@ combinationally from a level counter (Amaranth's ``SyncFIFO``: the level waits f
 which the consumer decides from that flag) or taken straight from outside the core (possibly
 routed from far away), the flag was in front of the attention core's loader, row update and
 similarity output on their critical paths. Here ``o.valid`` (not empty) and ``i.ready`` (not
-full) are registers formed from the level's next value, and the entries are written at a write
+full) are register bits of a thermometer-coded level, and the entries are written at a write
 pointer and read at a read pointer: the data's write enable is the registered not-full flag, so
 no handshake reaches a data bit. One beat per cycle through, in order, nothing lost or
 duplicated under any stall pattern, one cycle from input to output.
@@ -40,7 +40,6 @@ class RegisteredFlagFifo(wiring.Component):
         incoming = Value.cast(self.i.payload)
         wptr = Signal(range(self.depth), name="wptr")
         rptr = Signal(range(self.depth), name="rptr")
-        level = Signal(range(self.depth + 1), name="level")
         nonempty, full = Signal(name="nonempty"), Signal(name="full")
         push = self.i.valid & ~full
         pop = self.o.ready & nonempty
@@ -64,9 +63,21 @@ class RegisteredFlagFifo(wiring.Component):
             m.d.sync += wptr.eq(wptr + 1)   # wraps: the depth is a power of two
         with m.If(pop):
             m.d.sync += rptr.eq(rptr + 1)
-        level_next = Signal(range(self.depth + 1), name="level_next")
-        m.d.comb += level_next.eq(level + push - pop)
-        m.d.sync += [level.eq(level_next), nonempty.eq(level_next != 0), full.eq(level_next == self.depth)]
+        # The level as a thermometer code, fill[j] = (level > j): each bit moves to its
+        # neighbour's value on a push without a pop or a pop without a push, one LUT of the
+        # handshakes and three register bits, and the flags are two of its bits. With a binary
+        # level, its adder and the compares behind it were in series with the handshakes (the
+        # similarity score FIFO's flags on the late-endpoint list).
+        fill = Signal(self.depth, name="fill")
+        grow, shrink = push & ~pop, pop & ~push
+        for j in range(self.depth):
+            below = fill[j - 1] if j else 1
+            above = fill[j + 1] if j + 1 < self.depth else 0
+            with m.If(grow):
+                m.d.sync += fill[j].eq(below)
+            with m.Elif(shrink):
+                m.d.sync += fill[j].eq(above)
+        m.d.comb += [nonempty.eq(fill[0]), full.eq(fill[-1])]
         return m
 
 
