@@ -116,9 +116,9 @@ def test_ecp5_target_uses_registered_multipliers_and_block_rams(tmp_path):
     # amounts, the block sums' valid and first-key flags, the divisor, the load enable of the
     # row's new state (U2S), the divider's fully-masked flag; the saturation
     # thresholds' shift (4 x 16 bits each), the exp2 index of p and alpha (per table part), p
-    # (per 4 products), the score, valid and first-key flags for the running max, the loader's
-    # similarity flag.
-    assert ecp5.count("varaccel_fanout_copy") == 16 * (2 * 2 + 1 + 2 + 2 + 1 + 1 + 1) + 2 * 4 + 2 * 4 + 4 + 3 + 1
+    # (per 4 products), the score, valid and first-key flags for the running max, the similarity
+    # flag (the loader's two, A's, B's, and A's end's).
+    assert ecp5.count("varaccel_fanout_copy") == 16 * (2 * 2 + 1 + 2 + 2 + 1 + 1 + 1) + 2 * 4 + 2 * 4 + 4 + 3 + 5
     # Q, K (2 banks), V (2 banks): 136 bits, 8 x18 tiles each; scores 24 bits: 2; row state
     # 16 x 40 + 32 + 8 bits: 38
     assert ecp5.count(".REGMODE_B(\"OUTREG\")") == 8 + 8 + 8 + 2 + 38

@@ -322,10 +322,12 @@ class AttentionCore(wiring.Component):
         lk_reg = Signal(LB)
         lq_left = Signal(LB)
         valid_bits = Signal(KB)
-        sim_reg = Signal()   # the current job is a similarity job (mode 1): scores out on ``s``
-        # the loader's own copy of it (sim_reg drives some units across the chip; from there it
-        # reached the loader's K/V take on the critical path)
-        ld_sim = fanout_copy(1, "ld_sim")
+        # The current job is a similarity job (mode 1: scores out on ``s``), in a register copy
+        # for each unit that tests it: the loader's mask step (ld_sim) and K/V take (kv_sim), the
+        # score unit's issue (a_sim), the softmax unit's (b_sim), and A's end and the score
+        # FIFO's (e_sim). One register at all of them was up to 3.4 ns of routing in front of
+        # the loader's K/V take, the score FIFO's flags and the slots' busy requests.
+        ld_sim, kv_sim, a_sim, b_sim, e_sim = (fanout_copy(1, f"{unit}_sim") for unit in ("ld", "kv", "a", "b", "e"))
         job_done = Signal()
 
         # ---------------------------------------------------------------- bank descriptors
@@ -435,9 +437,14 @@ class AttentionCore(wiring.Component):
         kcnt1 = Signal(range(Bc + 1))  # kcnt + 1, kept beside it (no increment before kv_last's compare)
         # Registered tests on rem_bits and keys_left, kept with them, so that the block scan
         # decides from single bits: a wide zero test and a compare were in front of the loader's
-        # and the bank descriptors' updates.
-        rem_zero = Signal()           # rem_bits == 0
-        rem_last = Signal()           # rem_bits[1:] == 0
+        # and the bank descriptors' updates. rem_bits' tests come from its suffix OR, rem_any[j] =
+        # (rem_bits[j:] != 0), which shifts with rem_bits: it is formed once a tile, in two
+        # stages (QWAIT: the OR within each group of 4 bits; QLOAD: across the groups), where
+        # the scan's zero tests across all max_kblocks bits were late endpoints.
+        rem_any = Signal(KB + 1)      # the top bit stays 0
+        rem_within = Signal(KB)       # rem_bits' suffix OR within each group of 4 bits
+        rem_zero = ~rem_any[0]        # rem_bits == 0
+        rem_last = ~rem_any[1]        # rem_bits[1:] == 0
         keys_big = Signal()           # keys_left > Bc
         keys_one = Signal()           # keys_left == 1
 
@@ -446,7 +453,7 @@ class AttentionCore(wiring.Component):
         # 62-bit zero test among them) were a critical path.
         def scan_next_block():
             """rem_bits and keys_left move on by one key block (with their tests)."""
-            return [rem_bits.eq(rem_bits >> 1), rem_zero.eq(rem_last), rem_last.eq(rem_bits[2:] == 0),
+            return [rem_bits.eq(rem_bits >> 1), rem_any.eq(rem_any >> 1),
                     keys_left.eq(keys_left - Bc), keys_big.eq(keys_left > 2 * Bc),
                     keys_one.eq(keys_left == Bc + 1)]
         ld_final = Signal()
@@ -475,15 +482,21 @@ class AttentionCore(wiring.Component):
             # similarity job without keys (it would have no beat to carry ``last``), and the
             # reserved modes 2 (pivot, not built) and 3.
             is_attn, is_sim = p.mode == MODE_ATTENTION, p.mode == MODE_SIMILARITY
+            # The job registers load the command port in every IDLE cycle, beat or not (the
+            # last one loaded is the taken command's): in IDLE every unit is idle (the loader
+            # leaves DONE only when the job's last beat has been taken), so nothing reads them,
+            # and their ~100 bits need the state bit alone as their enable (behind the
+            # command's valid and its length and mode tests, that enable was a late endpoint).
+            m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
+                         ld_sim.eq(is_sim), kv_sim.eq(is_sim), a_sim.eq(is_sim), b_sim.eq(is_sim), e_sim.eq(is_sim),
+                         valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
             with m.If(self.cmd.valid & (p.lq != 0) & (is_attn | (is_sim & (p.lk != 0)))):
-                m.d.sync += [c_reg.eq(p.c), sh_reg.eq(p.shift), lk_reg.eq(p.lk), lq_left.eq(p.lq),
-                             sim_reg.eq(is_sim), ld_sim.eq(is_sim), valid_bits.eq(Cat(*[p.lk > j * Bc for j in range(KB)]))]
                 m.d.sync += ld_fsm.go("IDLE", "MASK")
         with m.If(ld_fsm["MASK"]):
             # Similarity jobs are dense and take no mask beat: every valid key block is kept.
-            m.d.comb += self.mask.ready.eq(~sim_reg)
-            with m.If(self.mask.valid | sim_reg):
-                kept = Mux(sim_reg, valid_bits, self.mask.payload.bits & valid_bits)
+            m.d.comb += self.mask.ready.eq(~ld_sim)
+            with m.If(self.mask.valid | ld_sim):
+                kept = Mux(ld_sim, valid_bits, self.mask.payload.bits & valid_bits)
                 m.d.sync += [rem_bits.eq(kept),
                              seen_kept.eq(0),
                              keys_left.eq(lk_reg), keys_big.eq(lk_reg > Bc), keys_one.eq(lk_reg == 1),
@@ -491,13 +504,17 @@ class AttentionCore(wiring.Component):
                              nr_last.eq(Mux(lq_left > Br, Br - 1, lq_left - 1)), lastjob_reg.eq(lq_left <= Br)]
                 m.d.sync += ld_fsm.go("MASK", "QWAIT")
         with m.If(ld_fsm["QWAIT"]):
-            # rem_bits' tests from the register (QWAIT lasts at least a cycle): formed from the
-            # mask beat in MASK, a zero test across all max_kblocks bits was a critical path
-            m.d.sync += [rem_zero.eq(rem_bits == 0), rem_last.eq(rem_bits[1:] == 0)]
+            # rem_bits' suffix OR within each group of 4 bits (QWAIT and QLOAD each last at
+            # least a cycle, and rem_bits holds from MASK until BLK)
+            m.d.sync += [rem_within[j].eq(rem_bits[j:min(KB, (j // 4 + 1) * 4)].any()) for j in range(KB)]
             with m.If(~q_busy):
                 m.d.sync += qcnt.eq(0)
                 m.d.sync += ld_fsm.go("QWAIT", "QLOAD")
         with m.If(ld_fsm["QLOAD"]):
+            # rem_bits' suffix OR from the groups' (see rem_any)
+            group_any = [rem_within[g] for g in range(0, KB, 4)]
+            m.d.sync += [rem_any[j].eq(rem_within[j] | Cat(*group_any[j // 4 + 1:], Const(0, 1)).any())
+                         for j in range(KB)]
             # Q's RAM is written in every QLOAD cycle, as K's and V's in KVLOAD (the tile's rows
             # are not read before QLOAD ends: the loader waits in QWAIT until A is done with them).
             m.d.comb += [q_in.ready.eq(1), q_wr.en.eq(1)]
@@ -566,8 +583,8 @@ class AttentionCore(wiring.Component):
             # full. So the write enable is the state bit (behind the take and the buffers'
             # valids it was on the late-endpoint list); in similarity jobs V's bank gets stale
             # words, which B, idle, never reads.
-            take = k_in.valid & (v_in.valid | ld_sim)
-            m.d.comb += [k_in.ready.eq(take), v_in.ready.eq(take & ~ld_sim),
+            take = k_in.valid & (v_in.valid | kv_sim)
+            m.d.comb += [k_in.ready.eq(take), v_in.ready.eq(take & ~kv_sim),
                          k_wr.en.eq(1), v_wr.en.eq(1)]
             with m.If(take):
                 m.d.sync += [kcnt.eq(kcnt1), kcnt1.eq(kcnt1 + 1), kv_first.eq(0), kv_last.eq(kcnt1 == ld_last)]
@@ -619,7 +636,7 @@ class AttentionCore(wiring.Component):
         a_free_now = Signal(name="a_free_now")     # ~slot_busy[a_seq], a cycle late
         a_free_next = Signal(name="a_free_next")   # ~slot_busy[a_seq + 1], a cycle late
         a_advanced = Signal(name="a_advanced")     # a_seq moved on in the last cycle
-        m.d.comb += a_issue.eq(a_bank_ok & Mux(sim_reg, s_room,
+        m.d.comb += a_issue.eq(a_bank_ok & Mux(a_sim, s_room,
                                                ~a_rowstart | Mux(a_advanced, a_free_next, a_free_now)))
         a_key_last, a_row_last = issue_flags(a_issue, a_ptr, a_key, a_row, "a")
         a_lastkey = a_key_last
@@ -627,7 +644,7 @@ class AttentionCore(wiring.Component):
         a_leave = a_issue & a_lastkey & a_lastrow   # A's last pair of the bank
         m.d.sync += [a_bank_ok.eq(~a_leave & pick(bk_full, a_ptr) & ~pick(bk_adone, a_ptr)),
                      a_free_now.eq(~slot_busy[a_seq]), a_free_next.eq(~slot_busy[(a_seq + 1) % N_SLOTS]),
-                     a_advanced.eq(a_issue & a_lastkey & ~sim_reg)]
+                     a_advanced.eq(a_issue & a_lastkey & ~a_sim)]
         m.d.comb += [q_rd.addr.eq(a_row), k_rd.addr.eq(Mux(a_ptr, Bc, 0) + a_key)]
         # In similarity mode the softmax unit (B) stays idle: A neither claims score slots nor
         # advances the slot sequence (so that A and B agree on it in the next attention job),
@@ -646,7 +663,7 @@ class AttentionCore(wiring.Component):
         busy_set = [Signal(name=f"slot{i}_busy_set") for i in range(N_SLOTS)]
         busy_clr = [Signal(name=f"slot{i}_busy_clr") for i in range(N_SLOTS)]
         for i in range(N_SLOTS):
-            m.d.sync += [busy_set[i].eq(a_issue & a_rowstart & ~sim_reg & (a_seq == i)), busy_clr[i].eq(0)]
+            m.d.sync += [busy_set[i].eq(a_issue & a_rowstart & ~a_sim & (a_seq == i)), busy_clr[i].eq(0)]
             with m.If(busy_set[i]):
                 m.d.sync += slot_busy[i].eq(1)
             with m.Elif(busy_clr[i]):
@@ -654,7 +671,7 @@ class AttentionCore(wiring.Component):
         with m.If(a_issue):
             with m.If(a_lastkey):
                 m.d.sync += [a_key.eq(0), a_rowstart.eq(1)]
-                with m.If(~sim_reg):
+                with m.If(~a_sim):
                     m.d.sync += a_seq.eq(a_seq + 1 if N_SLOTS & (N_SLOTS - 1) == 0 else
                                          Mux(a_seq == N_SLOTS - 1, 0, a_seq + 1))
                 with m.If(a_lastrow):
@@ -664,10 +681,10 @@ class AttentionCore(wiring.Component):
                             m.d.sync += bk_adone[b].eq(1)
                             with m.If(bk_final[b]):
                                 m.d.sync += q_busy.eq(0)
-                            with m.If(sim_reg):
+                            with m.If(a_sim):
                                 m.d.sync += full_clr[b].eq(1)
                     m.d.sync += a_ptr.eq(~a_ptr)
-                    with m.If(sim_reg):
+                    with m.If(a_sim):
                         m.d.sync += b_ptr.eq(~b_ptr)
                 with m.Else():
                     m.d.sync += a_row.eq(a_row + 1)
@@ -885,25 +902,36 @@ class AttentionCore(wiring.Component):
         sh_fine = reg(Mux(sh_zero, 0, sh_less1[:3]), "a_sh_fine_job", unsigned(3))
         coarse_shifted = reg(Mux(sh_zero, prod << 1, prod >> Cat(Const(0, 3), sh_less1[3:]))[:SW + 8],
                              "ar1_coarse", signed(SW + 8))
-        # The saturation tests in two halves, side by side in ar1: the low halves compared
-        # (unsigned), the high halves (signed) compared both ways; ar2 combines them (one compare
-        # across all prod_w bits was too long, and an equality test of the high halves three LUT
-        # levels where a compare is one carry chain):
-        # x >= y  <=>  x_hi > y_hi | (~(x_hi < y_hi) & x_lo >= y_lo), likewise for <.
-        cut = prod_w // 2
-        prod_hi = prod[cut:].as_signed()
-        hi_hi, lo_hi = hi_job[cut:].as_signed(), lo_job[cut:].as_signed()
-        tests = {"over_hi": prod_hi > hi_hi, "over_below": prod_hi < hi_hi, "over_lo": prod[:cut] >= hi_job[:cut],
-                 "under_hi": prod_hi < lo_hi, "under_above": prod_hi > lo_hi, "under_lo": prod[:cut] < lo_job[:cut]}
-        tests = {k: reg(v, f"ar1_{k}") for k, v in tests.items()}
+        # The saturation tests in three parts, side by side in ar1f: the low and middle parts
+        # compared unsigned, the high part (the sign) signed, the upper two both ways; ar2
+        # combines them lexicographically (one compare across all prod_w bits was too long, and
+        # so was one across half of them: its carry chain alone took 3.5 ns):
+        # x >= y  <=>  x_hi > y_hi | (~(x_hi < y_hi) & (x_mid > y_mid | (~(x_mid < y_mid) & x_lo >= y_lo))),
+        # likewise for <.
+        # The tests are formed in ar1f, from a copy of prod registered in ar1 (prod_sat): formed
+        # in ar1 from amp_prod, which also feeds the coarse shift's ~30 selects, the route from
+        # there to the compare chains was on the late-endpoint list.
+        prod_sat = reg(prod, "ar1_prod_sat")
         side = [reg(x, f"ar1_side{k}") for k, x in enumerate(side)]
         a_stages += 1
+        c1, c2 = (prod_w + 1) // 3, 2 * (prod_w + 1) // 3
+
+        def split3(x):
+            return x[:c1], x[c1:c2], x[c2:].as_signed()
+        x_lo, x_mid, x_hi = split3(prod_sat)
+        hi_lo, hi_mid, hi_hi = split3(hi_job)
+        lo_lo, lo_mid, lo_hi = split3(lo_job)
+        tests = {"over_hi_gt": x_hi > hi_hi, "over_hi_lt": x_hi < hi_hi, "over_mid_gt": x_mid > hi_mid,
+                 "over_mid_lt": x_mid < hi_mid, "over_lo": x_lo >= hi_lo,
+                 "under_hi_lt": x_hi < lo_hi, "under_hi_gt": x_hi > lo_hi, "under_mid_lt": x_mid < lo_mid,
+                 "under_mid_gt": x_mid > lo_mid, "under_lo": x_lo < lo_lo}
         half_shifted = reg((coarse_shifted >> sh_fine)[:SW + 1], "ar1f_half", signed(SW + 1))
         tests = {k: reg(v, f"ar1f_{k}") for k, v in tests.items()}
         side = [reg(x, f"ar1f_side{k}") for k, x in enumerate(side)]
         a_stages += 1
-        over = tests["over_hi"] | (~tests["over_below"] & tests["over_lo"])
-        under = tests["under_hi"] | (~tests["under_above"] & tests["under_lo"])
+        t = tests
+        over = t["over_hi_gt"] | (~t["over_hi_lt"] & (t["over_mid_gt"] | (~t["over_mid_lt"] & t["over_lo"])))
+        under = t["under_hi_lt"] | (~t["under_hi_gt"] & (t["under_mid_lt"] | (~t["under_mid_gt"] & t["under_lo"])))
         shifted = Signal(signed(SW))
         m.d.comb += shifted.eq((half_shifted + 1) >> 1)
         # The pair of an empty block (no key, score unused) gets score_min, which is that
@@ -919,6 +947,9 @@ class AttentionCore(wiring.Component):
         # the slot handoff)
         max_v, max_first = fanout_copy(1, "ar_max_v"), fanout_copy(1, "ar_max_first")
         m.d.sync += [max_v.eq(side[0]), max_first.eq(side[6])]
+        # the score FIFO's write, registered from the valid and the mode here (a gate behind the
+        # valid register put the mode's route in front of the FIFO's flags)
+        ae_s_push = reg(side[0] & e_sim, "ar_s_push")
         a_stages += 1
 
         # End of A: score buffer write, block max; a cycle later, the slot handoff (a running-max
@@ -929,11 +960,11 @@ class AttentionCore(wiring.Component):
         # last key it holds the block max that the handoff takes.
         run_max = Signal(signed(SW), init=smin)
         m.d.comb += [s_wr.addr.eq(ae_slot * Bc + ae_key), s_wr.data.eq(score),
-                     s_wr.en.eq(ae_v & ~ae_empty & ~sim_reg)]
+                     s_wr.en.eq(ae_v & ~ae_empty & ~e_sim)]
         # score > run_max as the sign of run_max - score (one carry chain, see take_bmax)
         with m.If(max_v & (max_first | (run_max - score_for_max)[-1])):
             m.d.sync += run_max.eq(score_for_max)
-        slot_done = reg(ae_v & ae_last & ~sim_reg, "ae_slot_done")
+        slot_done = reg(ae_v & ae_last & ~e_sim, "ae_slot_done")
         slot_done_seq = reg(ae_slot, "ae_slot_done_seq")
         with m.If(slot_done):
             m.d.sync += [slot_ready[slot_done_seq].eq(1), slot_bmax[slot_done_seq].eq(run_max)]
@@ -953,12 +984,12 @@ class AttentionCore(wiring.Component):
         s_fifo = m.submodules.s_fifo = RegisteredFlagFifo(self.s.payload.shape(), 1 << (s_depth - 1).bit_length())
         s_pending = Signal(range(s_depth + 1))
         s_take = self.s.valid & self.s.ready
-        s_issued = reg(a_issue & sim_reg, "s_issued")
+        s_issued = reg(a_issue & a_sim, "s_issued")
         s_taken = reg(s_take, "s_taken")
         m.d.comb += s_room.eq(s_pending < s_depth - 1)
         m.d.sync += s_pending.eq(s_pending + s_issued - s_taken)
         m.d.comb += [s_fifo.i.payload.score.eq(score), s_fifo.i.payload.last.eq(ae_jlast),
-                     s_fifo.i.valid.eq(ae_v & sim_reg)]
+                     s_fifo.i.valid.eq(ae_s_push)]
         # ``s`` leaves through a skid buffer (two more entries, counted in s_pending like the
         # FIFO's): the host's ready then reaches only the buffer's pointers, not the FIFO's level
         # logic.
@@ -1010,7 +1041,7 @@ class AttentionCore(wiring.Component):
         b_lastkey = b_key_last
         b_lastrow = b_row_last
         b_leave = b_issue & b_lastkey & b_lastrow
-        m.d.sync += [b_bank_ok.eq(~b_leave & ~sim_reg & pick(bk_full, b_ptr)),
+        m.d.sync += [b_bank_ok.eq(~b_leave & ~b_sim & pick(bk_full, b_ptr)),
                      b_ready_now.eq(slot_ready[b_seq]), b_ready_next.eq(slot_ready[(b_seq + 1) % N_SLOTS]),
                      b_advanced.eq(b_issue & b_lastkey)]
         b_first = pick(bk_first, b_ptr)
