@@ -122,24 +122,6 @@ def _bits(n):
     return max((n - 1).bit_length(), 1)
 
 
-def above_const(x, c):
-    """``x > c`` for an unsigned value ``x`` and a constant ``c``, as AND / OR logic of x's
-    bits: x > c exactly when, at some bit where c has a 0, x has a 1 and agrees with c above it.
-    Yosys maps a compare written with ``>`` to a carry chain even against a constant; behind a
-    subtraction's own chain, the second chain was a critical path, where a few LUTs will do."""
-    n = len(x)
-    if c < 0:
-        return Const(1, 1)
-    terms = []
-    for i in range(n):
-        if not (c >> i) & 1:
-            above = [x[j] if (c >> j) & 1 else ~x[j] for j in range(i + 1, n)]
-            terms.append(Cat(x[i], *above).all())
-    if c >> n:   # c beyond x's range: never
-        return Const(0, 1)
-    return Cat(*terms).any() if terms else Const(0, 1)
-
-
 def slices_17(x):
     """``(slice, offset)`` of ``x`` cut into 17-bit slices from bit 0: unsigned, but the top slice
     of a signed ``x`` is signed. A slice times an unsigned operand of at most 17 bits is one ECP5
@@ -1174,7 +1156,7 @@ class AttentionCore(wiring.Component):
         for i in range(nb):
             x = Signal(8, name=f"b1d_dsh_raw{i}")
             m.d.comb += x.eq(ctl[f"xt{i}"] - vview.scales[i])
-            v_dsh.append(reg(Mux(above_const(x, VFW), VFW, x), f"b1d_dsh{i}", range(VFW + 1)))
+            v_dsh.append(reg(Mux(x > VFW, VFW, x), f"b1d_dsh{i}", range(VFW + 1)))
         ctl = delay(ctl, "b1d")
 
         # b1d -> b2: exp2 index rounding and clamp; V signed.
@@ -1406,8 +1388,8 @@ class AttentionCore(wiring.Component):
             # sh_acc = p_bits + e_new - e, sh_P = p_bits - acc_frac + e_new - Xt, each clamped
             # (a shift by the clamp value already gives the sign fill).
             for i in range(nb):
-                m.d.sync += [amt_a_blk[i].eq(Mux(above_const(e_up[i], AW + PW - PB), AW + PW, PB + e_up[i])),
-                             amt_p_blk[i].eq(Mux(above_const(xt_down[i], PSW - (PB - nm.acc_frac)), PSW,
+                m.d.sync += [amt_a_blk[i].eq(Mux(e_up[i] > AW + PW - PB, AW + PW, PB + e_up[i])),
+                             amt_p_blk[i].eq(Mux(xt_down[i] > PSW - (PB - nm.acc_frac), PSW,
                                                  PB - nm.acc_frac + xt_down[i]))]
             m.d.sync += u_fsm.go("U1P", "U1Q")
         # The per-lane shift amounts and the aligned terms below are loaded at every edge, without
